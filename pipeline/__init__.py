@@ -1,0 +1,1 @@
+"""mnist-mlp-pipeline: a DVC + MLflow pipeline that trains an MLP on MNIST."""

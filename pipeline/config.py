@@ -1,0 +1,167 @@
+"""The one place that reads params.yaml and turns it into a typed, validated `Params` object.
+
+Every field has a default that reproduces the reference notebook, so an empty params.yaml is a
+valid configuration. Unknown keys, wrong types and out-of-range values are rejected before any
+stage does work, with a message that names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Strict: no unknown keys, no silent "10" -> 10 coercion, immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Section):
+    name: Literal["mnist", "fashion-mnist", "kmnist", "custom"] = "mnist"
+    # Ordered sources, tried after $MNIST_MIRROR. Empty means the official mirrors of `name`
+    # (for mnist: the S3 mirror torchvision uses, then the original site).
+    mirrors: list[str] = []
+    # Expected MD5 per canonical file name, for `name: custom` only (optional there).
+    md5: dict[str, str] | None = None
+    image_size: Literal[28, 16] = 28
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("md5")
+    @classmethod
+    def _md5_hex(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for fname, digest in (value or {}).items():
+            if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError(f"md5 of {fname} must be 32 hex digits, got {digest!r}")
+        return value
+
+
+class SplitParams(Section):
+    valid_fraction: float = Field(default=0.1, gt=0, lt=1)
+    seed: int = Field(default=12345, ge=0)
+    stratify: bool = False
+
+
+class ValidateParams(Section):
+    # Largest allowed gap between a split's class share and the full training set's.
+    class_share_tolerance: float = Field(default=0.01, gt=0, le=1)
+
+
+class ModelParams(Section):
+    hidden: list[PositiveInt] = Field(default=[250, 100], min_length=1)
+    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+    output_activation: Literal["none", "sigmoid"] = "none"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class AugmentParams(Section):
+    rotation_deg: float = Field(default=5.0, ge=0, le=180)
+    crop_padding: int = Field(default=2, ge=0, le=8)
+    # Extras for stronger presets; 0 turns each off and the reference uses none of them.
+    scale: float = Field(default=0.0, ge=0, lt=1)
+    elastic_alpha: float = Field(default=0.0, ge=0)
+    elastic_sigma: float = Field(default=4.0, gt=0)
+
+
+class TrainParams(Section):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=0.001, gt=0, le=10)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["none", "cosine", "onecycle"] = "none"
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    batch_size: int = Field(default=64, gt=0, le=65536)
+    epochs: int = Field(default=10, gt=0, le=10000)
+    seed: int = Field(default=12345, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # 0 keeps torch's default thread count.
+    threads: int = Field(default=0, ge=0, le=1024)
+    amp: bool = False
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(default=2000, gt=0)
+
+
+class ReportParams(Section):
+    tsne_samples: int = Field(default=5000, ge=50, le=10000)
+    tsne_perplexity: float = Field(default=30.0, gt=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class MlflowParams(Section):
+    experiment: str = Field(default="mnist-mlp", min_length=1)
+    registered_model: str = Field(default="mnist-mlp", min_length=1)
+
+
+class PromoteParams(Section):
+    min_delta: float = Field(default=0.0, ge=0, le=1)
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    model: ModelParams = ModelParams()
+    augment: AugmentParams = AugmentParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+    mlflow: MlflowParams = MlflowParams()
+    promote: PromoteParams = PromoteParams()
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, the form MLflow params and DVC's `-S` use."""
+        flat: dict[str, Any] = {}
+        for section, values in self.model_dump(by_alias=True).items():
+            for key, value in values.items():
+                flat[f"{section}.{key}"] = value
+        return flat
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section, _, _ = key.rpartition(".")
+        owner: type[BaseModel] = Params
+        if section:
+            owner = Params.model_fields[section if section != "validate" else "validate_"].annotation
+        allowed = ", ".join(f.alias or name for name, f in owner.model_fields.items())
+        return f"{key} is not a known key (allowed: {allowed})"
+    message = error["msg"]
+    message = message[0].lower() + message[1:]
+    message = message.replace("input should be", "must be").replace("value error, ", "")
+    return f"{key} {message}, got {error['input']!r}"
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate an already-parsed mapping; raises PipelineError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise PipelineError(f"invalid params: {problems}") from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    if not path.exists():
+        raise PipelineError(f"{path} not found in {Path.cwd()}; run from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path} is not valid YAML ({exc}); fix the syntax") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise PipelineError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw)

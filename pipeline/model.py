@@ -1,0 +1,125 @@
+"""The MLP, and checkpoints that carry everything needed to rebuild and use it.
+
+The model takes pixels scaled to [0, 1] and normalises them itself with the training set's mean
+and std (stored as buffers), so a checkpoint or logged model never needs the stats beside it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline import atomic
+from pipeline.config import Params
+from pipeline.errors import PipelineError
+
+NUM_CLASSES = 10
+CHECKPOINT_FORMAT = "mnist-mlp/1"
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    image_size: int
+    hidden: tuple[int, ...]
+    activation: str = "relu"
+    output_activation: str = "none"
+    dropout: float = 0.0
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size * self.image_size
+
+    @classmethod
+    def from_params(cls, params: Params) -> Architecture:
+        m = params.model
+        return cls(params.data.image_size, tuple(m.hidden), m.activation, m.output_activation, m.dropout)
+
+
+def parameter_count(input_size: int, hidden: tuple[int, ...] | list[int], outputs: int = NUM_CLASSES) -> int:
+    """Weights plus biases of each fully connected layer: sum of (fan_in + 1) * fan_out."""
+    sizes = [input_size, *hidden, outputs]
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes, sizes[1:]))
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: Architecture, mean: float, std: float) -> None:
+        super().__init__()
+        self.arch = arch
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        layers: list[nn.Module] = []
+        fan_in = arch.input_size
+        for width in arch.hidden:
+            layers += [nn.Linear(fan_in, width), ACTIVATIONS[arch.activation]()]
+            if arch.dropout > 0:
+                layers.append(nn.Dropout(arch.dropout))
+            fan_in = width
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(fan_in, NUM_CLASSES)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Activations of the last hidden layer, for PCA and t-SNE."""
+        x = pixels.flatten(1)
+        return self.hidden((x - self.mean) / self.std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], shape [N, S*S] or [N, S, S] -> 10 class scores per row."""
+        scores = self.output(self.features(pixels))
+        return torch.sigmoid(scores) if self.arch.output_activation == "sigmoid" else scores
+
+
+def save_checkpoint(path: Path, model: MLP, extra: dict[str, Any] | None = None) -> None:
+    """Plain tensors and builtins only, so that `torch.load(weights_only=True)` reads it."""
+    arch = asdict(model.arch)
+    arch["hidden"] = list(arch["hidden"])
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "preprocess": {
+            "image_size": model.arch.image_size,
+            "mean": float(model.mean),
+            "std": float(model.std),
+            "pixel_scale": "pixels / 255, then (x - mean) / std inside the model",
+        },
+        "state_dict": model.state_dict(),
+        **(extra or {}),
+    }
+    with atomic.atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with weights_only=True: a file carrying pickled code objects is refused, never run."""
+    if not Path(path).is_file():
+        raise PipelineError(f"{path} not found; run the train stage first (dvc repro train)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PipelineError(
+            f"{path} holds pickled Python objects that weights_only loading refuses ({first}); "
+            "only load checkpoints written by this pipeline"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise PipelineError(f"{path} is not a readable checkpoint ({exc}); retrain or restore it") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise PipelineError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; retrain with this pipeline")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> MLP:
+    arch = dict(payload["arch"])
+    arch["hidden"] = tuple(arch["hidden"])
+    model = MLP(Architecture(**arch), payload["preprocess"]["mean"], payload["preprocess"]["std"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def load_model(path: Path) -> MLP:
+    return model_from_checkpoint(load_checkpoint(path))

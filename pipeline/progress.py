@@ -1,0 +1,21 @@
+"""Progress bars on a terminal, silence elsewhere: CI logs get the stages' own one-line summaries."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def bar(**kwargs: Any) -> tqdm:
+    return tqdm(disable=not interactive(), dynamic_ncols=True, **kwargs)
+
+
+def log(message: str) -> None:
+    """One line to stderr that does not break an active progress bar."""
+    tqdm.write(message, file=sys.stderr)

@@ -1,0 +1,85 @@
+"""MLflow plumbing shared by the stages: where the store is, and one run per pipeline execution.
+
+`train` opens the run and records its id in models/mlflow_run.json; later stages reopen that run
+so that params, metrics, figures and the model all land together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline import atomic
+from pipeline.errors import PipelineError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+REACHABILITY_TIMEOUT_S = 5.0
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
+    """Fail fast on a dead server: MLflow's own client would retry for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered; MLflow itself will report auth or path problems
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or unset "
+            "MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db"
+        ) from None
+
+
+def configure() -> str:
+    """Point MLflow at the store, bounding its HTTP retries so that a dead server fails in seconds."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def save_run_reference(path: Path, run_id: str, experiment_id: str) -> None:
+    atomic.write_json(path, {"run_id": run_id, "experiment_id": experiment_id})
+
+
+def read_run_reference(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raise PipelineError(f"{path} is missing or unreadable; run the train stage first (dvc repro train)") from None
+
+
+@contextmanager
+def resume_run(run_file: Path) -> Iterator[object]:
+    """Reopen the training run recorded in `run_file`, so a later stage logs into it."""
+    import mlflow
+
+    reference = read_run_reference(run_file)
+    configure()
+    with mlflow.start_run(run_id=reference["run_id"]) as run:
+        yield run
