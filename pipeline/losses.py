@@ -1,0 +1,54 @@
+"""The training losses and what the model's outputs mean under each, shared by train and evaluate.
+
+Evaluation must score a checkpoint with the very loss it was trained on, so both stages take it
+from here by the name stored in the checkpoint ("loss"). The model's outputs go in as they are:
+with `output_activation: sigmoid` they are sigmoid scores, and cross-entropy is taken on those
+scores (as the reference notebook does), not on the pre-sigmoid values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import PipelineError
+from pipeline.model import NUM_CLASSES
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, labels)
+
+
+def _mse(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(outputs, F.one_hot(labels, NUM_CLASSES).to(outputs.dtype))
+
+
+LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
+
+
+def _check(name: str) -> None:
+    if name not in LOSSES:
+        raise PipelineError(f"unknown loss {name!r} (known: {', '.join(LOSSES)}); retrain the model with this pipeline")
+
+
+def loss_fn(name: str) -> LossFn:
+    """Mean loss over the batch: `loss_fn(name)(model_outputs, int64_labels)`."""
+    _check(name)
+    return LOSSES[name]
+
+
+def probabilities(outputs: torch.Tensor, name: str) -> torch.Tensor:
+    """Per-class probabilities as the loss reads the outputs.
+
+    Cross-entropy treats the outputs as logits, so softmax gives its distribution. Least squares
+    on one-hot targets makes each output an estimate of its class's probability, so those are
+    used directly, clipped to [0, 1].
+    """
+    _check(name)
+    if name == "cross_entropy":
+        return torch.softmax(outputs, dim=1)
+    return outputs.clamp(0.0, 1.0)
