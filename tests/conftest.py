@@ -59,3 +59,69 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     return root
+
+
+@pytest.fixture
+def trained_workdir(workdir: Path, synthetic_mirror: Path) -> Path:
+    """workdir holding what download..train leave behind, on tiny synthetic data.
+
+    Raw data and checksums come from the real download stage; the split, the validation summary,
+    a briefly trained two-layer MLP, its MLflow run and the per-epoch CSVs are written directly in
+    the formats those stages use, so evaluate and report can be tested on their own.
+    """
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from pipeline import download, paths, tracking
+    from pipeline.config import parse_params
+    from pipeline.data import load_dataset
+    from pipeline.losses import loss_fn
+    from pipeline.model import MLP, Architecture, save_checkpoint
+
+    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
+    data = load_dataset(paths.RAW_DIR, 28)
+    pixels = data.train_images.float() / 255
+    paths.STATS_FILE.write_text(json.dumps({"mean": pixels.mean().item(), "std": pixels.std(correction=0).item(),
+                                            "image_size": 28, "count": len(pixels)}))
+    order = np.random.default_rng(0).permutation(len(pixels))
+    valid_idx, train_idx = np.sort(order[: len(order) // 10]), np.sort(order[len(order) // 10 :])
+    paths.SPLIT_DIR.mkdir(parents=True)
+    np.save(paths.TRAIN_INDEX_FILE, train_idx.astype(np.int64))
+    np.save(paths.VALID_INDEX_FILE, valid_idx.astype(np.int64))
+    paths.REPORTS_DIR.mkdir()
+    paths.DATA_VALIDATION_FILE.write_text(json.dumps(
+        {"success": True, "statistics": {"evaluated_expectations": 12, "successful_expectations": 12}}))
+
+    torch.manual_seed(0)
+    model = MLP(Architecture(28, (32, 16)), pixels.mean().item(), pixels.std(correction=0).item())
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)  # short and slow: ~80% test accuracy
+    loss = loss_fn("cross_entropy")
+    x, y = pixels[train_idx], data.train_labels[train_idx]
+    vx, vy = pixels[valid_idx], data.train_labels[valid_idx]
+    history, norms = [], []
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for epoch in range(1, 4):
+        model.train()
+        optimizer.zero_grad()
+        loss(model(x), y).backward()
+        optimizer.step()
+        norms.append({"epoch": epoch, **{n: m.weight.grad.norm().item() for n, m in layers.items()}})
+        model.eval()
+        with torch.no_grad():
+            out, vout = model(x), model(vx)
+        history.append({"epoch": epoch, "train_loss": loss(out, y).item(),
+                        "train_acc": (out.argmax(1) == y).float().mean().item(),
+                        "valid_loss": loss(vout, vy).item(), "valid_acc": (vout.argmax(1) == vy).float().mean().item(),
+                        "seconds": 1.5, "lr": 0.003})
+    pd.DataFrame(history).to_csv(paths.TRAIN_HISTORY_FILE, index=False)
+    pd.DataFrame(norms).to_csv(paths.GRAD_NORMS_FILE, index=False)
+    save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3, "valid_loss": history[-1]["valid_loss"],
+                                              "valid_accuracy": history[-1]["valid_acc"], "loss": "cross_entropy"})
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_experiment("mnist-mlp")
+    with mlflow.start_run() as run:
+        mlflow.log_param("train.epochs", 3)
+    tracking.save_run_reference(paths.MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
+    return workdir

@@ -1,0 +1,169 @@
+"""Stage `evaluate`: score models/model.pt on the official test set and on the validation split.
+
+The loss is the one the checkpoint was trained with (its "loss" key), through the same function
+train uses, so test_loss and valid_loss compare directly with the training curves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from pipeline import atomic, tracking
+from pipeline.config import Params
+from pipeline.data import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.losses import loss_fn, probabilities
+from pipeline.model import NUM_CLASSES, MLP, load_checkpoint, model_from_checkpoint
+from pipeline.paths import (
+    METRICS_FILE,
+    MLFLOW_RUN_FILE,
+    MODEL_FILE,
+    PER_CLASS_FILE,
+    PREDICTIONS_FILE,
+    RAW_DIR,
+    VALID_INDEX_FILE,
+)
+from pipeline.progress import log
+
+CLASSES = list(range(NUM_CLASSES))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    per_class: pd.DataFrame  # class, precision, recall, f1, support
+    predictions: pd.DataFrame  # index, actual, predicted, confidence (test set)
+    confusion: np.ndarray  # [actual, predicted] counts on the test set
+
+
+@torch.no_grad()
+def model_outputs(model: MLP, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Raw model outputs for uint8 images [N, S, S], in batches to bound memory."""
+    model.eval()
+    return torch.cat([model(batch.float().div_(255)) for batch in images.split(batch_size)])
+
+
+def loss_and_accuracy(outputs: torch.Tensor, labels: torch.Tensor, loss_name: str) -> tuple[float, float]:
+    """Mean loss over the whole set (exact, not a mean of batch means) and top-1 accuracy."""
+    with torch.no_grad():
+        loss = loss_fn(loss_name)(outputs, labels).item()
+    accuracy = (outputs.argmax(1) == labels).double().mean().item()
+    return loss, accuracy
+
+
+def per_class_table(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=CLASSES, zero_division=0
+    )
+    return pd.DataFrame({"class": CLASSES, "precision": precision, "recall": recall, "f1": f1, "support": support})
+
+
+def evaluate(
+    model: MLP,
+    loss_name: str,
+    test: tuple[torch.Tensor, torch.Tensor],
+    valid: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+) -> Evaluation:
+    test_outputs = model_outputs(model, test[0], batch_size)
+    valid_outputs = model_outputs(model, valid[0], batch_size)
+    test_loss, test_accuracy = loss_and_accuracy(test_outputs, test[1], loss_name)
+    valid_loss, valid_accuracy = loss_and_accuracy(valid_outputs, valid[1], loss_name)
+
+    # The prediction is the argmax of the raw outputs, exactly what accuracy counts.
+    predicted = test_outputs.argmax(1)
+    confidence = probabilities(test_outputs, loss_name).gather(1, predicted[:, None])[:, 0]
+    actual = test[1].numpy()
+    predicted_np = predicted.numpy()
+    per_class = per_class_table(actual, predicted_np)
+    metrics = {
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "test_errors": int((predicted_np != actual).sum()),
+        "valid_accuracy": valid_accuracy,
+        "valid_loss": valid_loss,
+        "macro_precision": float(per_class["precision"].mean()),
+        "macro_recall": float(per_class["recall"].mean()),
+        "macro_f1": float(per_class["f1"].mean()),
+    }
+    predictions = pd.DataFrame(
+        {
+            "index": np.arange(len(actual)),
+            "actual": actual,
+            "predicted": predicted_np,
+            "confidence": confidence.double().numpy().round(6),
+        }
+    )
+    confusion = confusion_matrix(actual, predicted_np, labels=CLASSES)
+    return Evaluation(metrics, per_class, predictions, confusion)
+
+
+def load_indices(path: Path, limit: int) -> torch.Tensor:
+    """A split's index array, checked to be valid positions in a set of `limit` images."""
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is missing or unreadable ({exc}); run the split stage (dvc repro split)") from None
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or len(indices) == 0:
+        raise PipelineError(f"{path} must be a non-empty 1-D integer array, got {indices.dtype} {indices.shape}; rerun split")
+    if indices.min() < 0 or indices.max() >= limit:
+        raise PipelineError(
+            f"{path} holds indices outside 0..{limit - 1} (the training set size); rerun split on the current data"
+        )
+    return torch.from_numpy(indices.astype(np.int64))
+
+
+def write_outputs(result: Evaluation) -> None:
+    atomic.write_json(METRICS_FILE, result.metrics)
+    atomic.write_text(PER_CLASS_FILE, result.per_class.to_csv(index=False, float_format="%.6f"))
+    atomic.write_text(PREDICTIONS_FILE, result.predictions.to_csv(index=False))
+
+
+def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
+    import mlflow
+
+    with tracking.resume_run(MLFLOW_RUN_FILE):
+        # At the checkpoint's epoch, so valid_* lines up with the per-epoch values train logged.
+        mlflow.log_metrics(result.metrics, step=checkpoint_epoch)
+        mlflow.log_dict(
+            {"labels": CLASSES, "rows": "actual", "columns": "predicted", "counts": result.confusion.tolist()},
+            "evaluation/confusion_matrix.json",
+        )
+        mlflow.log_artifact(str(PER_CLASS_FILE), "evaluation")
+        mlflow.log_artifact(str(METRICS_FILE), "evaluation")
+
+
+def checkpoint_field(payload: dict, key: str) -> object:
+    if key not in payload:
+        raise PipelineError(f"{MODEL_FILE} lacks the {key!r} entry train records; retrain it (dvc repro train)")
+    return payload[key]
+
+
+def main(params: Params) -> None:
+    tracking.read_run_reference(MLFLOW_RUN_FILE)  # fail before the work, not after it
+    payload = load_checkpoint(MODEL_FILE)
+    model = model_from_checkpoint(payload)
+    loss_name = str(checkpoint_field(payload, "loss"))
+    epoch = int(checkpoint_field(payload, "epoch"))
+    data = load_dataset(RAW_DIR, model.arch.image_size)
+    valid_idx = load_indices(VALID_INDEX_FILE, len(data.train_labels))
+    result = evaluate(
+        model,
+        loss_name,
+        test=(data.test_images, data.test_labels),
+        valid=(data.train_images[valid_idx], data.train_labels[valid_idx]),
+        batch_size=params.evaluate.batch_size,
+    )
+    write_outputs(result)
+    m = result.metrics
+    log(
+        f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), "
+        f"valid accuracy {m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}"
+    )
+    log_to_mlflow(result, epoch)

@@ -1,0 +1,131 @@
+"""Stage evaluate on a tiny trained model: outputs, their consistency, the loss kind, MLflow logging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import evaluate, paths, tracking
+from pipeline.config import parse_params
+from pipeline.data import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.model import load_checkpoint, model_from_checkpoint, save_checkpoint
+
+N_TEST = 200  # conftest.write_dataset default
+
+
+def test_writes_consistent_outputs(trained_workdir: Path) -> None:
+    evaluate.main(parse_params({"evaluate": {"batch_size": 64}}))
+
+    metrics = json.loads(paths.METRICS_FILE.read_text())
+    for key in ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss", "macro_f1"):
+        assert isinstance(metrics[key], float), key
+    predictions = pd.read_csv(paths.PREDICTIONS_FILE)
+    assert list(predictions.columns) == ["index", "actual", "predicted", "confidence"]
+    assert len(predictions) == N_TEST
+    assert predictions["index"].tolist() == list(range(N_TEST))
+    assert predictions["confidence"].between(0, 1).all()
+    recomputed = (predictions["actual"] == predictions["predicted"]).mean()
+    assert metrics["test_accuracy"] == pytest.approx(recomputed, abs=1e-12)
+    assert metrics["test_errors"] == int((predictions["actual"] != predictions["predicted"]).sum())
+    # Non-trivial model: the fixture's training must have taught it something, but not everything.
+    assert 0.3 < metrics["test_accuracy"] < 1.0
+
+    per_class = pd.read_csv(paths.PER_CLASS_FILE)
+    assert per_class["class"].tolist() == list(range(10))
+    assert per_class["support"].sum() == N_TEST
+    assert metrics["macro_f1"] == pytest.approx(per_class["f1"].mean(), abs=1e-6)
+
+    # The validation loss is the training loss on the same split and checkpoint: same function.
+    payload = load_checkpoint(paths.MODEL_FILE)
+    assert metrics["valid_loss"] == pytest.approx(payload["valid_loss"], rel=1e-5)
+    assert metrics["valid_accuracy"] == pytest.approx(payload["valid_accuracy"], abs=1e-6)
+
+    import mlflow
+
+    run_id = tracking.read_run_reference(paths.MLFLOW_RUN_FILE)["run_id"]
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert run.data.metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
+    confusion_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/confusion_matrix.json")
+    counts = np.array(json.loads(Path(confusion_path).read_text())["counts"])
+    assert counts.shape == (10, 10) and counts.sum() == N_TEST
+    assert np.trace(counts) == N_TEST - metrics["test_errors"]
+
+
+def test_confusion_matrix_counts_every_test_image(trained_workdir: Path) -> None:
+    model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
+    data = load_dataset(paths.RAW_DIR, 28)
+    valid = (data.train_images[:50], data.train_labels[:50])
+    result = evaluate.evaluate(model, "cross_entropy", (data.test_images, data.test_labels), valid, batch_size=7)
+    assert result.confusion.sum() == N_TEST
+    assert (result.confusion.sum(axis=1) == np.bincount(data.test_labels.numpy(), minlength=10)).all()
+    # Batching does not change the numbers.
+    whole = evaluate.evaluate(model, "cross_entropy", (data.test_images, data.test_labels), valid, batch_size=10_000)
+    assert whole.metrics == pytest.approx(result.metrics)
+
+
+def _numpy_outputs(payload: dict, images: np.ndarray) -> np.ndarray:
+    """An independent forward pass in numpy, straight from the state dict."""
+    state = {k: v.double().numpy() for k, v in payload["state_dict"].items()}
+    x = (images.reshape(len(images), -1) / 255.0 - payload["preprocess"]["mean"]) / payload["preprocess"]["std"]
+    hidden = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("hidden.")}, key=lambda k: int(k.split(".")[1]))
+    for layer in hidden:
+        x = np.maximum(x @ state[f"{layer}.weight"].T + state[f"{layer}.bias"], 0)
+    z = x @ state["output.weight"].T + state["output.bias"]
+    return 1 / (1 + np.exp(-z)) if payload["arch"]["output_activation"] == "sigmoid" else z
+
+
+@pytest.mark.parametrize("loss_name", ["mse", "cross_entropy"])
+def test_loss_follows_checkpoint_with_sigmoid_outputs(trained_workdir: Path, loss_name: str) -> None:
+    payload = load_checkpoint(paths.MODEL_FILE)
+    payload["arch"]["output_activation"] = "sigmoid"
+    model = model_from_checkpoint(payload)
+    save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3, "valid_loss": 0.0, "valid_accuracy": 0.0, "loss": loss_name})
+    evaluate.main(parse_params({}))
+
+    metrics = json.loads(paths.METRICS_FILE.read_text())
+    data = load_dataset(paths.RAW_DIR, 28)
+    scores = _numpy_outputs(load_checkpoint(paths.MODEL_FILE), data.test_images.numpy().astype(np.float64))
+    labels = data.test_labels.numpy()
+    if loss_name == "mse":
+        expected = np.mean((scores - np.eye(10)[labels]) ** 2)
+    else:  # cross-entropy taken on the sigmoid scores, as training does
+        log_softmax = scores - np.log(np.exp(scores).sum(1, keepdims=True))
+        expected = -log_softmax[np.arange(len(labels)), labels].mean()
+    assert metrics["test_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["test_accuracy"] == pytest.approx(np.mean(scores.argmax(1) == labels))
+    confidence = pd.read_csv(paths.PREDICTIONS_FILE)["confidence"].to_numpy()
+    assert ((confidence >= 0) & (confidence <= 1)).all()
+
+
+def test_checkpoint_without_loss_is_refused(trained_workdir: Path) -> None:
+    model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
+    save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3})
+    with pytest.raises(PipelineError, match="lacks the 'loss' entry.*retrain"):
+        evaluate.main(parse_params({}))
+    assert not paths.METRICS_FILE.exists()
+
+
+def test_unknown_loss_is_refused(trained_workdir: Path) -> None:
+    model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
+    save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3, "loss": "hinge"})
+    with pytest.raises(PipelineError, match="unknown loss 'hinge'"):
+        evaluate.main(parse_params({}))
+
+
+def test_out_of_range_split_is_refused(trained_workdir: Path) -> None:
+    np.save(paths.VALID_INDEX_FILE, np.array([0, 5, 10**6], dtype=np.int64))
+    with pytest.raises(PipelineError, match="outside 0..599.*rerun split"):
+        evaluate.main(parse_params({}))
+
+
+def test_missing_run_reference_fails_before_work(trained_workdir: Path) -> None:
+    paths.MLFLOW_RUN_FILE.unlink()
+    with pytest.raises(PipelineError, match="mlflow_run.json is missing.*train"):
+        evaluate.main(parse_params({}))
+    assert not paths.PREDICTIONS_FILE.exists()
