@@ -1,0 +1,244 @@
+"""`python -m pipeline predict`: pictures and IDX files in, the labels evaluate would give out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline import predict
+from pipeline.data import resize
+from pipeline.datasets import TEST_IMAGES, TEST_LABELS
+from pipeline.evaluate import evaluate
+from pipeline.idx import encode_idx, read_idx
+from pipeline.model import MLP, Architecture, save_checkpoint
+from tests.conftest import synthetic_digits, write_dataset
+
+
+def train_tiny(size: int, seed: int = 0) -> MLP:
+    """A small MLP fitted to synthetic digits, so that its predictions differ from image to image."""
+    images, labels = synthetic_digits(600, seed)
+    pixels = resize(torch.from_numpy(images), size).float() / 255
+    torch.manual_seed(seed)
+    model = MLP(Architecture(size, (32,)), float(pixels.mean()), float(pixels.std()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    targets = torch.from_numpy(labels).long()
+    for _ in range(40):
+        optimizer.zero_grad()
+        F.cross_entropy(model(pixels), targets).backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for size in (28, 16):
+        paths[size] = folder / f"model{size}.pt"
+        save_checkpoint(paths[size], train_tiny(size), {"loss": "cross_entropy", "epoch": 1})
+    return paths
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("mirror"), n_train=20, n_test=60, seed=3)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
+    code = predict.cli(args)
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def expected_predictions(model_path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[list[int], list[float]]:
+    """What the evaluate stage reports for these test images."""
+    payload = torch.load(model_path, weights_only=True)
+    from pipeline.model import model_from_checkpoint
+
+    model = model_from_checkpoint(payload)
+    size = model.arch.image_size
+    test = (resize(torch.from_numpy(images), size), torch.from_numpy(labels).long())
+    table = evaluate(model, "cross_entropy", test=test, valid=test, batch_size=7).predictions
+    return table["predicted"].tolist(), table["confidence"].tolist()
+
+
+@pytest.mark.parametrize("size", [28, 16])
+def test_pngs_cut_from_the_test_set_get_the_labels_evaluate_gives(
+    size: int, models: dict[int, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, labels = read_idx(test_set / TEST_IMAGES)[:12], read_idx(test_set / TEST_LABELS)[:12]
+    predicted, confidence = expected_predictions(models[size], images, labels)
+    assert len(set(predicted)) > 3, "the tiny model should tell several digits apart"
+    paths = []
+    for i, image in enumerate(images):
+        # Three encodings of the same digit: plain, RGB and ink on paper (inverted) must all agree.
+        variant = [Image.fromarray(image), Image.fromarray(image).convert("RGB"), Image.fromarray(255 - image)][i % 3]
+        paths.append(tmp_path / f"digit{i}.png")
+        variant.save(paths[-1])
+    code, lines, err = run_cli([*map(str, paths), "--model", str(models[size]), "--json"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in lines]
+    assert [row["input"] for row in rows] == list(map(str, paths))
+    assert [row["label"] for row in rows] == predicted
+    assert [row["confidence"] for row in rows] == pytest.approx(confidence, abs=1e-5)
+    assert all(row["index"] is None for row in rows)
+
+
+def test_idx_file_gives_one_prediction_per_image(
+    models: dict[int, Path], test_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, labels = read_idx(test_set / TEST_IMAGES), read_idx(test_set / TEST_LABELS)
+    predicted, confidence = expected_predictions(models[16], images, labels)
+    code, lines, err = run_cli([str(test_set / TEST_IMAGES), "--model", str(models[16])], capsys)
+    assert code == 0, err
+    assert len(lines) == len(images) == 60
+    expected = [
+        f"{test_set / TEST_IMAGES}[{i}]: {label} (confidence {conf:.4f})"
+        for i, (label, conf) in enumerate(zip(predicted, confidence))
+    ]
+    assert lines == expected
+
+
+def test_a_large_photo_like_digit_is_cropped_scaled_and_centred() -> None:
+    # A dark, tall stroke on grey paper, off-centre in a 90x140 picture.
+    paper = np.full((140, 90), 200.0)
+    paper[30:110, 10:40] = 40.0
+    frame = predict.picture_to_mnist(paper)
+    assert frame.shape == (28, 28) and frame.dtype == np.uint8
+    rows, cols = np.nonzero(frame > 0.3 * 255)
+    assert rows.max() - rows.min() + 1 == 20, "the longer side fills the 20-pixel box"
+    width = cols.max() - cols.min() + 1
+    assert 7 <= width <= 9, f"aspect 80:30 kept, got width {width}"
+    weights = frame.astype(float)
+    centre = ((weights.sum(1) @ np.arange(28)) / weights.sum(), (weights.sum(0) @ np.arange(28)) / weights.sum())
+    assert centre == pytest.approx((13.5, 13.5), abs=0.6)
+    assert frame[0].max() == 0 and frame[:, 0].max() == 0, "the paper becomes black background"
+
+
+def test_bright_digit_on_dark_ground_is_not_inverted() -> None:
+    ground = np.zeros((50, 50))
+    ground[10:40, 20:30] = 250.0
+    frame = predict.picture_to_mnist(ground)
+    assert frame[14, 14] > 200 and frame[0, 0] == 0
+
+
+def test_16_bit_and_transparent_pictures_are_read_by_their_range(tmp_path: Path) -> None:
+    sixteen = np.zeros((40, 40), dtype=np.uint16)
+    sixteen[5:35, 15:25] = 65535
+    Image.fromarray(sixteen).save(tmp_path / "deep.png")
+    grey = predict.decode_picture((tmp_path / "deep.png").read_bytes())
+    assert grey.max() == pytest.approx(255.0) and grey.min() == 0.0
+    # Black ink on a transparent canvas, as drawing apps export it: the canvas reads as white paper.
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[5:35, 15:25] = (0, 0, 0, 255)
+    Image.fromarray(rgba).save(tmp_path / "ink.png")
+    grey = predict.decode_picture((tmp_path / "ink.png").read_bytes())
+    assert grey[0, 0] == 255.0 and grey[20, 20] == 0.0
+
+
+def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
+    models: dict[int, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.png"
+    Image.fromarray(read_idx(test_set / TEST_IMAGES)[0]).save(good)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a digit\n")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 48), 255).save(blank)
+    labels_file = test_set / TEST_LABELS
+    broken_idx = tmp_path / "broken-idx3-ubyte"
+    broken_idx.write_bytes(encode_idx(np.zeros((3, 4, 4), np.uint8), compress=False)[:-5])
+    missing = tmp_path / "missing.png"
+    inputs = [text, good, truncated, missing, blank, labels_file, broken_idx, good]
+    code, lines, err = run_cli([*map(str, inputs), "--model", str(models[28])], capsys)
+    assert code == 1
+    assert [line.split(":")[0] for line in lines] == [str(good), str(good)]
+    errors = err.splitlines()
+    assert len(errors) == 7  # six bad inputs, then the summary
+    for path, words in [
+        (text, "not a picture"),
+        (truncated, "damaged or unsupported picture"),
+        (missing, "cannot read it"),
+        (blank, "no digit found"),
+        (labels_file, "not uint8 images"),
+        (broken_idx, "truncated"),
+    ]:
+        assert any(line.startswith(f"error: {path}: ") and words in line for line in errors), (path, err)
+    assert errors[-1] == "error: 6 of 8 inputs could not be predicted (see above)"
+
+
+def test_missing_or_pickled_model_is_a_clear_error(
+    tmp_path: Path, test_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines, err = run_cli([str(test_set / TEST_IMAGES), "--model", str(tmp_path / "none.pt")], capsys)
+    assert (code, lines) == (1, [])
+    assert err.startswith(f"error: {tmp_path / 'none.pt'} not found")
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mnist-mlp/1", "payload": Path("x")}, evil)
+    code, lines, err = run_cli([str(test_set / TEST_IMAGES), "--model", str(evil)], capsys)
+    assert (code, lines) == (1, [])
+    assert "weights_only loading refuses" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def registry(workdir: Path, models: dict[int, Path]) -> str:
+    """A registered version of the 16-pixel model, logged as train logs it, with alias champion."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.model import load_model
+
+    tracking.configure()
+    example = np.random.default_rng(0).random((3, 256), dtype=np.float32)
+    with mlflow.start_run() as run:
+        mlflow.log_param("train.loss", "cross_entropy")
+        info = tracking.log_model(load_model(models[16]), example, "mnist-mlp")
+    mlflow.MlflowClient().set_registered_model_alias("mnist-mlp", "champion", str(info.registered_model_version))
+    return run.info.run_id
+
+
+def test_registered_champion_predicts_like_the_checkpoint(
+    registry: str, models: dict[int, Path], test_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = str(test_set / TEST_IMAGES)
+    code, from_file, err = run_cli([images, "--model", str(models[16]), "--json"], capsys)
+    assert code == 0, err
+    code, from_registry, err = run_cli([images, "--model", "models:/mnist-mlp@champion", "--json"], capsys)
+    assert code == 0, err
+    assert len(from_registry) == 60
+    assert [json.loads(r)["label"] for r in from_registry] == [json.loads(r)["label"] for r in from_file]
+    assert [json.loads(r)["confidence"] for r in from_registry] == pytest.approx(
+        [json.loads(r)["confidence"] for r in from_file], abs=1e-5
+    )
+
+
+def test_unknown_alias_and_pickled_logged_models_are_refused(
+    registry: str, models: dict[int, Path], test_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    from pipeline.model import load_model
+
+    images = str(test_set / TEST_IMAGES)
+    code, lines, err = run_cli([images, "--model", "models:/mnist-mlp@nobody"], capsys)
+    assert (code, lines) == (1, [])
+    assert err.startswith("error: cannot find models:/mnist-mlp@nobody") and len(err.splitlines()) == 1
+    with mlflow.start_run():
+        mlflow.log_param("train.loss", "cross_entropy")
+        mlflow.pytorch.log_model(
+            load_model(models[16]), name="model", registered_model_name="pickled",
+            serialization_format="pickle", pip_requirements=["torch"],
+        )
+    capsys.readouterr()
+    code, lines, err = run_cli([images, "--model", "models:/pickled/1"], capsys)
+    assert (code, lines) == (1, [])
+    assert err.startswith("error: cannot load models:/pickled/1 (Deserializing model using pickle is disallowed")
+    assert len(err.splitlines()) == 1
