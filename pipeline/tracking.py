@@ -7,6 +7,7 @@ so that params, metrics, figures and the model all land together.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import urllib.error
@@ -14,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pipeline import atomic
 from pipeline.errors import PipelineError
@@ -51,8 +53,16 @@ def configure() -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = tracking_uri()
     check_reachable(uri)
+    quiet()
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def quiet() -> None:
+    """Stage output should be the stage's own lines: alembic logs INFO on every store open and
+    MLflow announces each registration and model save."""
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def git_commit() -> str:
@@ -83,3 +93,56 @@ def resume_run(run_file: Path) -> Iterator[object]:
     configure()
     with mlflow.start_run(run_id=reference["run_id"]) as run:
         yield run
+
+
+def _reusable(client: Any, run_id: str | None, experiment_id: str) -> bool:
+    """A run id from an interrupted execution is reopened only if it still exists in this experiment."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return False
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
+
+
+@contextmanager
+def start_run(
+    experiment: str, params: dict[str, Any], tags: dict[str, str], resume_id: str | None = None
+) -> Iterator[Any]:
+    """Open the run of this pipeline execution with its params and tags; `resume_id` reopens the
+    run of an interrupted execution (if it still exists) so that a resumed training keeps one run."""
+    import mlflow
+
+    configure()
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    run_id = resume_id if _reusable(mlflow.MlflowClient(), resume_id, experiment_id) else None
+    with mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags) as run:
+        mlflow.log_params(params)
+        yield run
+
+
+def log_model(model: Any, example: Any, registered_model: str) -> Any:
+    """Log a torch model in MLflow's pt2 (torch.export) format and register it.
+
+    pt2 is a traced graph: loading runs no pickled code and needs no copy of this package, and
+    the signature's -1 batch dimension (the example must hold > 1 row) keeps the batch size free.
+    Pip requirements are given, not inferred: inference reloads the model in a subprocess.
+    """
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    return mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, output),
+        input_example=example,
+        registered_model_name=registered_model,
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )

@@ -1,0 +1,95 @@
+"""Training-time augmentation of whole batches with one `grid_sample` call.
+
+Every image gets its own random rotation, zoom, integer shift and (optionally) elastic field, but
+all of them are folded into one sampling grid per call, so there is no per-image Python work.
+The shift by d pixels in [-crop_padding, crop_padding] with zero fill is exactly what a random
+28x28 crop of the 2-pixel zero-padded image does (torchvision's RandomCrop(28, padding=2)); it is
+applied after the rotation, as in the reference's RandomRotation -> RandomCrop order. Rotation
+and zoom sample bilinearly (fill 0); a pure shift lands on pixel centres and copies values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Params
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    rotation_deg: float = 0.0
+    crop_padding: int = 0
+    scale: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
+
+    @classmethod
+    def from_params(cls, params: Params) -> Augmentation:
+        a = params.augment
+        return cls(a.rotation_deg, a.crop_padding, a.scale, a.elastic_alpha, a.elastic_sigma)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rotation_deg or self.crop_padding or self.scale or self.elastic_alpha)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64) * (high - low) + low
+
+
+def affine_matrices(n: int, size: int, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """[n, 2, 3] maps from output to input coordinates (normalised, align_corners=False).
+
+    Output pixel q samples the source at M (q + d): M undoes rotation and zoom about the centre,
+    d is the crop's integer shift (2 / size per pixel in normalised units).
+    """
+    angle = _uniform(n, -1.0, 1.0, generator) * math.radians(aug.rotation_deg)
+    zoom = _uniform(n, 1.0 - aug.scale, 1.0 + aug.scale, generator) if aug.scale else torch.ones(n, dtype=torch.float64)
+    shift = torch.zeros(n, 2, dtype=torch.float64)
+    if aug.crop_padding:
+        pad = aug.crop_padding
+        shift = torch.randint(-pad, pad + 1, (n, 2), generator=generator).double() * (2.0 / size)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    linear = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [n, 2, 2]
+    offset = (linear @ shift[:, :, None])  # [n, 2, 1]
+    return torch.cat([linear, offset], 2).float()
+
+
+def _gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
+    radius = min(math.ceil(3 * sigma), size - 1)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def elastic_displacement(n: int, size: int, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Simard et al. (2003): uniform(-1, 1) fields smoothed by a Gaussian of `elastic_sigma`
+    pixels and scaled by `elastic_alpha` pixels; returned as [n, S, S, 2] normalised offsets."""
+    field = torch.rand(n, 2, size, size, generator=generator) * 2 - 1
+    kernel = _gaussian_kernel(aug.elastic_sigma, size)
+    k = len(kernel)
+    field = F.conv2d(field, kernel.view(1, 1, 1, k).expand(2, 1, 1, k), padding=(0, k // 2), groups=2)
+    field = F.conv2d(field, kernel.view(1, 1, k, 1).expand(2, 1, k, 1), padding=(k // 2, 0), groups=2)
+    return field.permute(0, 2, 3, 1) * (aug.elastic_alpha * 2.0 / size)
+
+
+def augment(images: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """uint8 [N, S, S] -> float32 [N, S, S] in [0, 1], each image with its own random draw.
+
+    Random numbers come from `generator` (a CPU generator), so a run is reproducible and can be
+    resumed from the generator's saved state; the sampling runs on the images' device.
+    """
+    pixels = images.float().div_(255)
+    if not aug.enabled or len(images) == 0:
+        return pixels
+    n, size = images.shape[0], images.shape[-1]
+    theta = affine_matrices(n, size, aug, generator)
+    grid = F.affine_grid(theta.to(images.device), [n, 1, size, size], align_corners=False)
+    if aug.elastic_alpha:
+        grid = grid + elastic_displacement(n, size, aug, generator).to(images.device)
+    out = F.grid_sample(pixels[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, 0]

@@ -1,0 +1,261 @@
+"""Stage `train`: fit the MLP on the train split, keep the best-valid-loss weights, track in MLflow.
+
+After every epoch models/last.pt records everything needed to continue (weights, optimiser,
+schedule, random state, history, best weights, MLflow run id) with a fingerprint of the params
+and data; a killed run started again continues from there and ends exactly where an
+uninterrupted run would. A changed fingerprint, or a run already completed, starts fresh.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import atomic, tracking
+from pipeline.augment import Augmentation
+from pipeline.config import Params
+from pipeline.data import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.model import MLP, Architecture, save_checkpoint
+from pipeline.paths import (
+    CHECKSUMS_FILE,
+    GRAD_NORMS_FILE,
+    LAST_CHECKPOINT_FILE,
+    MLFLOW_RUN_FILE,
+    MODEL_FILE,
+    RAW_DIR,
+    STATS_FILE,
+    TRAIN_HISTORY_FILE,
+    TRAIN_INDEX_FILE,
+    VALID_INDEX_FILE,
+)
+from pipeline.progress import bar, log
+from pipeline.trainer import EpochResult, Split, Trainer, diverged, resolve_device
+
+LAST_FORMAT = "mnist-mlp-last/1"
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "lr"]
+EXAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class Inputs:
+    train: Split
+    valid: Split
+    mean: float
+    std: float
+    dataset_md5: dict[str, str]  # file name -> md5, from checksums.json
+    fingerprint: str
+
+
+def _read_json(path: Path, stage: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro {stage}") from None
+
+
+def read_stats(image_size: int) -> tuple[float, float]:
+    stats = _read_json(STATS_FILE, "stats")
+    if stats.get("image_size") != image_size:
+        raise PipelineError(
+            f"{STATS_FILE} is for image_size {stats.get('image_size')} but data.image_size is {image_size}; "
+            "run dvc repro stats"
+        )
+    if not stats.get("std", 0) > 0:
+        raise PipelineError(f"{STATS_FILE} has std {stats.get('std')!r}; the images are constant, check data/raw")
+    return float(stats["mean"]), float(stats["std"])
+
+
+def read_indices(path: Path, limit: int) -> np.ndarray:
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro split") from None
+    if indices.ndim != 1 or indices.dtype != np.int64 or len(indices) == 0:
+        raise PipelineError(f"{path} must be a non-empty int64 index array, got {indices.dtype} {indices.shape}; rerun split")
+    if indices.min() < 0 or indices.max() >= limit:
+        raise PipelineError(f"{path} has indices outside 0..{limit - 1}; rerun split on the current data")
+    return indices
+
+
+def fingerprint(params: Params, dataset_md5: dict[str, str], files: list[Path]) -> str:
+    """What the trained weights depend on: training params and the bytes of every data input."""
+    relevant = {
+        "image_size": params.data.image_size,
+        "model": params.model.model_dump(),
+        "augment": params.augment.model_dump(),
+        "train": params.train.model_dump(),
+        "raw": dataset_md5,
+        "files": {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def load_inputs(params: Params, device: torch.device) -> Inputs:
+    size = params.data.image_size
+    mean, std = read_stats(size)
+    checksums = _read_json(CHECKSUMS_FILE, "download")
+    dataset_md5 = {name: entry["md5"] for name, entry in checksums.get("files", {}).items()}
+    data = load_dataset(RAW_DIR, size)
+    limit = len(data.train_labels)
+    train_idx = torch.from_numpy(read_indices(TRAIN_INDEX_FILE, limit))
+    valid_idx = torch.from_numpy(read_indices(VALID_INDEX_FILE, limit))
+
+    def split(index: torch.Tensor) -> Split:
+        return Split(data.train_images[index].to(device), data.train_labels[index].to(device))
+
+    digest = fingerprint(params, dataset_md5, [STATS_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE])
+    return Inputs(split(train_idx), split(valid_idx), mean, std, dataset_md5, digest)
+
+
+def load_resume_state(path: Path, expected: str) -> dict | None:
+    """The saved state of an interrupted run with the same fingerprint, else None (and why)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start over
+        log(f"{path} is unreadable ({type(exc).__name__}); starting fresh")
+        return None
+    if not isinstance(state, dict) or state.get("format") != LAST_FORMAT:
+        log(f"{path} is not a {LAST_FORMAT} file; starting fresh")
+        return None
+    if state["fingerprint"] != expected:
+        log(f"{path} was written with other params or data; starting fresh")
+        return None
+    if state["completed"]:
+        log(f"{path} holds a completed run; starting fresh")
+        return None
+    log(f"resuming from {path} after epoch {state['epoch']}")
+    return state
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def check_finite(result: EpochResult, trainer: Trainer, steps: int) -> None:
+    if not (math.isfinite(result.train_loss) and math.isfinite(result.valid_loss) and all_finite(trainer.model)):
+        raise diverged(result.epoch, steps, steps, trainer.train.lr)
+
+
+def epoch_line(r: EpochResult, epochs: int) -> str:
+    return (
+        f"epoch {r.epoch}/{epochs}: train loss {r.train_loss:.4f} acc {r.train_acc:.4f} | "
+        f"valid loss {r.valid_loss:.4f} acc {r.valid_acc:.4f} | lr {r.lr:.3g} | {r.seconds:.1f} s"
+    )
+
+
+def run_tags(dataset_md5: dict[str, str]) -> dict[str, str]:
+    tags = {f"dataset.md5.{name}": md5 for name, md5 in dataset_md5.items()}
+    tags["git_commit"] = tracking.git_commit()
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def train(params: Params, after_epoch: Callable[[int], None] | None = None) -> dict:
+    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt there)."""
+    import mlflow
+
+    tracking.configure()  # an unreachable server fails now, not after the training
+    t = params.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    inputs = load_inputs(params, device)
+    torch.manual_seed(t.seed)
+    model = MLP(Architecture.from_params(params), inputs.mean, inputs.std).to(device)
+    steps = -(-len(inputs.train.labels) // t.batch_size)
+    trainer = Trainer(model, t, Augmentation.from_params(params), steps)
+
+    state = load_resume_state(LAST_CHECKPOINT_FILE, inputs.fingerprint)
+    if state:
+        trainer.load_state_dict(state["trainer"])
+    else:
+        state = {"format": LAST_FORMAT, "fingerprint": inputs.fingerprint, "completed": False, "epoch": 0,
+                 "history": [], "grad_norms": [], "best": None, "mlflow_run_id": None}
+
+    with tracking.start_run(params.mlflow.experiment, params.flat(), run_tags(inputs.dataset_md5),
+                            state["mlflow_run_id"]) as run:
+        if state["mlflow_run_id"] not in (None, run.info.run_id):
+            log(f"MLflow run {state['mlflow_run_id']} of the interrupted training is gone; logging to a new run")
+        state["mlflow_run_id"] = run.info.run_id
+        with bar(total=t.epochs, initial=state["epoch"], desc="train", unit="epoch") as progress:
+            for epoch in range(state["epoch"] + 1, t.epochs + 1):
+                result = trainer.run_epoch(inputs.train, inputs.valid, epoch)
+                check_finite(result, trainer, steps)
+                state["history"].append(result.history_row())
+                state["grad_norms"].append({"epoch": epoch, **result.grad_norms})
+                best = state["best"]
+                if best is None or result.valid_loss < best["valid_loss"]:
+                    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    state["best"] = {"epoch": epoch, "valid_loss": result.valid_loss,
+                                     "valid_accuracy": result.valid_acc, "state_dict": weights}
+                metrics = {k: v for k, v in result.history_row().items() if k not in ("epoch", "seconds")}
+                metrics["epoch_seconds"] = result.seconds
+                metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
+                mlflow.log_metrics(metrics, step=epoch)
+                state["epoch"] = epoch
+                state["trainer"] = trainer.state_dict()
+                with atomic.atomic_path(LAST_CHECKPOINT_FILE) as tmp:
+                    torch.save(state, tmp)
+                write_history(state)
+                log(epoch_line(result, t.epochs))
+                progress.update(1)
+                if after_epoch:
+                    after_epoch(epoch)
+        finish(params, model, inputs, state)
+    return state
+
+
+def write_history(state: dict) -> None:
+    atomic.write_text(TRAIN_HISTORY_FILE, csv_text(state["history"], HISTORY_COLUMNS))
+    layers = [k for k in state["grad_norms"][0] if k != "epoch"] if state["grad_norms"] else []
+    atomic.write_text(GRAD_NORMS_FILE, csv_text(state["grad_norms"], ["epoch", *layers]))
+
+
+def finish(params: Params, model: MLP, inputs: Inputs, state: dict) -> None:
+    """Best weights to models/model.pt and the MLflow registry, then mark last.pt completed."""
+    import mlflow
+
+    best = state["best"]
+    model = model.to("cpu")
+    model.load_state_dict(best["state_dict"])
+    model.eval()
+    save_checkpoint(MODEL_FILE, model, {"epoch": best["epoch"], "valid_loss": best["valid_loss"],
+                                        "valid_accuracy": best["valid_accuracy"], "loss": params.train.loss})
+    write_history(state)
+    mlflow.log_metrics({"best_epoch": best["epoch"], "best_valid_loss": best["valid_loss"],
+                        "best_valid_acc": best["valid_accuracy"]})
+    example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
+    tracking.log_model(model, example, params.mlflow.registered_model)
+    run = mlflow.active_run()
+    tracking.save_run_reference(MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
+    state["completed"] = True
+    with atomic.atomic_path(LAST_CHECKPOINT_FILE) as tmp:
+        torch.save(state, tmp)
+    log(f"best epoch {best['epoch']}: valid loss {best['valid_loss']:.4f}, accuracy {best['valid_accuracy']:.4f}; "
+        f"saved {MODEL_FILE}, MLflow run {run.info.run_id}")
+
+
+def main(params: Params) -> None:
+    train(params)

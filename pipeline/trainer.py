@@ -1,0 +1,205 @@
+"""The training loop: in-memory uint8 data, batched augmentation, no host sync per step.
+
+At batch 64 an epoch is ~850 tiny steps, so per-step overhead decides the speed: each epoch is
+shuffled once, augmented a chunk of batches at a time, and per-step losses, hits and gradient
+norms stay tensors until the chunk ends. Everything random draws from one seeded CPU generator
+(plus torch's global generator for dropout), and `state_dict()` captures all of it, so a run
+resumed after any completed epoch ends bit-for-bit where an uninterrupted run would on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pipeline.augment import Augmentation, augment
+from pipeline.config import TrainParams
+from pipeline.errors import PipelineError
+from pipeline.losses import loss_fn
+from pipeline.model import MLP
+from pipeline.progress import bar
+
+CHUNK_IMAGES = 8192  # images augmented per grid_sample call; fixed, as it orders the random draws
+EVAL_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, S, S]
+    labels: torch.Tensor  # int64 [N]
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    valid_loss: float
+    valid_acc: float
+    seconds: float
+    lr: float
+    grad_norms: dict[str, float] = field(default_factory=dict)
+
+    def history_row(self) -> dict[str, float]:
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "train_acc": self.train_acc,
+            "valid_loss": self.valid_loss,
+            "valid_acc": self.valid_acc,
+            "seconds": self.seconds,
+            "lr": self.lr,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train.device is cuda but torch sees no CUDA device; use -S train.device=auto or cpu")
+    return torch.device(name)
+
+
+def linear_layers(model: MLP) -> dict[str, nn.Linear]:
+    """Name -> layer, e.g. hidden.0, hidden.2, output: the columns of grad_norms.csv."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+
+
+def make_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimizer:
+    if train.optimizer == "adam":
+        if train.momentum:
+            raise PipelineError("train.momentum applies to sgd only; set it to 0 or use -S train.optimizer=sgd")
+        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainParams, steps_per_epoch: int):
+    """Stepped once per batch; `none` keeps train.lr throughout."""
+    total = steps_per_epoch * train.epochs
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if train.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total)
+    return None
+
+
+def diverged(epoch: int, step: int, steps: int, lr: float) -> PipelineError:
+    return PipelineError(
+        f"training diverged: non-finite loss at epoch {epoch}, step {step} of {steps}; "
+        f"lower train.lr (now {lr:g}), e.g. -S train.lr={lr / 10:g}"
+    )
+
+
+class Trainer:
+    """Model, optimiser, schedule and random state of one training run."""
+
+    def __init__(self, model: MLP, train: TrainParams, aug: Augmentation, steps_per_epoch: int) -> None:
+        self.model = model
+        self.train = train
+        self.aug = aug
+        self.device = next(model.parameters()).device
+        self.loss = loss_fn(train.loss)
+        self.optimizer = make_optimizer(model, train)
+        self.scheduler = make_scheduler(self.optimizer, train, steps_per_epoch)
+        self.generator = torch.Generator().manual_seed(train.seed)
+        self.layers = linear_layers(model)
+
+    def _autocast(self):
+        if not self.train.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),  # dropout masks
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train_epoch(self, data: Split, epoch: int) -> tuple[float, float, dict[str, float]]:
+        """One pass in a fresh random order: (mean loss, accuracy, mean weight-gradient L2 norm per layer)."""
+        self.model.train()
+        n, batch = len(data.labels), self.train.batch_size
+        steps = -(-n // batch)
+        chunk = batch * max(1, CHUNK_IMAGES // batch)
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        hits = torch.zeros((), device=self.device, dtype=torch.int64)
+        norm_sum = torch.zeros(len(self.layers), device=self.device, dtype=torch.float64)
+        weights = [layer.weight for layer in self.layers.values()]
+        step = 0
+        with bar(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False) as progress:
+            for start in range(0, n, chunk):
+                index = order[start : start + chunk]
+                pixels = augment(data.images[index], self.aug, self.generator).flatten(1)
+                labels = data.labels[index]
+                losses, sizes = [], []
+                for offset in range(0, len(index), batch):
+                    x, y = pixels[offset : offset + batch], labels[offset : offset + batch]
+                    with self._autocast():
+                        scores = self.model(x)
+                        loss = self.loss(scores.float(), y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    norm_sum += torch.stack([torch.linalg.vector_norm(w.grad) for w in weights])
+                    self.optimizer.step()
+                    if self.scheduler:
+                        self.scheduler.step()
+                    losses.append(loss.detach())
+                    sizes.append(len(y))
+                    hits += (scores.argmax(1) == y).sum()
+                chunk_losses = torch.stack(losses)
+                finite = torch.isfinite(chunk_losses)
+                if not bool(finite.all()):
+                    first = int((~finite).nonzero()[0, 0])
+                    raise diverged(epoch, step + first + 1, steps, self.train.lr)
+                loss_sum += (chunk_losses.double() * torch.tensor(sizes, device=self.device)).sum()
+                step += len(losses)
+                progress.update(len(losses))
+        norms = (norm_sum / steps).tolist()
+        return float(loss_sum) / n, int(hits) / n, dict(zip(self.layers, norms))
+
+    @torch.no_grad()
+    def evaluate(self, data: Split) -> tuple[float, float]:
+        """Mean loss and accuracy on un-augmented images."""
+        self.model.eval()
+        loss_sum, hits = 0.0, 0
+        for start in range(0, len(data.labels), EVAL_BATCH):
+            x = data.images[start : start + EVAL_BATCH].float().div_(255).flatten(1)
+            y = data.labels[start : start + EVAL_BATCH]
+            with self._autocast():
+                scores = self.model(x).float()
+            loss_sum += float(self.loss(scores, y)) * len(y)
+            hits += int((scores.argmax(1) == y).sum())
+        return loss_sum / len(data.labels), hits / len(data.labels)
+
+    def run_epoch(self, train: Split, valid: Split, epoch: int) -> EpochResult:
+        started = time.perf_counter()
+        lr = self.lr()
+        train_loss, train_acc, norms = self.train_epoch(train, epoch)
+        valid_loss, valid_acc = self.evaluate(valid)
+        return EpochResult(
+            epoch, train_loss, train_acc, valid_loss, valid_acc, time.perf_counter() - started, lr, norms
+        )

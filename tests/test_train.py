@@ -1,0 +1,241 @@
+"""The train stage on tiny synthetic data: outputs, determinism, resume, divergence, MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import download, paths, train
+from pipeline.config import parse_params
+from pipeline.data import load_dataset
+from pipeline.errors import PipelineError
+from pipeline.model import load_checkpoint, model_from_checkpoint
+
+SMALL = {"model": {"hidden": [32, 16]}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "threads": 1}}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def small_params(**sections: dict):
+    return parse_params(_merge(SMALL, sections))
+
+
+@pytest.fixture
+def inputs(workdir: Path, synthetic_mirror: Path) -> Path:
+    """workdir with data/raw (real download stage), data/stats.json and data/split as the contracts say."""
+    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
+    pixels = load_dataset(paths.RAW_DIR, 28).train_images.double() / 255
+    stats = {"mean": pixels.mean().item(), "std": pixels.std(correction=0).item(), "image_size": 28, "count": len(pixels)}
+    paths.STATS_FILE.write_text(json.dumps(stats))
+    order = np.random.default_rng(0).permutation(len(pixels))
+    paths.SPLIT_DIR.mkdir(parents=True)
+    np.save(paths.VALID_INDEX_FILE, np.sort(order[:100]).astype(np.int64))
+    np.save(paths.TRAIN_INDEX_FILE, np.sort(order[100:]).astype(np.int64))
+    return workdir
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    """Wall time is the one column that legitimately differs between identical runs."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_stage_writes_its_outputs_and_learns(inputs: Path) -> None:
+    state = train.train(small_params())
+    history = read_csv(paths.TRAIN_HISTORY_FILE)
+    assert [row["epoch"] for row in history] == ["1", "2", "3"]
+    assert list(history[0]) == train.HISTORY_COLUMNS
+    assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
+    norms = read_csv(paths.GRAD_NORMS_FILE)
+    assert list(norms[0]) == ["epoch", "hidden.0", "hidden.2", "output"]
+    assert all(float(v) > 0 for row in norms for v in row.values())
+
+    payload = torch.load(paths.MODEL_FILE, weights_only=True)
+    best = min(history, key=lambda row: float(row["valid_loss"]))
+    assert payload["epoch"] == int(best["epoch"]) == state["best"]["epoch"]
+    assert payload["valid_loss"] == pytest.approx(float(best["valid_loss"]))
+    assert payload["loss"] == "cross_entropy"
+    model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
+    for key, value in state["best"]["state_dict"].items():
+        assert torch.equal(model.state_dict()[key], value)
+    assert json.loads(paths.MLFLOW_RUN_FILE.read_text()).keys() == {"run_id", "experiment_id"}
+    assert torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)["completed"] is True
+
+
+def test_two_runs_give_identical_results(inputs: Path) -> None:
+    params = small_params(model={"dropout": 0.2}, augment={"scale": 0.1, "elastic_alpha": 8.0})
+    first = train.train(params)
+    history = read_csv(paths.TRAIN_HISTORY_FILE)
+    norms = paths.GRAD_NORMS_FILE.read_text()
+    second = train.train(params)  # last.pt is marked completed, so this starts fresh
+    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == without_seconds(history)
+    assert paths.GRAD_NORMS_FILE.read_text() == norms
+    for key, value in first["trainer"]["model"].items():
+        assert torch.equal(second["trainer"]["model"][key], value)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_after(stop_epoch: int):
+    def hook(epoch: int) -> None:
+        if epoch == stop_epoch:
+            raise Interrupt
+
+    return hook
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path) -> None:
+    # Dropout and a one-cycle schedule: the global RNG and the scheduler must be restored too.
+    params = small_params(model={"dropout": 0.1}, train={"lr_schedule": "onecycle"})
+    whole = train.train(params)
+    whole_history = read_csv(paths.TRAIN_HISTORY_FILE)
+    whole_run = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
+    for path in (paths.MODEL_FILE, paths.TRAIN_HISTORY_FILE, paths.MLFLOW_RUN_FILE):
+        path.unlink()  # as dvc does with a stage's outs before running it
+
+    with pytest.raises(Interrupt):
+        train.train(params, after_epoch=stop_after(1))
+    assert torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    assert not paths.MODEL_FILE.exists()
+    resumed = train.train(params)
+
+    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == without_seconds(whole_history)
+    for key, value in whole["trainer"]["model"].items():
+        assert torch.equal(resumed["trainer"]["model"][key], value), key
+    for key, value in whole["best"]["state_dict"].items():
+        assert torch.equal(load_checkpoint(paths.MODEL_FILE)["state_dict"][key], value), key
+    resumed_run = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
+    assert resumed_run != whole_run and resumed_run == resumed["mlflow_run_id"]
+
+    from mlflow import MlflowClient
+
+    steps = [m.step for m in MlflowClient().get_metric_history(resumed_run, "valid_loss")]
+    assert steps == [1, 2, 3]  # the interrupted run was reopened and continued, not duplicated
+
+
+def test_changed_params_start_fresh(inputs: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(Interrupt):
+        train.train(small_params(), after_epoch=stop_after(1))
+    state = train.train(small_params(train={"lr": 0.002}))
+    assert "other params or data; starting fresh" in capsys.readouterr().err
+    assert state["mlflow_run_id"] and len(state["history"]) == 3
+
+
+def test_divergence_stops_with_one_clear_message(inputs: Path) -> None:
+    with pytest.raises(PipelineError) as error:
+        train.train(small_params(train={"lr": 10.0, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 10.0, "epochs": 2}))
+    message = str(error.value)
+    assert "non-finite loss at epoch 1, step" in message and "lower train.lr" in message
+    assert "\n" not in message
+    assert not paths.MODEL_FILE.exists()
+
+
+def test_divergence_never_replaces_the_saved_state(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN after a good epoch leaves last.pt at that epoch, with finite weights."""
+    original = train.Trainer.train_epoch
+
+    def poisoned(self, data, epoch):
+        if epoch == 2:
+            with torch.no_grad():
+                self.model.output.weight.fill_(float("nan"))
+        return original(self, data, epoch)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", poisoned)
+    with pytest.raises(PipelineError, match="epoch 2, step 1 of"):
+        train.train(small_params())
+    saved = torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["best"]["state_dict"].values())
+
+
+def test_mlflow_run_holds_params_metrics_tags_and_model(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("DVC_EXP_NAME", "try-1")
+    params = small_params(train={"epochs": 2})
+    train.train(params)
+    reference = json.loads(paths.MLFLOW_RUN_FILE.read_text())
+    client = MlflowClient()
+    run = client.get_run(reference["run_id"])
+    assert run.info.experiment_id == reference["experiment_id"]
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.hidden"] == "[32, 16]"
+    assert set(params.flat()) <= set(run.data.params)
+    md5 = json.loads(paths.CHECKSUMS_FILE.read_text())["files"]
+    assert run.data.tags["dataset.md5.train-images-idx3-ubyte.gz"] == md5["train-images-idx3-ubyte.gz"]["md5"]
+    assert run.data.tags["dvc_experiment"] == "try-1" and run.info.run_name == "try-1"
+    assert "git_commit" in run.data.tags
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/hidden.0")] == [1, 2]
+
+    (version,) = client.search_model_versions(f"name='{params.mlflow.registered_model}'")
+    assert version.run_id == run.info.run_id
+    served = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}/{version.version}")
+    pixels = np.random.default_rng(0).random((7, 784), dtype=np.float32)
+    expected = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))(torch.from_numpy(pixels))
+    np.testing.assert_allclose(served.predict(pixels), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_unreachable_tracking_server_fails_before_training(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(PipelineError, match="unreachable"):
+        train.train(small_params())
+    assert not paths.LAST_CHECKPOINT_FILE.exists()
+
+
+def test_missing_inputs_name_the_stage_to_run(inputs: Path) -> None:
+    paths.STATS_FILE.unlink()
+    with pytest.raises(PipelineError, match="run dvc repro stats"):
+        train.train(small_params())
+
+
+def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(PipelineError, match="no CUDA device"):
+        train.train(small_params(train={"device": "cuda"}))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_to_the_same_result(inputs: Path) -> None:
+    """A real process killed by SIGKILL (no cleanup at all) resumes from last.pt."""
+    (inputs / "params.yaml").write_text(json.dumps(_merge(SMALL, {"train": {"epochs": 4}})))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "pipeline", "train"]
+    proc = subprocess.Popen(command, cwd=inputs, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("epoch 2/4"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = subprocess.run(command, cwd=inputs, env=env, capture_output=True, text=True, check=True)
+    assert re.search(r"resuming from models/last.pt after epoch [23]\n", resumed.stderr)
+    resumed_history = without_seconds(read_csv(paths.TRAIN_HISTORY_FILE))
+    resumed_weights = load_checkpoint(paths.MODEL_FILE)["state_dict"]
+
+    subprocess.run(command, cwd=inputs, env=env, capture_output=True, text=True, check=True)  # fresh: completed
+    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == resumed_history
+    for key, value in load_checkpoint(paths.MODEL_FILE)["state_dict"].items():
+        assert torch.equal(resumed_weights[key], value), key
