@@ -125,3 +125,25 @@ def trained_workdir(workdir: Path, synthetic_mirror: Path) -> Path:
         mlflow.log_param("train.epochs", 3)
     tracking.save_run_reference(paths.MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store whose schema is created once per session (seconds per fresh store)."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_workdir(workdir: Path, migrated_mlflow_db: Path) -> Path:
+    """workdir whose sqlite store starts as a copy of the migrated template.
+
+    Log into a named experiment: the template's Default experiment keeps its artifacts elsewhere.
+    """
+    import shutil
+
+    shutil.copy(migrated_mlflow_db, workdir / "mlflow.db")
+    return workdir
