@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Scheduled retraining, run from the repository root by .github/workflows/retrain.yml and CI.
+#
+# Every run trains a new model, even when nothing changed: a retrain that silently reuses the
+# last model is no retrain, and with fixed seeds the same inputs must give the same metrics,
+# which `dvc metrics diff` then shows. Stages before train run only when their inputs changed.
+# The promote stage decides against the registry at $MLFLOW_TRACKING_URI (else the repository's
+# mlflow.db) and reports/promotion.json says why.
+#
+# With a DVC remote configured (dvc remote add -d ...), the last results are pulled first and
+# the new ones pushed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+remote="$(dvc remote list)"
+if [ -n "$remote" ]; then
+    echo "== dvc pull (remote: ${remote%%[[:space:]]*})"
+    dvc pull --allow-missing
+fi
+
+if [ -n "${MLFLOW_TRACKING_URI:-}" ]; then
+    echo "== MLflow: tracking server from MLFLOW_TRACKING_URI"
+else
+    echo "== MLflow: local store sqlite:///$PWD/mlflow.db (set MLFLOW_TRACKING_URI to promote into a shared registry)"
+fi
+
+# `dvc status -q` exits 0 when train and everything it depends on are up to date.
+train_current=false
+if dvc status --quiet train; then
+    train_current=true
+fi
+echo "== dvc repro"
+# --no-run-cache: a stage whose inputs changed really runs, never restores an older result.
+dvc repro --no-run-cache
+if [ "$train_current" = true ]; then
+    echo "== nothing train depends on changed; retraining anyway (dvc repro --force --downstream train)"
+    dvc repro --force --downstream train
+fi
+
+echo "== dvc metrics diff (last commit -> this run)"
+dvc metrics diff
+promotion="$(python -c 'import json; r = json.load(open("reports/promotion.json")); print(r["decision"] + ": " + r["reason"])')"
+echo "== promotion: $promotion"
+
+if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
+    {
+        echo "## Metrics (last commit -> this run)"
+        dvc metrics diff --md
+        echo
+        echo "**Promotion** $promotion"
+    } >>"$GITHUB_STEP_SUMMARY"
+fi
+
+if [ -n "$remote" ]; then
+    echo "== dvc push"
+    dvc push
+fi
