@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from pipeline.errors import PipelineError
 
@@ -30,7 +30,7 @@ class DataParams(Section):
     name: Literal["mnist", "fashion-mnist", "kmnist", "custom"] = "mnist"
     # Ordered sources, tried after $MNIST_MIRROR. Empty means the official mirrors of `name`
     # (for mnist: the S3 mirror torchvision uses, then the original site).
-    mirrors: list[str] = []
+    mirrors: list[Annotated[str, Field(min_length=1)]] = []
     # Expected MD5 per canonical file name, for `name: custom` only (optional there).
     md5: dict[str, str] | None = None
     image_size: Literal[28, 16] = 28
@@ -39,10 +39,17 @@ class DataParams(Section):
 
     @field_validator("md5")
     @classmethod
-    def _md5_hex(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+    def _md5_hex(cls, value: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        # Messages of these ValueErrors are complete: _describe adds no "got ...".
+        name = info.data.get("name", "custom")  # absent when data.name itself is invalid
+        if value is not None and name != "custom":
+            raise ValueError(
+                f"is only used with data.name custom (data.name is {name!r}); "
+                "the official checksums apply, so remove data.md5"
+            )
         for fname, digest in (value or {}).items():
             if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest.lower()):
-                raise ValueError(f"md5 of {fname} must be 32 hex digits, got {digest!r}")
+                raise ValueError(f"must give 32 hex digits per file, got {digest!r} for {fname}")
         return value
 
 
@@ -132,7 +139,7 @@ class Params(Section):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
     if error["type"] == "extra_forbidden":
         section, _, _ = key.rpartition(".")
         owner: type[BaseModel] = Params
@@ -140,9 +147,16 @@ def _describe(error: dict[str, Any]) -> str:
             owner = Params.model_fields[section if section != "validate" else "validate_"].annotation
         allowed = ", ".join(f.alias or name for name, f in owner.model_fields.items())
         return f"{key} is not a known key (allowed: {allowed})"
-    message = error["msg"]
-    message = message[0].lower() + message[1:]
-    message = message.replace("input should be", "must be").replace("value error, ", "")
+    if error["type"] == "value_error":
+        return f"{key} {error['ctx']['error']}"
+    if error["type"] in ("model_type", "dict_type"):
+        message = "must be a mapping of keys to values"
+    elif error["type"] == "too_short":
+        message = f"must have at least {error['ctx']['min_length']} item(s)"
+    else:
+        message = error["msg"]
+        message = message[0].lower() + message[1:]
+        message = message.replace("input should be", "must be")
     return f"{key} {message}, got {error['input']!r}"
 
 
@@ -155,13 +169,39 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
         raise PipelineError(f"invalid params: {problems}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A key given twice is a mistake (PyYAML would silently keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's messages span several lines; the CLI prints one."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     if not path.exists():
         raise PipelineError(f"{path} not found in {Path.cwd()}; run from the repository root")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read {path} ({exc}); point --params at a readable YAML file") from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path} is not valid YAML ({exc}); fix the syntax") from None
+        raise PipelineError(f"{path} is not valid YAML: {_yaml_problem(exc)}; fix the syntax") from None
     if raw is not None and not isinstance(raw, dict):
         raise PipelineError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw)

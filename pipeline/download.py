@@ -7,17 +7,20 @@ it handles neither file:// URLs nor an ordered mirror list, so this is plain url
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import json
 import os
-import shutil
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline import atomic
 from pipeline.config import Params
@@ -28,21 +31,29 @@ from pipeline.paths import CHECKSUMS_FILE, RAW_DIR
 from pipeline.progress import bar, log
 
 MIRROR_ENV = "MNIST_MIRROR"
+BACKOFF_S = 0.5  # pause before the first retry of a source; doubles for each further retry
 _CHUNK = 1 << 16
 
 
 class FetchError(Exception):
-    """One attempt at one source failed; `retry` says whether trying the same source again may help."""
+    """One attempt at one source failed.
 
-    def __init__(self, reason: str, retry: bool) -> None:
+    `retry`: trying the same source again may help (server error, dropped connection).
+    `down`: the source as a whole is unusable (no such host or folder, refused, silent), so the
+    remaining files skip it and an offline machine fails in seconds instead of waiting per file.
+    """
+
+    def __init__(self, reason: str, retry: bool = False, down: bool = False) -> None:
         super().__init__(reason)
         self.retry = retry
+        self.down = down
 
 
 @dataclass(frozen=True)
 class Expected:
     md5: str | None = None
     sha256: str | None = None
+    basis: str = "none (observed checksums recorded)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,19 @@ def source_url(source: str, fname: str) -> str:
     return str(Path(source).expanduser() / fname)
 
 
-def _copy_stream(stream, dest: Path, total: int | None, label: str) -> int:
+def _request(location: str) -> urllib.request.Request:
+    """urllib cannot take user:password@ from the URL itself, so send it as HTTP basic auth."""
+    parts = urllib.parse.urlsplit(location)
+    request = urllib.request.Request(redact(location))
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
+
+
+def _copy_stream(stream: BinaryIO, dest: Path, total: int | None, label: str) -> int:
     written = 0
     with open(dest, "wb") as out, bar(total=total, unit="B", unit_scale=True, desc=label, leave=False) as progress:
         while chunk := stream.read(_CHUNK):
@@ -96,31 +119,55 @@ def _copy_stream(stream, dest: Path, total: int | None, label: str) -> int:
     return written
 
 
+def _copy_local(location: str, dest: Path) -> None:
+    source = Path(location)
+    if not source.parent.is_dir():
+        raise FetchError(f"no folder {source.parent}", down=True)
+    if not source.is_file():
+        raise FetchError(f"no file {source.name} there")
+    try:
+        with open(source, "rb") as stream:
+            _copy_stream(stream, dest, source.stat().st_size, source.name)
+    except OSError as exc:
+        raise FetchError(f"cannot copy {source} ({exc.strerror})") from None
+
+
+def _connection_failure(reason: object, timeout_s: float) -> FetchError:
+    if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+        return FetchError(f"timed out after {timeout_s:g} s", down=True)
+    if isinstance(reason, FileNotFoundError):  # file:// URL
+        return FetchError("no such file")
+    if isinstance(reason, socket.gaierror):
+        return FetchError(f"host not found ({reason.strerror})", down=True)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return FetchError(f"TLS certificate rejected ({reason.verify_message})", down=True)
+    if isinstance(reason, ConnectionRefusedError):
+        return FetchError("connection refused", retry=True, down=True)
+    if isinstance(reason, str):  # urllib's own complaint, e.g. a file:// URL on another host
+        return FetchError(f"unusable URL ({reason})", down=True)
+    return FetchError(f"connection broke ({reason})", retry=True)
+
+
 def fetch_once(location: str, dest: Path, timeout_s: float) -> None:
-    """Copy one file from a local path or URL to `dest`; raise FetchError with the reason."""
+    """Copy one file from a local path or URL to `dest`; raise FetchError with the reason.
+
+    `timeout_s` bounds connecting and each wait for data, so a stalled server is abandoned.
+    """
     if "://" not in location:
-        if not Path(location).is_file():
-            raise FetchError(f"no file at {location}", retry=False)
-        shutil.copyfile(location, dest)
+        _copy_local(location, dest)
         return
     try:
-        with urllib.request.urlopen(location, timeout=timeout_s) as response:
+        with urllib.request.urlopen(_request(location), timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             written = _copy_stream(response, dest, total, Path(location).name)
     except urllib.error.HTTPError as exc:
-        raise FetchError(f"HTTP {exc.code} {exc.reason}", retry=exc.code >= 500 or exc.code in (408, 429)) from None
+        retry = exc.code >= 500 or exc.code in (408, 429)
+        raise FetchError(f"HTTP {exc.code} {exc.reason}", retry=retry) from None
     except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            raise FetchError(f"timed out after {timeout_s:g} s", retry=True) from None
-        if isinstance(reason, FileNotFoundError):
-            raise FetchError(f"no file at {location}", retry=False) from None
-        raise FetchError(f"unreachable ({reason})", retry=True) from None
-    except (socket.timeout, TimeoutError):
-        raise FetchError(f"timed out after {timeout_s:g} s", retry=True) from None
-    except (ConnectionError, OSError) as exc:
-        raise FetchError(f"connection broke ({exc})", retry=True) from None
+        raise _connection_failure(exc.reason, timeout_s) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _connection_failure(exc, timeout_s) from None
     if total is not None and written != total:
         raise FetchError(f"truncated body: got {written} of {total} bytes", retry=True)
 
@@ -130,11 +177,11 @@ def accept(path: Path, fname: str, expected: Expected) -> Digests:
     found = digests_of(path)
     problem = mismatch(found, expected)
     if problem:
-        raise FetchError(f"wrong bytes: {problem}", retry=False)
+        raise FetchError(f"wrong bytes: {problem}")
     try:
         parse_idx(path.read_bytes(), fname)
     except PipelineError as exc:
-        raise FetchError(f"not a valid IDX file: {exc}", retry=False) from None
+        raise FetchError(f"not a valid IDX file: {exc}") from None
     return found
 
 
@@ -145,36 +192,36 @@ def fetch_verified(
     expected: Expected,
     timeout_s: float,
     retries: int,
-    dead: dict[str, str],
+    down: dict[str, str],
 ) -> tuple[Digests, str]:
     """Try each source in order (with retries and backoff) until one yields verified bytes.
 
-    `dead` maps sources that were unreachable for an earlier file to their reason, so that an
-    offline machine fails in seconds instead of retrying every file on every mirror.
+    `down` maps sources found unusable for an earlier file to the reason; they are not tried again.
     """
     failures: list[str] = []
     for source in sources:
-        if source in dead:
-            failures.append(f"{redact(source)}: {dead[source]}")
+        if source in down:
+            failures.append(f"{redact(source)}: {down[source]}")
             continue
         location = source_url(source, fname)
         for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
                 with atomic.atomic_path(dest_dir / fname) as tmp:
                     fetch_once(location, tmp, timeout_s)
                     found = accept(tmp, fname, expected)
                 return found, redact(location)
             except FetchError as exc:
-                reason = str(exc)
-                if not exc.retry or attempt == retries:
+                error = exc
+                if not exc.retry:
                     break
-                time.sleep(0.5 * 2**attempt)
-        failures.append(f"{redact(source)}: {reason}")
-        if reason.startswith("unreachable") or reason.startswith("timed out"):
-            dead[source] = reason
-    tried = "; ".join(failures) or "no sources configured"
+        tries = f" ({attempt + 1} tries)" if attempt else ""
+        failures.append(f"{redact(source)}: {error}{tries}")
+        if error.down:
+            down[source] = str(error)
     raise PipelineError(
-        f"could not fetch {fname} from any source ({tried}). "
+        f"could not fetch {fname} from any source ({'; '.join(failures)}). "
         f"Set {MIRROR_ENV} to a folder or URL that holds the four IDX files, "
         f"e.g. {MIRROR_ENV}=/path/to/mnist dvc repro download"
     )
@@ -185,26 +232,43 @@ def sources_for(params: Params, env: dict[str, str]) -> list[str]:
     if not configured and params.data.name != "custom":
         configured = list(DATASETS[params.data.name].mirrors)
     mirror = env.get(MIRROR_ENV, "").strip()
-    sources = ([mirror] if mirror else []) + configured
+    named = [(MIRROR_ENV, mirror)] if mirror else []
+    named += [(f"data.mirrors[{i}]", source) for i, source in enumerate(configured)]
+    for name, source in named:
+        scheme = urllib.parse.urlsplit(source).scheme if "://" in source else ""
+        if scheme not in ("", "file", "http", "https"):
+            raise PipelineError(
+                f"{name} is {redact(source)!r}; use a folder, a file:// URL or an http(s):// URL"
+            )
+    sources = list(dict.fromkeys(source for _, source in named))
     if not sources:
-        raise PipelineError(
-            f"data.name is custom but no source is given; set data.mirrors or {MIRROR_ENV}"
-        )
+        raise PipelineError(f"data.name is custom but no source is given; set data.mirrors or {MIRROR_ENV}")
     return sources
 
 
-def expected_for(params: Params, fname: str) -> Expected:
-    if params.data.name == "custom":
-        return Expected(md5=(params.data.md5 or {}).get(fname))
-    spec = DATASETS[params.data.name]
-    return Expected(md5=spec.md5[fname], sha256=spec.sha256.get(fname))
+def expected_checksums(params: Params) -> dict[str, Expected]:
+    """What each file must hash to: the official checksums, or data.md5 (possibly partial) for custom."""
+    if params.data.name != "custom":
+        spec = DATASETS[params.data.name]
+        basis = "official MD5" + (" and SHA-256" if spec.sha256 else "")
+        return {f: Expected(md5=spec.md5[f], sha256=spec.sha256.get(f), basis=basis) for f in FILES}
+    given = params.data.md5 or {}
+    unknown = sorted(set(given) - set(FILES))
+    if unknown:
+        raise PipelineError(
+            f"data.md5 names unknown file(s) {', '.join(unknown)} (allowed: {', '.join(FILES)})"
+        )
+    return {f: Expected(md5=given[f], basis="data.md5") if f in given else Expected() for f in FILES}
 
 
-def already_verified(path: Path, expected: Expected, recorded: dict) -> Digests | None:
-    """A file already in place is kept when it matches the known or previously recorded checksums."""
+def already_verified(path: Path, expected: Expected, recorded: dict, locations: set[str]) -> Digests | None:
+    """A file in place is kept when it matches the known checksums or, lacking those, the ones
+    recorded when it was fetched from one of the current sources (not from some other dataset)."""
     if not path.is_file():
         return None
     if not (expected.md5 or expected.sha256):
+        if recorded.get("source") not in locations:
+            return None
         expected = Expected(md5=recorded.get("md5"), sha256=recorded.get("sha256"))
         if not (expected.md5 or expected.sha256):
             return None
@@ -213,37 +277,48 @@ def already_verified(path: Path, expected: Expected, recorded: dict) -> Digests 
 
 
 def download(params: Params, raw_dir: Path, env: dict[str, str]) -> dict:
+    expected = expected_checksums(params)
+    sources = sources_for(params, env)
     raw_dir.mkdir(parents=True, exist_ok=True)
     for leftover in raw_dir.glob(".*.tmp"):
         leftover.unlink()  # from a run that was killed before it could clean up
     checksums_path = raw_dir / CHECKSUMS_FILE.name
     previous = _read_previous(checksums_path, params.data.name)
-    sources = sources_for(params, env)
-    dead: dict[str, str] = {}
+    down: dict[str, str] = {}
     record: dict[str, dict] = {}
     for fname in FILES:
-        expected = expected_for(params, fname)
-        found = already_verified(raw_dir / fname, expected, previous.get(fname, {}))
-        origin = previous.get(fname, {}).get("source", "already present")
+        recorded = previous.get(fname, {})
+        locations = {redact(source_url(source, fname)) for source in sources}
+        found = already_verified(raw_dir / fname, expected[fname], recorded, locations)
         if found:
+            origin = recorded.get("source", "already present")
             log(f"{fname}: already present and verified")
         else:
             found, origin = fetch_verified(
-                fname, sources, raw_dir, expected, params.data.timeout_s, params.data.retries, dead
+                fname, sources, raw_dir, expected[fname], params.data.timeout_s, params.data.retries, down
             )
             log(f"{fname}: {found.size:,} bytes from {origin}, MD5 {found.md5}")
-        record[fname] = {"md5": found.md5, "sha256": found.sha256, "bytes": found.size, "source": origin}
+        record[fname] = {
+            "md5": found.md5,
+            "sha256": found.sha256,
+            "bytes": found.size,
+            "source": origin,
+            "checked_against": expected[fname].basis,
+        }
     result = {"dataset": params.data.name, "files": record}
     atomic.write_json(checksums_path, result)
     return result
 
 
-def _read_previous(path: Path, dataset: str) -> dict:
+def _read_previous(path: Path, dataset: str) -> dict[str, dict]:
     try:
         previous = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return previous.get("files", {}) if previous.get("dataset") == dataset else {}
+    if not isinstance(previous, dict) or previous.get("dataset") != dataset:
+        return {}
+    files = previous.get("files")
+    return {k: v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
 
 
 def main(params: Params) -> None:

@@ -7,6 +7,7 @@ dimension, then the data in C order. https://yann.lecun.com/exdb/mnist/ describe
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -29,29 +30,32 @@ _FIX = "delete it and fetch it again (dvc repro download)"
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parse IDX bytes (gzipped or raw) into an array; any defect raises PipelineError naming `name`."""
+    """Parse IDX bytes (gzipped or raw) into an array; any defect raises PipelineError naming `name`.
+
+    The message says what is wrong, not how to fix it: that depends on where the bytes came from.
+    """
     if data[:2] == _GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
-            raise PipelineError(f"{name}: corrupt or truncated gzip stream ({exc}); {_FIX}") from None
+            raise PipelineError(f"{name}: corrupt or truncated gzip stream ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise PipelineError(f"{name}: not an IDX file (bad magic number {data[:4].hex() or 'empty'}); {_FIX}")
+        raise PipelineError(f"{name}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     code, ndim = data[2], data[3]
     if code not in _DTYPES:
-        raise PipelineError(f"{name}: unknown IDX data type code 0x{code:02x}; {_FIX}")
+        raise PipelineError(f"{name}: unknown IDX data type code 0x{code:02x}")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise PipelineError(f"{name}: truncated IDX header; {_FIX}")
+        raise PipelineError(
+            f"{name}: truncated IDX header ({ndim} dimensions need {header_len} bytes, found {len(data)})"
+        )
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = _DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     found = len(data) - header_len
     if found != expected:
         problem = "truncated" if found < expected else "has trailing bytes"
-        raise PipelineError(
-            f"{name}: {problem}: header {shape} needs {expected} data bytes, found {found}; {_FIX}"
-        )
+        raise PipelineError(f"{name}: {problem}: header {shape} needs {expected} data bytes, found {found}")
     array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
 
@@ -61,7 +65,10 @@ def read_idx(path: Path) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read ({exc.strerror}); {_FIX}") from None
-    return parse_idx(data, str(path))
+    try:
+        return parse_idx(data, str(path))
+    except PipelineError as exc:
+        raise PipelineError(f"{exc}; {_FIX}") from None
 
 
 def encode_idx(array: np.ndarray, compress: bool = True) -> bytes:

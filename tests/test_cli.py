@@ -1,0 +1,57 @@
+"""`python -m pipeline <stage>` as a user runs it: one `error:` line and exit 1 for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.datasets import FILES
+
+
+def cli(*args: str, mirror: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_MIRROR"}
+    if mirror is not None:
+        env["MNIST_MIRROR"] = str(mirror)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_bad_params_file_prints_one_error_line_and_exits_1(workdir):
+    Path("bad.yaml").write_text("train:\n  lr: -1\n  epochz: 3\n")
+    result = cli("download", "--params", "bad.yaml")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        "error: invalid params: train.lr must be greater than 0, got -1; "
+        "train.epochz is not a known key (allowed: optimizer, lr, "
+    )
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not Path("data").exists()  # failed before any work
+
+
+def test_download_through_the_cli(workdir, synthetic_mirror):
+    md5 = {f: hashlib.md5((synthetic_mirror / f).read_bytes()).hexdigest() for f in FILES}
+    Path("params.yaml").write_text(json.dumps({"data": {"name": "custom", "md5": md5}}))  # JSON is YAML
+    result = cli("download", mirror=synthetic_mirror)
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads(Path("data/raw/checksums.json").read_text())
+    assert {f: e["md5"] for f, e in recorded["files"].items()} == md5
+    result = cli("download", mirror=synthetic_mirror / "gone")
+    assert result.returncode == 0  # everything already verified: no source needed
+    assert result.stderr.count("already present and verified") == 4
+
+
+def test_unreachable_sources_fail_with_one_line_naming_mnist_mirror(workdir, tmp_path):
+    Path("params.yaml").write_text(f"data:\n  name: custom\n  mirrors: ['{tmp_path / 'nothing'}']\n")
+    result = cli("download", mirror=tmp_path / "gone")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not fetch train-images-idx3-ubyte.gz")
+    assert f"{tmp_path / 'gone'}: no folder" in lines[0] and f"{tmp_path / 'nothing'}: no folder" in lines[0]
+    assert "Set MNIST_MIRROR" in lines[0]
+    assert os.listdir("data/raw") == []
