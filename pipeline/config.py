@@ -60,8 +60,9 @@ class SplitParams(Section):
 
 
 class ValidateParams(Section):
-    # Largest allowed gap between a split's class share and the full training set's.
-    class_share_tolerance: float = Field(default=0.01, gt=0, le=1)
+    # Largest allowed gap between a split's class share and the full training set's. A random
+    # 10% split of MNIST exceeds 0.01 for 6% of 3,000 seeds tried (the default seed: 0.0135), 0.02 for none.
+    class_share_tolerance: float = Field(default=0.02, gt=0, le=1)
 
 
 class ModelParams(Section):

@@ -1,0 +1,128 @@
+"""Stage `split`: deterministic, seed-driven, optionally stratified, byte-identical output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_dataset
+from pipeline import download, paths, split
+from pipeline.config import parse_params
+from pipeline.errors import PipelineError
+from pipeline.idx import encode_idx
+
+
+def mnist_like_labels(n: int = 60000, seed: int = 0) -> np.ndarray:
+    """Imbalanced like MNIST's (about 9%-11% per class), shuffled."""
+    shares = np.array([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]) / 60000
+    labels = np.repeat(np.arange(10), np.round(shares * n).astype(int))[:n]
+    return np.random.default_rng(seed).permutation(labels).astype(np.uint8)
+
+
+def shares(labels: np.ndarray) -> np.ndarray:
+    return np.bincount(labels, minlength=10) / len(labels)
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_split_is_a_sorted_disjoint_cover_of_the_training_set(stratify):
+    labels = mnist_like_labels()
+    train, valid = split.split_indices(labels, 0.1, 12345, stratify)
+    assert (len(train), len(valid)) == (54000, 6000)
+    assert train.dtype == valid.dtype == np.int64
+    assert (np.diff(train) > 0).all() and (np.diff(valid) > 0).all()
+    assert np.array_equal(np.sort(np.concatenate([train, valid])), np.arange(60000))
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+def test_same_seed_same_split_other_seed_other_split(stratify):
+    labels = mnist_like_labels()
+    first = split.split_indices(labels, 0.1, 12345, stratify)
+    again = split.split_indices(labels, 0.1, 12345, stratify)
+    other = split.split_indices(labels, 0.1, 12346, stratify)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_split_ignores_and_keeps_numpy_global_state():
+    labels = mnist_like_labels(1000)
+    np.random.seed(1)
+    first = split.split_indices(labels, 0.1, 7, False)
+    after = np.random.random()
+    np.random.seed(2)
+    second = split.split_indices(labels, 0.1, 7, False)
+    np.random.seed(1)
+    assert np.array_equal(first[1], second[1])
+    assert np.random.random() == after  # the split drew nothing from the global generator
+
+
+def test_stratify_keeps_every_class_share_within_a_tenth_of_a_point():
+    labels = mnist_like_labels()
+    full = shares(labels)
+    train, valid = split.split_indices(labels, 0.1, 12345, stratify=True)
+    assert np.abs(shares(labels[valid]) - full).max() < 0.001
+    assert np.abs(shares(labels[train]) - full).max() < 0.001
+    plain_train, plain_valid = split.split_indices(labels, 0.1, 12345, stratify=False)
+    assert np.abs(shares(labels[plain_valid]) - full).max() > 0.001  # what stratifying buys
+
+
+def test_stratify_with_uneven_quotas_still_gives_exact_sizes():
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 3 + [3] * 1, dtype=np.uint8)  # 16 images, 5 to valid
+    train, valid = split.split_indices(labels, 0.3, 0, stratify=True)
+    assert (len(train), len(valid)) == (11, 5)
+    assert sorted(np.bincount(labels[valid], minlength=4).tolist()) == [0, 1, 2, 2]
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.999])
+def test_fraction_that_empties_a_split_is_rejected(fraction):
+    with pytest.raises(PipelineError, match=r"split.valid_fraction .* leaves"):
+        split.split_indices(np.zeros(100, dtype=np.uint8), fraction, 0, False)
+
+
+def test_valid_count_matches_the_documented_formula():
+    assert split.valid_count(60000, 0.1) == 6000
+    assert split.valid_count(600, 0.1) == 60
+    assert split.valid_count(10, 0.25) == 2  # round half to even, as the validate stage expects too
+
+
+def run_stage(workdir, mirror, **split_params):
+    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
+    split.main(parse_params({"split": split_params}))
+    return {p.name: p.read_bytes() for p in (paths.TRAIN_INDEX_FILE, paths.VALID_INDEX_FILE, paths.SPLIT_SUMMARY_FILE)}
+
+
+def test_stage_output_is_byte_identical_for_the_same_params(workdir, synthetic_mirror, tmp_path, monkeypatch):
+    first = run_stage(workdir, synthetic_mirror, seed=5)
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert run_stage(other, synthetic_mirror, seed=5) == first
+    assert run_stage(other, synthetic_mirror, seed=6)["valid.npy"] != first["valid.npy"]
+
+
+def test_stage_pins_the_generator_stream(workdir, tmp_path):
+    """Same params give the same bytes on any machine: a change in numpy's stream would show here."""
+    mirror = write_dataset(tmp_path / "labels", n_train=10, n_test=10)
+    (mirror / "train-labels-idx1-ubyte.gz").write_bytes(encode_idx((np.arange(60000) % 10).astype(np.uint8)))
+    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
+    split.main(parse_params({}))
+    valid = np.load(paths.VALID_INDEX_FILE)
+    assert valid[:5].tolist() == PINNED_FIRST_VALID
+    assert hashlib.sha256(paths.VALID_INDEX_FILE.read_bytes()).hexdigest() == PINNED_VALID_SHA256
+
+
+# Without stratify only the image count matters, so these are also real MNIST's data/split/valid.npy.
+PINNED_FIRST_VALID = [9, 60, 62, 63, 72]
+PINNED_VALID_SHA256 = "e737bd5f8a7f04d663a0e177f0cf8377e86e4df630d29e79d07d382bbb4a2d35"
+
+
+def test_stage_writes_summary_with_counts_per_split_and_class(workdir, synthetic_mirror):
+    run_stage(workdir, synthetic_mirror, stratify=True, valid_fraction=0.2, seed=3)
+    summary = json.loads(paths.SPLIT_SUMMARY_FILE.read_text())
+    train, valid = np.load(paths.TRAIN_INDEX_FILE), np.load(paths.VALID_INDEX_FILE)
+    assert summary["counts"] == {"train": 480, "valid": 120} == {"train": len(train), "valid": len(valid)}
+    assert (summary["valid_fraction"], summary["seed"], summary["stratify"]) == (0.2, 3, True)
+    assert summary["per_class"]["valid"] == {str(k): 12 for k in range(10)}  # 60 per class, stratified
+    assert summary["per_class"]["train"] == {str(k): 48 for k in range(10)}
