@@ -147,3 +147,35 @@ def mlflow_workdir(workdir: Path, migrated_mlflow_db: Path) -> Path:
 
     shutil.copy(migrated_mlflow_db, workdir / "mlflow.db")
     return workdir
+
+
+# Small enough for seconds per stage on synthetic data; stratified so that 60 validation images
+# keep the class shares the validate stage checks.
+TINY_PIPELINE = {
+    "data": {"name": "custom"},
+    "split": {"stratify": True},
+    "model": {"hidden": [32]},
+    "train": {"epochs": 2, "threads": 1},
+    "report": {"tsne_samples": 50},
+}
+
+
+@pytest.fixture
+def run_stages(mlflow_workdir: Path, synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run stages in-process, each as `python -m pipeline <stage>` does, on the tiny synthetic data.
+
+    `run_stages("download", "stats", ...)` returns the Params used (TINY_PIPELINE).
+    """
+    import importlib
+
+    from pipeline.config import parse_params
+
+    monkeypatch.setenv("MNIST_MIRROR", str(synthetic_mirror))
+    params = parse_params(TINY_PIPELINE)
+
+    def run(*stages: str):
+        for stage in stages:
+            importlib.import_module(f"pipeline.{stage}").main(params)
+        return params
+
+    return run

@@ -189,7 +189,7 @@ def test_missing_or_pickled_model_is_a_clear_error(
 
 
 @pytest.fixture
-def registry(workdir: Path, models: dict[int, Path]) -> str:
+def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     """A registered version of the 16-pixel model, logged as train logs it, with alias champion."""
     import mlflow
 
@@ -198,6 +198,7 @@ def registry(workdir: Path, models: dict[int, Path]) -> str:
 
     tracking.configure()
     example = np.random.default_rng(0).random((3, 256), dtype=np.float32)
+    mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
         mlflow.log_param("train.loss", "cross_entropy")
         info = tracking.log_model(load_model(models[16]), example, "mnist-mlp")
@@ -242,3 +243,27 @@ def test_unknown_alias_and_pickled_logged_models_are_refused(
     assert (code, lines) == (1, [])
     assert err.startswith("error: cannot load models:/pickled/1 (Deserializing model using pickle is disallowed")
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_after_a_real_pipeline_run_pngs_get_the_labels_in_predictions_csv(
+    run_stages, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real stages on synthetic data; both the checkpoint and the registry's champion must agree with evaluate."""
+    import pandas as pd
+
+    from pipeline.paths import PREDICTIONS_FILE, RAW_DIR
+
+    run_stages("download", "stats", "split", "train", "evaluate", "promote")
+    table = pd.read_csv(PREDICTIONS_FILE).head(10)
+    images = read_idx(RAW_DIR / TEST_IMAGES)
+    paths = []
+    for i in table["index"]:
+        paths.append(tmp_path / f"test{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    for model in ("models/model.pt", "models:/mnist-mlp@champion"):
+        code, lines, err = run_cli([*map(str, paths), "--model", model, "--json"], capsys)
+        assert code == 0, err
+        rows = [json.loads(line) for line in lines]
+        assert [row["label"] for row in rows] == table["predicted"].tolist(), model
+        assert [row["confidence"] for row in rows] == pytest.approx(table["confidence"].tolist(), abs=2e-6), model
