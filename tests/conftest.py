@@ -91,8 +91,9 @@ def trained_workdir(workdir: Path, synthetic_mirror: Path) -> Path:
     np.save(paths.TRAIN_INDEX_FILE, train_idx.astype(np.int64))
     np.save(paths.VALID_INDEX_FILE, valid_idx.astype(np.int64))
     paths.REPORTS_DIR.mkdir()
-    paths.DATA_VALIDATION_FILE.write_text(json.dumps(
-        {"success": True, "statistics": {"evaluated_expectations": 12, "successful_expectations": 12}}))
+    paths.DATA_VALIDATION_FILE.write_text(json.dumps({
+        "success": True, "counts": {"train": len(train_idx), "valid": len(valid_idx), "test": len(data.test_labels)},
+        "expectations": [{"name": "pixels_in_range", "table": "images", "success": True}]}))
 
     torch.manual_seed(0)
     model = MLP(Architecture(28, (32, 16)), pixels.mean().item(), pixels.std(correction=0).item())

@@ -1,0 +1,182 @@
+"""The report's figures: each function takes plain arrays or tables and returns a matplotlib Figure.
+
+Figures are built with the object API (no pyplot state), on the Agg backend, so the stage runs
+headless and figures never leak between calls.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 110
+DIGIT_COLORS = matplotlib.colormaps["tab10"]
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _grid_shape(count: int, columns: int) -> tuple[int, int]:
+    columns = max(1, min(columns, count))
+    return math.ceil(count / columns), columns
+
+
+def digit_grid(images: np.ndarray, labels: np.ndarray, title: str, columns: int = 8) -> Figure:
+    """Images [N, S, S] (uint8 or floats in [0, 1]), each titled with its label."""
+    rows, columns = _grid_shape(len(images), columns)
+    fig = Figure(figsize=(1.2 * columns, 1.35 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    vmax = 255 if images.dtype == np.uint8 else 1.0
+    for ax, image, label in zip(axes.flat, images, labels):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"label {label}", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def learning_curves(history: pd.DataFrame) -> Figure:
+    """Loss and accuracy per epoch, train vs valid, from train_history.csv."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    epochs = history["epoch"]
+    for ax, column, name in [(loss_ax, "loss", "Loss"), (acc_ax, "acc", "Accuracy")]:
+        ax.plot(epochs, history[f"train_{column}"], "o-", label="train (augmented, during the epoch)")
+        ax.plot(epochs, history[f"valid_{column}"], "s-", label="validation (after the epoch)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name.lower())
+        ax.set_title(f"{name} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle("Learning curves", fontsize=12)
+    return fig
+
+
+def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
+    """Rows are true digits, columns predictions; normalised rows sum to 1 (per-class recall on the diagonal)."""
+    values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalized else matrix
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else max(values.max(), 1))
+    fig.colorbar(image, ax=ax, label="share of the true class" if normalized else "test images", shrink=0.85)
+    threshold = (1 if normalized else values.max()) / 2
+    for (row, col), value in np.ndenumerate(values):
+        text = f"{value:.2f}" if normalized else f"{int(value)}"
+        if normalized and value == 0:
+            text = "0"
+        ax.text(col, row, text, ha="center", va="center", fontsize=8,
+                color="white" if value > threshold else "black")
+    ticks = range(matrix.shape[0])
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    total = int(matrix.sum())
+    kind = "normalised by true class" if normalized else "counts"
+    ax.set_title(f"Confusion matrix ({kind}), {total:,} test images")
+    return fig
+
+
+def mistakes(
+    images: np.ndarray, actual: np.ndarray, predicted: np.ndarray, p_predicted: np.ndarray, p_actual: np.ndarray
+) -> Figure:
+    """The given misclassified images, each titled with both labels and both probabilities."""
+    if len(images) == 0:
+        fig = Figure(figsize=(6, 2), layout="constrained")
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No misclassified test images.", ha="center", va="center", fontsize=12)
+        fig.suptitle("Most confident mistakes", fontsize=12)
+        return fig
+    rows, columns = _grid_shape(len(images), 5)
+    fig = Figure(figsize=(2.1 * columns, 2.3 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, true, pred, p_pred, p_true in zip(axes.flat, images, actual, predicted, p_predicted, p_actual):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(f"true {true}, predicted {pred}\np({pred})={p_pred:.2f}, p({true})={p_true:.2f}", fontsize=9)
+    fig.suptitle(f"The {len(images)} most confident mistakes on the test set", fontsize=12)
+    return fig
+
+
+def embedding_scatter(points: np.ndarray, labels: np.ndarray, title: str, xlabel: str, ylabel: str) -> Figure:
+    """2-D points coloured by digit, with a legend."""
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
+    size = 4 if len(points) > 2000 else 12
+    for digit in range(10):
+        chosen = labels == digit
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.6, color=DIGIT_COLORS(digit),
+                   label=str(digit), linewidths=0)
+    ax.legend(title="true digit", markerscale=12 / size * 1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig
+
+
+def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10) -> Figure:
+    """Rows of the first Linear layer [units, S*S] drawn as S x S images on one shared, zero-centred scale.
+
+    The scale ends at the 99.5th percentile of |w|: a few large weights would otherwise wash out every tile.
+    """
+    rows, columns = _grid_shape(len(weights), columns)
+    fig = Figure(figsize=(1.0 * columns + 1.2, 1.0 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    limit = float(np.percentile(np.abs(weights), 99.5)) or 1.0
+    norm = Normalize(vmin=-limit, vmax=limit)
+    image = None
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, unit in zip(axes.flat, weights):
+        image = ax.imshow(unit.reshape(image_size, image_size), cmap="RdBu_r", norm=norm, interpolation="nearest")
+    fig.colorbar(image, ax=axes, label="weight (red > 0 > blue)", shrink=0.6, extend="both")
+    fig.suptitle(f"First-layer weights of {len(weights)} hidden units, as {image_size}x{image_size} images", fontsize=12)
+    return fig
+
+
+def per_class_accuracy(per_class: pd.DataFrame, overall: float) -> Figure:
+    """Recall of each digit (the share of its test images classified correctly), with the overall accuracy."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    accuracy = per_class["recall"].to_numpy()
+    bars = ax.bar(per_class["class"].astype(str), accuracy, color=[DIGIT_COLORS(int(c)) for c in per_class["class"]])
+    ax.bar_label(bars, labels=[f"{a:.3f}" for a in accuracy], fontsize=8, padding=2)
+    ax.axhline(overall, color="black", linestyle="--", linewidth=1)
+    low = max(0.0, math.floor((min(accuracy.min(), overall) - 0.02) * 20) / 20)
+    ax.set_ylim(low, 1.0 + (1.0 - low) * 0.08)
+    ax.set_xlabel("digit")
+    ax.set_ylabel("accuracy (recall)" + (f", axis from {low:.2f}" if low > 0 else ""))
+    ax.set_title(f"Per-class test accuracy (dashed line: overall {overall:.4f})")
+    return fig
+
+
+def gradient_norms(norms: pd.DataFrame) -> Figure:
+    """One line per Linear layer: mean L2 norm of its weight gradient in each epoch, log scale."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for layer in [c for c in norms.columns if c != "epoch"]:
+        ax.plot(norms["epoch"], norms[layer], "o-", label=layer)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean L2 norm of the weight gradient")
+    ax.set_title("Gradient norm per layer")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig

@@ -1,0 +1,461 @@
+"""Stage `report`: figures under reports/figures/ and one report in two forms.
+
+reports/report.html embeds every figure as a base64 data URI with inline CSS, so the one file
+opens offline and can be mailed around; reports/report.md has the same text and links the PNGs
+by relative path. Figures and both files also go to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+
+from pipeline import atomic, plotting, tracking
+from pipeline.augment import Augmentation, augment
+from pipeline.config import Params
+from pipeline.data import Dataset, load_dataset
+from pipeline.errors import PipelineError
+from pipeline.evaluate import checkpoint_field, load_indices, model_outputs
+from pipeline.losses import probabilities
+from pipeline.model import MLP, load_checkpoint, model_from_checkpoint
+from pipeline.paths import (
+    CHECKSUMS_FILE,
+    DATA_VALIDATION_FILE,
+    FIGURES_DIR,
+    GRAD_NORMS_FILE,
+    METRICS_FILE,
+    MLFLOW_RUN_FILE,
+    MODEL_FILE,
+    PER_CLASS_FILE,
+    PREDICTIONS_FILE,
+    RAW_DIR,
+    REPORT_HTML_FILE,
+    REPORT_MD_FILE,
+    TRAIN_HISTORY_FILE,
+    TRAIN_INDEX_FILE,
+)
+from pipeline.progress import log
+
+REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
+PARAM_SECTIONS = ("data", "split", "validate", "model", "augment", "train", "report")  # dvc.yaml: report params
+BATCH = 2000
+GRID_DIGITS = 32
+MISTAKES = 25
+WEIGHT_UNITS = 100
+TSNE_PCA_DIMS = 50
+TSNE_MAX_ITER = 500
+TSNE_JOBS = 2
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: MLP
+    loss_name: str
+    best_epoch: int
+    data: Dataset
+    train_index: torch.Tensor
+    metrics: dict[str, Any]
+    per_class: pd.DataFrame
+    predictions: pd.DataFrame
+    history: pd.DataFrame
+    grad_norms: pd.DataFrame
+    checksums: dict[str, Any]
+    validation: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Section:
+    heading: str
+    text: list[str]
+    table: Table | None = None
+
+
+@dataclass(frozen=True)
+class FigureDoc:
+    name: str  # file name under reports/figures/
+    title: str
+    guidance: str  # one sentence on how to read it
+
+
+def _stage_of(path: Path) -> str:
+    return {
+        CHECKSUMS_FILE: "download",
+        DATA_VALIDATION_FILE: "validate",
+        TRAIN_HISTORY_FILE: "train",
+        GRAD_NORMS_FILE: "train",
+    }.get(path, "evaluate")
+
+
+def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro {_stage_of(path)}") from None
+    missing = [key for key in keys if not isinstance(content, dict) or key not in content]
+    if missing:
+        raise PipelineError(f"{path} lacks {', '.join(missing)}; rerun dvc repro {_stage_of(path)}")
+    return content
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro {_stage_of(path)}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing or table.empty:
+        what = f"lacks columns {', '.join(missing)}" if missing else "has no rows"
+        raise PipelineError(f"{path} {what}; rerun dvc repro {_stage_of(path)}")
+    return table
+
+
+def load_inputs() -> Inputs:
+    payload = load_checkpoint(MODEL_FILE)
+    model = model_from_checkpoint(payload)
+    data = load_dataset(RAW_DIR, model.arch.image_size)
+    predictions = read_csv(PREDICTIONS_FILE, ("index", "actual", "predicted", "confidence"))
+    if len(predictions) != len(data.test_labels):
+        raise PipelineError(
+            f"{PREDICTIONS_FILE} has {len(predictions)} rows but the test set {len(data.test_labels)} images; "
+            "rerun dvc repro evaluate"
+        )
+    grad_norms = read_csv(GRAD_NORMS_FILE, ("epoch",))
+    if grad_norms.shape[1] < 2:
+        raise PipelineError(f"{GRAD_NORMS_FILE} has no layer columns; rerun dvc repro train")
+    return Inputs(
+        model=model,
+        loss_name=str(checkpoint_field(payload, "loss")),
+        best_epoch=int(checkpoint_field(payload, "epoch")),
+        data=data,
+        train_index=load_indices(TRAIN_INDEX_FILE, len(data.train_labels)),
+        metrics=read_json(METRICS_FILE, ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss", "macro_f1")),
+        per_class=read_csv(PER_CLASS_FILE, ("class", "precision", "recall", "f1", "support")),
+        predictions=predictions,
+        history=read_csv(TRAIN_HISTORY_FILE, ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")),
+        grad_norms=grad_norms,
+        checksums=read_json(CHECKSUMS_FILE, ("dataset", "files")),
+        validation=read_json(DATA_VALIDATION_FILE, ("success", "counts", "expectations")),
+    )
+
+
+# ---- computations behind the figures -------------------------------------------------------
+
+
+@torch.no_grad()
+def hidden_features(model: MLP, images: torch.Tensor) -> np.ndarray:
+    model.eval()
+    return torch.cat([model.features(batch.float().div_(255)) for batch in images.split(BATCH)]).numpy()
+
+
+def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pca = PCA(n_components=2, random_state=0)
+    return pca.fit_transform(features), pca.explained_variance_ratio_
+
+
+def tsne_sample(count: int, samples: int, seed: int) -> np.ndarray:
+    """Which test images go into t-SNE: `samples` of them drawn with the seed, or all if fewer."""
+    if samples >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=samples, replace=False))
+
+
+def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    """Barnes-Hut t-SNE after PCA to 50 dimensions: ~20 s for 5,000 points on 2 cores."""
+    if perplexity >= len(features):
+        raise PipelineError(
+            f"report.tsne_perplexity ({perplexity:g}) must be below the number of t-SNE points ({len(features)}); "
+            "lower it or raise report.tsne_samples"
+        )
+    if features.shape[1] > TSNE_PCA_DIMS:
+        features = PCA(n_components=min(TSNE_PCA_DIMS, len(features)), random_state=seed).fit_transform(features)
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        learning_rate="auto",
+        max_iter=TSNE_MAX_ITER,
+        random_state=seed,
+        n_jobs=TSNE_JOBS,
+    )
+    return tsne.fit_transform(features.astype(np.float32))
+
+
+def confident_mistakes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    return wrong.sort_values(["confidence", "index"], ascending=[False, True], kind="mergesort").head(count)
+
+
+def augmentation_text(aug: Augmentation) -> str:
+    parts = []
+    if aug.rotation_deg:
+        parts.append(f"a random rotation of up to ±{aug.rotation_deg:g}°")
+    if aug.scale:
+        parts.append(f"a zoom of up to ±{aug.scale * 100:g}%")
+    if aug.crop_padding:
+        parts.append(f"a shift of up to {aug.crop_padding} pixels (random crop of the padded image)")
+    if aug.elastic_alpha:
+        parts.append(f"an elastic distortion (alpha {aug.elastic_alpha:g}, sigma {aug.elastic_sigma:g})")
+    if not parts:
+        return "Augmentation is off in params.yaml, so these equal the raw digits."
+    return "Each is the digit above after " + ", ".join(parts) + ", as training draws it anew every epoch."
+
+
+def build_figures(inputs: Inputs, params: Params) -> list[tuple[FigureDoc, Any]]:
+    """(doc, figure) pairs in report order."""
+    r = params.report
+    data, model = inputs.data, inputs.model
+    figures: list[tuple[FigureDoc, Any]] = []
+
+    rng = np.random.default_rng(r.seed)
+    chosen = inputs.train_index[np.sort(rng.choice(len(inputs.train_index), size=min(GRID_DIGITS, len(inputs.train_index)), replace=False))]
+    raw, labels = data.train_images[chosen], data.train_labels[chosen].numpy()
+    aug = Augmentation.from_params(params)
+    augmented = augment(raw, aug, torch.Generator().manual_seed(r.seed)).numpy()
+    figures.append((
+        FigureDoc("digits_raw.png", "Training digits", "A random sample of the training split, exactly as the model reads it."),
+        plotting.digit_grid(raw.numpy(), labels, f"{len(raw)} training digits (raw)"),
+    ))
+    figures.append((
+        FigureDoc("digits_augmented.png", "The same digits, augmented", augmentation_text(aug)),
+        plotting.digit_grid(augmented, labels, f"The same {len(raw)} digits after training augmentation"),
+    ))
+    figures.append((
+        FigureDoc("learning_curves.png", "Learning curves",
+                  "Validation loss rising while training loss keeps falling means overfitting; train values are "
+                  "averaged over augmented batches while the weights change, so they can sit above validation."),
+        plotting.learning_curves(inputs.history),
+    ))
+
+    actual = inputs.predictions["actual"].to_numpy()
+    predicted = inputs.predictions["predicted"].to_numpy()
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (actual, predicted), 1)
+    figures.append((
+        FigureDoc("confusion_counts.png", "Confusion matrix (counts)",
+                  "Rows are true digits and columns predictions, so every off-diagonal cell counts one kind of error."),
+        plotting.confusion(matrix, normalized=False),
+    ))
+    figures.append((
+        FigureDoc("confusion_normalized.png", "Confusion matrix (normalised)",
+                  "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells compare across "
+                  "digits of different frequency."),
+        plotting.confusion(matrix, normalized=True),
+    ))
+
+    worst = confident_mistakes(inputs.predictions, MISTAKES)
+    index = torch.tensor(worst["index"].to_numpy(), dtype=torch.int64)
+    probs = probabilities(model_outputs(model, data.test_images[index], BATCH), inputs.loss_name).numpy() if len(worst) else np.zeros((0, 10))
+    rows = np.arange(len(worst))
+    figures.append((
+        FigureDoc("mistakes.png", "Most confident mistakes",
+                  "The test errors the model was surest of, worst first; p(d) is the probability it gives digit d, and "
+                  "many of these digits are ambiguous even to a person."),
+        plotting.mistakes(data.test_images[index].numpy(), worst["actual"].to_numpy(), worst["predicted"].to_numpy(),
+                          probs[rows, worst["predicted"].to_numpy()], probs[rows, worst["actual"].to_numpy()]),
+    ))
+
+    features = hidden_features(model, data.test_images)
+    test_labels = data.test_labels.numpy()
+    points, ratio = pca_2d(features)
+    width = features.shape[1]
+    figures.append((
+        FigureDoc("pca.png", "PCA of the last hidden layer",
+                  "The two directions of largest variance of the last hidden layer on the test set: digits that "
+                  "already separate here are linearly easy for the output layer."),
+        plotting.embedding_scatter(points, test_labels, f"PCA of the last hidden layer ({width} units), "
+                                   f"{len(points):,} test images", f"PC1 ({ratio[0]:.0%} of variance)",
+                                   f"PC2 ({ratio[1]:.0%} of variance)"),
+    ))
+    sample = tsne_sample(len(features), r.tsne_samples, r.seed)
+    started = time.perf_counter()
+    embedded = tsne_2d(features[sample], r.tsne_perplexity, r.seed)
+    log(f"report: t-SNE on {len(sample):,} points took {time.perf_counter() - started:.1f} s")
+    figures.append((
+        FigureDoc("tsne.png", "t-SNE of the last hidden layer",
+                  f"A nonlinear 2-D map of the same layer for {len(sample):,} test images: compact, separate clusters "
+                  "mean well-separated digits, and points inside another digit's cluster are likely errors (distances "
+                  "between clusters mean little)."),
+        plotting.embedding_scatter(embedded, test_labels[sample], f"t-SNE of the last hidden layer, {len(sample):,} "
+                                   f"test images (perplexity {r.tsne_perplexity:g})", "t-SNE 1", "t-SNE 2"),
+    ))
+
+    weights = model.hidden[0].weight.detach().numpy()[:WEIGHT_UNITS]
+    figures.append((
+        FigureDoc("first_layer_weights.png", "First-layer weights",
+                  "Each tile is one hidden unit's input weights on the image grid (red excites, blue inhibits); "
+                  "stroke-like blobs are learned detectors, salt-and-pepper tiles are units that learned little."),
+        plotting.first_layer_weights(weights, model.arch.image_size),
+    ))
+    figures.append((
+        FigureDoc("per_class_accuracy.png", "Per-class accuracy",
+                  "The share of each digit's test images classified correctly; bars below the dashed overall line "
+                  "are the hardest digits."),
+        plotting.per_class_accuracy(inputs.per_class, float(inputs.metrics["test_accuracy"])),
+    ))
+    figures.append((
+        FigureDoc("grad_norms.png", "Gradient norms",
+                  "Mean gradient norm of each layer's weights per epoch on a log scale: steady lines are healthy, "
+                  "while a layer falling orders of magnitude below the others signals vanishing gradients."),
+        plotting.gradient_norms(inputs.grad_norms),
+    ))
+    return figures
+
+
+# ---- the summary and the two renderings -----------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.2f}%"
+
+
+def param_rows(params: Params) -> list[list[str]]:
+    """One row per section: `key=value, ...`, values in JSON (lists, null, quoted-free strings)."""
+    sections: dict[str, list[str]] = {}
+    for name, value in params.flat().items():
+        section, key = name.split(".", 1)
+        if section in PARAM_SECTIONS:
+            text = value if isinstance(value, str) else json.dumps(value)
+            sections.setdefault(section, []).append(f"{key}={text}")
+    return [[section, ", ".join(values)] for section, values in sections.items()]
+
+
+def summary(inputs: Inputs, params: Params) -> list[Section]:
+    m, v = inputs.metrics, inputs.validation
+    files = inputs.checksums["files"]
+    checks = v["expectations"]
+    passed = sum(bool(entry.get("success")) for entry in checks)
+    counts = ", ".join(f"{n:,} {split}" for split, n in v["counts"].items())
+    accuracy = float(m["test_accuracy"])
+    delta = (accuracy - REFERENCE_ACCURACY) * 100
+    seconds = float(inputs.history["seconds"].sum())
+    return [
+        Section(
+            "Result",
+            [
+                f"Test accuracy {_pct(accuracy)} against the reference notebook's {_pct(REFERENCE_ACCURACY)} "
+                f"({delta:+.2f} percentage points); {int(m.get('test_errors', 0)):,} of "
+                f"{len(inputs.predictions):,} test images misclassified.",
+                f"Test loss {m['test_loss']:.4f}; validation accuracy {_pct(float(m['valid_accuracy']))} "
+                f"(loss {m['valid_loss']:.4f}); macro-F1 {m['macro_f1']:.4f}.",
+                f"Training time {seconds:.1f} s over {len(inputs.history)} epochs; the kept weights are from epoch "
+                f"{inputs.best_epoch} (lowest validation loss), trained with the {inputs.loss_name} loss.",
+            ],
+        ),
+        Section(
+            "Data",
+            [
+                f"Dataset {inputs.checksums['dataset']}; data checks {'passed' if v['success'] else 'FAILED'} "
+                f"({passed} of {len(checks)} expectations) on {counts} images.",
+            ],
+            Table(["file", "bytes", "MD5", "SHA-256"],
+                  [[name, f"{entry.get('bytes', 0):,}", entry.get("md5", ""), entry.get("sha256", "")]
+                   for name, entry in files.items()]),
+        ),
+        Section(
+            "Parameters",
+            ["From params.yaml, as used by this run."],
+            Table(["section", "values"], param_rows(params)),
+        ),
+    ]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(sections: list[Section], docs: list[FigureDoc]) -> str:
+    lines = ["# MNIST MLP report", ""]
+    for section in sections:
+        lines += [f"## {section.heading}", "", *[f"{t}  " for t in section.text], ""]
+        if section.table:
+            lines.append("| " + " | ".join(section.table.header) + " |")
+            lines.append("|" + " --- |" * len(section.table.header))
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in section.table.rows]
+            lines.append("")
+    lines += ["## Figures", ""]
+    for doc in docs:
+        lines += [f"### {doc.title}", "", doc.guidance, "", f"![{doc.title}]({FIGURES_DIR.name}/{doc.name})", ""]
+    return "\n".join(lines)
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+th { background: #f4f4f4; }
+td { font-family: ui-monospace, Menlo, Consolas, monospace; word-break: break-all; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; margin-bottom: .5em; }
+"""
+
+
+def render_html(sections: list[Section], docs: list[FigureDoc], pngs: dict[str, bytes]) -> str:
+    def e(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>MNIST MLP report</title>", f"<style>{CSS}</style></head><body>", "<h1>MNIST MLP report</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{e(section.heading)}</h2>")
+        parts += [f"<p>{e(t)}</p>" for t in section.text]
+        if section.table:
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in section.table.header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in section.table.rows]
+            parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for doc in docs:
+        data = base64.b64encode(pngs[doc.name]).decode("ascii")
+        parts.append(
+            f"<figure><h3>{e(doc.title)}</h3><figcaption>{e(doc.guidance)}</figcaption>"
+            f'<img alt="{html.escape(doc.title)}" src="data:image/png;base64,{data}"></figure>'
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def log_to_mlflow(docs: list[FigureDoc]) -> None:
+    import mlflow
+
+    with tracking.resume_run(MLFLOW_RUN_FILE):
+        for doc in docs:
+            mlflow.log_artifact(str(FIGURES_DIR / doc.name), "report/figures")
+        mlflow.log_artifact(str(REPORT_MD_FILE), "report")
+        mlflow.log_artifact(str(REPORT_HTML_FILE), "report")
+
+
+def main(params: Params) -> None:
+    started = time.perf_counter()
+    tracking.read_run_reference(MLFLOW_RUN_FILE)  # fail before the work, not after it
+    inputs = load_inputs()
+    pngs: dict[str, bytes] = {}
+    docs: list[FigureDoc] = []
+    for doc, figure in build_figures(inputs, params):
+        pngs[doc.name] = plotting.png_bytes(figure)
+        atomic.write_bytes(FIGURES_DIR / doc.name, pngs[doc.name])
+        docs.append(doc)
+    sections = summary(inputs, params)
+    atomic.write_text(REPORT_MD_FILE, render_markdown(sections, docs))
+    atomic.write_text(REPORT_HTML_FILE, render_html(sections, docs, pngs))
+    log_to_mlflow(docs)
+    log(f"report: {len(docs)} figures, {REPORT_HTML_FILE} and {REPORT_MD_FILE} in {time.perf_counter() - started:.1f} s")
