@@ -4,8 +4,9 @@ Every image gets its own random rotation, zoom, integer shift and (optionally) e
 all of them are folded into one sampling grid per call, so there is no per-image Python work.
 The shift by d pixels in [-crop_padding, crop_padding] with zero fill is exactly what a random
 28x28 crop of the 2-pixel zero-padded image does (torchvision's RandomCrop(28, padding=2)); it is
-applied after the rotation, as in the reference's RandomRotation -> RandomCrop order. Rotation
-and zoom sample bilinearly (fill 0); a pure shift lands on pixel centres and copies values.
+applied after the rotation, as in the reference's RandomRotation -> RandomCrop order. Sampling
+is nearest-neighbour by default, as torchvision's RandomRotation does, or bilinear; either way
+the fill is 0 and a pure shift lands on pixel centres, so it copies pixel values.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ class Augmentation:
     scale: float = 0.0
     elastic_alpha: float = 0.0
     elastic_sigma: float = 4.0
+    interpolation: str = "nearest"
 
     @classmethod
     def from_params(cls, params: Params) -> Augmentation:
         a = params.augment
-        return cls(a.rotation_deg, a.crop_padding, a.scale, a.elastic_alpha, a.elastic_sigma)
+        return cls(a.rotation_deg, a.crop_padding, a.scale, a.elastic_alpha, a.elastic_sigma, a.interpolation)
 
     @property
     def enabled(self) -> bool:
@@ -57,6 +59,14 @@ def affine_matrices(n: int, size: int, aug: Augmentation, generator: torch.Gener
     linear = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [n, 2, 2]
     offset = (linear @ shift[:, :, None])  # [n, 2, 1]
     return torch.cat([linear, offset], 2).float()
+
+
+def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """F.affine_grid(theta, [n, 1, size, size], align_corners=False) by broadcasting: several
+    times faster on CPU than affine_grid's batched matmul with its 3-wide inner dimension."""
+    coords = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1
+    t = theta[:, None, None]  # [n, 1, 1, 2, 3]
+    return t[..., 0] * coords.view(1, 1, size, 1) + t[..., 1] * coords.view(1, size, 1, 1) + t[..., 2]
 
 
 def _gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
@@ -88,8 +98,8 @@ def augment(images: torch.Tensor, aug: Augmentation, generator: torch.Generator)
         return pixels
     n, size = images.shape[0], images.shape[-1]
     theta = affine_matrices(n, size, aug, generator)
-    grid = F.affine_grid(theta.to(images.device), [n, 1, size, size], align_corners=False)
+    grid = sampling_grid(theta.to(images.device), size)
     if aug.elastic_alpha:
         grid = grid + elastic_displacement(n, size, aug, generator).to(images.device)
-    out = F.grid_sample(pixels[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(pixels[:, None], grid, mode=aug.interpolation, padding_mode="zeros", align_corners=False)
     return out[:, 0]

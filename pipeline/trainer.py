@@ -23,7 +23,9 @@ from pipeline.losses import loss_fn
 from pipeline.model import MLP
 from pipeline.progress import bar
 
-CHUNK_IMAGES = 8192  # images augmented per grid_sample call; fixed, as it orders the random draws
+# Images augmented per grid_sample call: small enough to stay in cache (2048 measured fastest);
+# fixed, because it orders the random draws.
+CHUNK_IMAGES = 2048
 EVAL_BATCH = 4096
 
 
