@@ -288,8 +288,21 @@ def cli(argv: list[str]) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    try:
+        failed = predict_all(predictor, args.paths, args.json)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped reading: stop quietly, without a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    if failed:
+        print(f"error: {failed} of {len(args.paths)} inputs could not be predicted (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def predict_all(predictor: Predictor, paths: list[str], as_json: bool) -> int:
+    """Print each input's predictions as they come, errors to stderr; returns how many inputs failed."""
     failed = 0
-    for path in args.paths:
+    for path in paths:
         try:
             predictions = predict_file(predictor, path)
         except PipelineError as exc:
@@ -297,7 +310,5 @@ def cli(argv: list[str]) -> int:
             print(f"error: {path}: {exc}", file=sys.stderr)
             continue
         for prediction in predictions:
-            print(format_prediction(prediction, args.json), flush=True)
-    if failed:
-        print(f"error: {failed} of {len(args.paths)} inputs could not be predicted (see above)", file=sys.stderr)
-    return 1 if failed else 0
+            print(format_prediction(prediction, as_json), flush=True)
+    return failed
