@@ -124,7 +124,7 @@ def load_resume_state(path: Path, expected: str) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start over
+    except Exception as exc:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError... on damage
         log(f"{path} is unreadable ({type(exc).__name__}); starting fresh")
         return None
     if not isinstance(state, dict) or state.get("format") != LAST_FORMAT:

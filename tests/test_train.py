@@ -16,10 +16,13 @@ import pytest
 import torch
 
 from pipeline import download, paths, train
+from pipeline.augment import Augmentation
 from pipeline.config import parse_params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.model import load_checkpoint, model_from_checkpoint
+from pipeline.model import MLP, Architecture, load_checkpoint, model_from_checkpoint
+from pipeline.trainer import Split, Trainer
+from tests.conftest import synthetic_digits
 
 SMALL = {"model": {"hidden": [32, 16]}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "threads": 1}}
 
@@ -142,6 +145,13 @@ def test_changed_params_start_fresh(inputs: Path, capsys: pytest.CaptureFixture)
     assert state["mlflow_run_id"] and len(state["history"]) == 3
 
 
+def test_unreadable_last_checkpoint_starts_fresh(inputs: Path, capsys: pytest.CaptureFixture) -> None:
+    paths.LAST_CHECKPOINT_FILE.parent.mkdir()
+    paths.LAST_CHECKPOINT_FILE.write_bytes(b"half a file")
+    state = train.train(small_params(train={"epochs": 1}))
+    assert "last.pt is unreadable" in capsys.readouterr().err and state["completed"]
+
+
 def test_divergence_stops_with_one_clear_message(inputs: Path) -> None:
     with pytest.raises(PipelineError) as error:
         train.train(small_params(train={"lr": 10.0, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 10.0, "epochs": 2}))
@@ -208,6 +218,38 @@ def test_missing_inputs_name_the_stage_to_run(inputs: Path) -> None:
     paths.STATS_FILE.unlink()
     with pytest.raises(PipelineError, match="run dvc repro stats"):
         train.train(small_params())
+
+
+@pytest.mark.parametrize(
+    "train_params",
+    [
+        {"optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "lr_schedule": "cosine"},
+        {"lr_schedule": "onecycle", "weight_decay": 1e-4},
+        {"amp": True},
+    ],
+    ids=["sgd-cosine", "adam-onecycle", "amp"],
+)
+def test_optimisers_schedules_and_amp_learn(train_params: dict) -> None:
+    params = small_params(train={**train_params, "epochs": 4})
+    x, y = synthetic_digits(400, seed=4)
+    data = Split(torch.from_numpy(x), torch.from_numpy(y).long())
+    torch.manual_seed(0)
+    model = MLP(Architecture.from_params(params), 0.2, 0.3)
+    steps = -(-len(data.labels) // params.train.batch_size)
+    trainer = Trainer(model, params.train, Augmentation.from_params(params), steps)
+    before, _ = trainer.evaluate(data)
+    results = [trainer.run_epoch(data, data, epoch) for epoch in range(1, 5)]
+    assert results[-1].valid_loss < 0.5 * before
+    lrs = [r.lr for r in results]
+    if params.train.lr_schedule == "cosine":
+        assert lrs[0] == params.train.lr and lrs == sorted(lrs, reverse=True) and trainer.lr() < 1e-6
+    if params.train.lr_schedule == "onecycle":
+        assert lrs[0] == pytest.approx(params.train.lr / 25) and max(lrs) > lrs[0] and trainer.lr() < lrs[0]
+
+
+def test_momentum_with_adam_is_refused(inputs: Path) -> None:
+    with pytest.raises(PipelineError, match="train.momentum applies to sgd only"):
+        train.train(small_params(train={"momentum": 0.9}))
 
 
 def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
