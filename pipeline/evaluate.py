@@ -145,8 +145,24 @@ def checkpoint_field(payload: dict, key: str) -> object:
     return payload[key]
 
 
+def require_training_run() -> None:
+    """Fail before the work, not after it, when the run train recorded is not in this MLflow store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = tracking.read_run_reference(MLFLOW_RUN_FILE)["run_id"]
+    uri = tracking.configure()
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise PipelineError(
+            f"MLflow run {run_id} from {MLFLOW_RUN_FILE} is not in the tracking store {uri}; point "
+            "MLFLOW_TRACKING_URI at the store train used, or retrain (dvc repro -f train)"
+        ) from None
+
+
 def main(params: Params) -> None:
-    tracking.read_run_reference(MLFLOW_RUN_FILE)  # fail before the work, not after it
+    require_training_run()
     payload = load_checkpoint(MODEL_FILE)
     model = model_from_checkpoint(payload)
     loss_name = str(checkpoint_field(payload, "loss"))

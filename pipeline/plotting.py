@@ -130,23 +130,31 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray, title: str, xlabel
     return fig
 
 
+def mosaic(tiles: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
+    """Tiles [N, S, S] laid out in one array, `gap` NaN pixels between them (drawn blank)."""
+    rows, columns = _grid_shape(len(tiles), columns)
+    size = tiles.shape[-1]
+    padded = np.full((rows * columns, size + gap, size + gap), np.nan)
+    padded[: len(tiles), :size, :size] = tiles
+    grid = padded.reshape(rows, columns, size + gap, size + gap).transpose(0, 2, 1, 3)
+    return grid.reshape(rows * (size + gap), columns * (size + gap))[:-gap, :-gap]
+
+
 def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10) -> Figure:
     """Rows of the first Linear layer [units, S*S] drawn as S x S images on one shared, zero-centred scale.
 
-    The scale ends at the 99.5th percentile of |w|: a few large weights would otherwise wash out every tile.
+    One image of all tiles (not one axes per unit) keeps this fast. The scale ends at the 99.5th
+    percentile of |w|: a few large weights would otherwise wash out every tile.
     """
-    rows, columns = _grid_shape(len(weights), columns)
-    fig = Figure(figsize=(1.0 * columns + 1.2, 1.0 * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
+    tiles = mosaic(weights.reshape(-1, image_size, image_size), columns)
     limit = float(np.percentile(np.abs(weights), 99.5)) or 1.0
-    norm = Normalize(vmin=-limit, vmax=limit)
-    image = None
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, unit in zip(axes.flat, weights):
-        image = ax.imshow(unit.reshape(image_size, image_size), cmap="RdBu_r", norm=norm, interpolation="nearest")
-    fig.colorbar(image, ax=axes, label="weight (red > 0 > blue)", shrink=0.6, extend="both")
-    fig.suptitle(f"First-layer weights of {len(weights)} hidden units, as {image_size}x{image_size} images", fontsize=12)
+    fig = Figure(figsize=(10.5, 10.5 * tiles.shape[0] / tiles.shape[1] + 0.6), layout="constrained")
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    image = ax.imshow(tiles, cmap=cmap, norm=Normalize(vmin=-limit, vmax=limit), interpolation="nearest")
+    ax.axis("off")
+    fig.colorbar(image, ax=ax, label="weight (red > 0 > blue)", shrink=0.6, extend="both")
+    ax.set_title(f"First-layer weights of {len(weights)} hidden units, as {image_size}x{image_size} images", fontsize=12)
     return fig
 
 

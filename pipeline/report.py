@@ -26,7 +26,7 @@ from pipeline.augment import Augmentation, augment
 from pipeline.config import Params
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import PipelineError
-from pipeline.evaluate import checkpoint_field, load_indices, model_outputs
+from pipeline.evaluate import checkpoint_field, load_indices, model_outputs, require_training_run
 from pipeline.losses import probabilities
 from pipeline.model import MLP, load_checkpoint, model_from_checkpoint
 from pipeline.paths import (
@@ -446,7 +446,7 @@ def log_to_mlflow(docs: list[FigureDoc]) -> None:
 
 def main(params: Params) -> None:
     started = time.perf_counter()
-    tracking.read_run_reference(MLFLOW_RUN_FILE)  # fail before the work, not after it
+    require_training_run()
     inputs = load_inputs()
     pngs: dict[str, bytes] = {}
     docs: list[FigureDoc] = []

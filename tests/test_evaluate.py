@@ -124,6 +124,13 @@ def test_out_of_range_split_is_refused(trained_workdir: Path) -> None:
         evaluate.main(parse_params({}))
 
 
+def test_run_missing_from_the_store_fails_before_work(trained_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_workdir / 'other.db'}")
+    with pytest.raises(PipelineError, match="is not in the tracking store .*other.db.*MLFLOW_TRACKING_URI"):
+        evaluate.main(parse_params({}))
+    assert not paths.PREDICTIONS_FILE.exists()
+
+
 def test_missing_run_reference_fails_before_work(trained_workdir: Path) -> None:
     paths.MLFLOW_RUN_FILE.unlink()
     with pytest.raises(PipelineError, match="mlflow_run.json is missing.*train"):
