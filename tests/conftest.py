@@ -62,8 +62,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def trained_workdir(workdir: Path, synthetic_mirror: Path) -> Path:
-    """workdir holding what download..train leave behind, on tiny synthetic data.
+def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
+    """mlflow_workdir holding what download..train leave behind, on tiny synthetic data.
 
     Raw data and checksums come from the real download stage; the split, the validation summary,
     a briefly trained two-layer MLP, its MLflow run and the per-epoch CSVs are written directly in
@@ -125,7 +125,7 @@ def trained_workdir(workdir: Path, synthetic_mirror: Path) -> Path:
     with mlflow.start_run() as run:
         mlflow.log_param("train.epochs", 3)
     tracking.save_run_reference(paths.MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
-    return workdir
+    return mlflow_workdir
 
 
 @pytest.fixture(scope="session")
