@@ -146,3 +146,11 @@ def test_missing_history_names_the_stage(evaluated: Path) -> None:
     paths.TRAIN_HISTORY_FILE.unlink()
     with pytest.raises(PipelineError, match="train_history.csv is missing.*dvc repro train"):
         report.main(parse_params(SMALL))
+
+
+def test_runs_on_the_real_upstream_stages(run_stages) -> None:
+    """The contracts hold against what the real stages write, not only against the fixture's files."""
+    run_stages("download", "stats", "split", "validate", "train", "evaluate", "report")
+    assert sorted(p.name for p in paths.FIGURES_DIR.iterdir()) == sorted(FIGURES)
+    md = paths.REPORT_MD_FILE.read_text()
+    assert "data checks passed" in md and "Training time" in md
