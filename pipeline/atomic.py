@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -17,8 +19,11 @@ os.umask(_UMASK)
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on error delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
@@ -27,6 +32,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _unwritable(path: Path, exc: OSError) -> PipelineError:
+    """Say which of a read-only folder or a file standing where a folder should be is in the way."""
+    blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return PipelineError(f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the stage")
+    return PipelineError(
+        f"cannot write {path}: {path.parent} is not writable ({exc.strerror or exc}); "
+        "fix its permissions and rerun the stage"
+    )
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -7,6 +7,7 @@ stage does work, with a message that names the key, the bad value and what is al
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,20 @@ class DataParams(Section):
     image_size: Literal[28, 16] = 28
     timeout_s: float = Field(default=10.0, gt=0, le=600)
     retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("mirrors")
+    @classmethod
+    def _no_credentials(cls, value: list[str]) -> list[str]:
+        # params.yaml and dvc.lock are committed and every param is logged to MLflow.
+        for i, mirror in enumerate(value):
+            parts = urllib.parse.urlsplit(mirror)
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(
+                    f"entry {i} carries credentials (user:password@), which would be committed with "
+                    "params.yaml and dvc.lock and logged to MLflow; give that URL in the MNIST_MIRROR "
+                    "environment variable instead"
+                )
+        return value
 
     @field_validator("md5")
     @classmethod
