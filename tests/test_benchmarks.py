@@ -1,0 +1,123 @@
+"""benchmarks/run.py: the arithmetic and bookkeeping behind its numbers (the timings need real runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import parse_params
+from pipeline.model import Architecture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load_run()
+ARCH = Architecture(28, (250, 100))
+
+
+def test_epoch_flops_is_three_forward_passes():
+    forward_per_image = 2 * (784 * 250 + 250 * 100 + 100 * 10)
+    assert run.epoch_flops(54_000, ARCH) == 3 * forward_per_image * 54_000
+
+
+def test_matmul_shapes_are_the_step_and_add_up_to_its_flops():
+    shapes = run.matmul_shapes(64, ARCH)
+    assert len(shapes) == 9  # forward, input gradient, weight gradient for 3 layers
+    assert all(a[1] == b[0] for a, b in shapes)  # every pair is multipliable
+    flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+    assert flops == run.epoch_flops(64, ARCH)
+    assert {((64, 784), (784, 250)), ((64, 250), (250, 784)), ((784, 64), (64, 250))} <= set(shapes)
+
+
+def test_hardware_limit_is_flops_over_measured_speed():
+    limits = run.hardware_limit([64], ARCH, 54_000, min_seconds=0.01, repeats=1)
+    entry = limits[64]
+    assert entry["gflops"] > 0
+    assert entry["limit_epoch_seconds"] == pytest.approx(run.epoch_flops(54_000, ARCH) / (entry["gflops"] * 1e9))
+
+
+def test_seconds_to_accuracy_counts_until_the_first_epoch_at_target():
+    history = [
+        {"epoch": 1, "seconds": 2.0, "valid_acc": 0.95},
+        {"epoch": 2, "seconds": 3.0, "valid_acc": 0.981},
+        {"epoch": 3, "seconds": 4.0, "valid_acc": 0.99},
+    ]
+    assert run.seconds_to_accuracy(history, 0.98) == (5.0, 2)
+    assert run.seconds_to_accuracy(history, 0.995) == (None, None)
+
+
+def test_pick_best_takes_the_fastest_run_that_reaches_98_percent():
+    runs = [
+        {"batch_size": 64, "test_accuracy": 0.982, "epoch_seconds": 5.0},
+        {"batch_size": 256, "test_accuracy": 0.981, "epoch_seconds": 2.0},
+        {"batch_size": 1024, "test_accuracy": 0.975, "epoch_seconds": 1.0},
+    ]
+    assert run.pick_best(runs)["batch_size"] == 256
+    assert run.pick_best([runs[2]]) is None
+
+
+def test_batch_lr_scales_with_the_square_root():
+    assert run.batch_lr(64, 0.001) == pytest.approx(0.001)
+    assert run.batch_lr(256, 0.001) == pytest.approx(0.002)
+
+
+def test_with_overrides_keeps_other_keys_and_validates():
+    params = run.with_overrides(parse_params({"train": {"epochs": 3}}), {"train": {"batch_size": 128}})
+    assert (params.train.epochs, params.train.batch_size) == (3, 128)
+    with pytest.raises(Exception, match="train.batch_size"):
+        run.with_overrides(params, {"train": {"batch_size": 0}})
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{run.README_START}\nold table\n{run.README_END}\nafter\n")
+    run.update_readme(readme, "| new |")
+    assert readme.read_text() == f"# x\n\nbefore\n{run.README_START}\n| new |\n{run.README_END}\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="markers"):
+        run.update_readme(readme, "| new |")
+
+
+def test_scratch_copy_takes_tracked_and_untracked_but_not_ignored_files(tmp_path: Path):
+    source, target = tmp_path / "src", tmp_path / "dst"
+    source.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=source, check=True)
+    (source / ".gitignore").write_text("/data/\n")
+    (source / "tracked.py").write_text("a")
+    (source / "data").mkdir()
+    (source / "data" / "big.bin").write_text("ignored")
+    (source / "pkg").mkdir()
+    (source / "pkg" / "new.py").write_text("untracked")
+    subprocess.run(["git", "add", "tracked.py", ".gitignore"], cwd=source, check=True)
+    run.scratch_copy(source, target)
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert files == [".gitignore", "pkg/new.py", "tracked.py"]
+
+
+def test_run_measured_reports_the_child_peak_rss_not_ours(tmp_path: Path):
+    """The launcher keeps this process's memory (torch loaded) out of the child's peak."""
+    hold = "x = bytearray(200 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096])"
+    seconds, rss_mb, code, error = run.run_measured([sys.executable, "-c", hold], tmp_path, {})
+    small = run.run_measured([sys.executable, "-c", "pass"], tmp_path, {})[1]
+    assert code == 0 and error == "" and seconds > 0
+    assert 200 <= rss_mb < 400
+    assert small < 100
+
+
+def test_run_measured_reports_the_last_error_line(tmp_path: Path):
+    _, _, code, error = run.run_measured(
+        [sys.executable, "-c", "import sys; print('noise', file=sys.stderr); sys.exit('error: bad input')"], tmp_path, {}
+    )
+    assert code == 1 and error == "error: bad input"
