@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,10 @@ def test_out_of_range_split_is_refused(trained_workdir: Path) -> None:
         evaluate.main(parse_params({}))
 
 
-def test_run_missing_from_the_store_fails_before_work(trained_workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_missing_from_the_store_fails_before_work(
+    trained_workdir: Path, migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(migrated_mlflow_db, trained_workdir / "other.db")  # a valid store without the run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_workdir / 'other.db'}")
     with pytest.raises(PipelineError, match="is not in the tracking store .*other.db.*MLFLOW_TRACKING_URI"):
         evaluate.main(parse_params({}))

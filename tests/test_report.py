@@ -148,6 +148,7 @@ def test_missing_history_names_the_stage(evaluated: Path) -> None:
         report.main(parse_params(SMALL))
 
 
+@pytest.mark.slow
 def test_runs_on_the_real_upstream_stages(run_stages) -> None:
     """The contracts hold against what the real stages write, not only against the fixture's files."""
     run_stages("download", "stats", "split", "validate", "train", "evaluate", "report")
