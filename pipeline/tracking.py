@@ -25,7 +25,15 @@ REACHABILITY_TIMEOUT_S = 5.0
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """$MLFLOW_TRACKING_URI, else mlflow.db in the repository root.
+
+    DVC sets DVC_ROOT to the main repository for every stage it runs, queued experiments included;
+    those run in a temp copy under .dvc/tmp/exps, where a relative store would be lost.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = os.environ.get("DVC_ROOT")
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}" if root else DEFAULT_TRACKING_URI
 
 
 def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
@@ -108,6 +116,27 @@ def _reusable(client: Any, run_id: str | None, experiment_id: str) -> bool:
     return run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
 
 
+def use_experiment(name: str) -> str:
+    """Make `name` the active experiment, creating it if needed; returns its id.
+
+    On a local sqlite store MLflow would put a new experiment's artifacts under ./mlruns of the
+    current directory, which for a queued DVC experiment is a temp copy of the repository that
+    is deleted afterwards; they go beside the database instead. A server picks its own location.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns" / name
+        try:
+            mlflow.create_experiment(name, artifact_location=folder.as_uri())
+        except MlflowException:
+            if mlflow.get_experiment_by_name(name) is None:  # not just a parallel worker's creation
+                raise
+    return mlflow.set_experiment(name).experiment_id
+
+
 @contextmanager
 def start_run(
     experiment: str, params: dict[str, Any], tags: dict[str, str], resume_id: str | None = None
@@ -117,7 +146,7 @@ def start_run(
     import mlflow
 
     configure()
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    experiment_id = use_experiment(experiment)
     run_id = resume_id if _reusable(mlflow.MlflowClient(), resume_id, experiment_id) else None
     with mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags) as run:
         mlflow.log_params(params)

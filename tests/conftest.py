@@ -180,3 +180,39 @@ def run_stages(mlflow_workdir: Path, synthetic_mirror: Path, monkeypatch: pytest
         return params
 
     return run
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh git + DVC repository (cwd) holding this pipeline with TINY_PIPELINE params, for tests
+    that run dvc itself. MNIST_MIRROR points at the synthetic data and MLflow uses the repository's
+    own mlflow.db, as it would for a user without MLFLOW_TRACKING_URI."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    source = Path(__file__).resolve().parents[1]
+    root = tmp_path / "repo"
+    for folder in ("pipeline", "scripts"):
+        shutil.copytree(source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(source / name, root / name)
+    params = yaml.safe_load((source / "params.yaml").read_text())
+    for section, values in TINY_PIPELINE.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MNIST_MIRROR", str(synthetic_mirror))
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+    monkeypatch.chdir(root)
+    for command in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "commit", "-q", "-m", "pipeline"]):
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+    return root
