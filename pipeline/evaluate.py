@@ -111,7 +111,9 @@ def load_indices(path: Path, limit: int) -> torch.Tensor:
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path} is missing or unreadable ({exc}); run the split stage (dvc repro split)") from None
     if indices.ndim != 1 or indices.dtype.kind not in "iu" or len(indices) == 0:
-        raise PipelineError(f"{path} must be a non-empty 1-D integer array, got {indices.dtype} {indices.shape}; rerun split")
+        raise PipelineError(
+            f"{path} must be a non-empty 1-D integer array, got {indices.dtype} {indices.shape}; rerun split"
+        )
     if indices.min() < 0 or indices.max() >= limit:
         raise PipelineError(
             f"{path} holds indices outside 0..{limit - 1} (the training set size); rerun split on the current data"

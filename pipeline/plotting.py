@@ -154,7 +154,8 @@ def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10)
     image = ax.imshow(tiles, cmap=cmap, norm=Normalize(vmin=-limit, vmax=limit), interpolation="nearest")
     ax.axis("off")
     fig.colorbar(image, ax=ax, label="weight (red > 0 > blue)", shrink=0.6, extend="both")
-    ax.set_title(f"First-layer weights of {len(weights)} hidden units, as {image_size}x{image_size} images", fontsize=12)
+    size = f"{image_size}x{image_size}"
+    ax.set_title(f"First-layer weights of {len(weights)} hidden units, as {size} images", fontsize=12)
     return fig
 
 

@@ -20,13 +20,14 @@ import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
+from sklearn.metrics import confusion_matrix
 
 from pipeline import atomic, plotting, tracking
 from pipeline.augment import Augmentation, augment
 from pipeline.config import Params
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import PipelineError
-from pipeline.evaluate import checkpoint_field, load_indices, model_outputs, require_training_run
+from pipeline.evaluate import CLASSES, checkpoint_field, load_indices, model_outputs, require_training_run
 from pipeline.losses import probabilities
 from pipeline.model import MLP, load_checkpoint, model_from_checkpoint
 from pipeline.paths import (
@@ -50,6 +51,7 @@ from pipeline.progress import log
 REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
 PARAM_SECTIONS = ("data", "split", "validate", "model", "augment", "train", "report")  # dvc.yaml: report params
 BATCH = 2000
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")
 GRID_DIGITS = 32
 MISTAKES = 25
 WEIGHT_UNITS = 100
@@ -148,7 +150,7 @@ def load_inputs() -> Inputs:
         metrics=read_json(METRICS_FILE, ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss", "macro_f1")),
         per_class=read_csv(PER_CLASS_FILE, ("class", "precision", "recall", "f1", "support")),
         predictions=predictions,
-        history=read_csv(TRAIN_HISTORY_FILE, ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")),
+        history=read_csv(TRAIN_HISTORY_FILE, HISTORY_COLUMNS),
         grad_norms=grad_norms,
         checksums=read_json(CHECKSUMS_FILE, ("dataset", "files")),
         validation=read_json(DATA_VALIDATION_FILE, ("success", "counts", "expectations")),
@@ -223,13 +225,15 @@ def build_figures(inputs: Inputs, params: Params) -> list[tuple[FigureDoc, Any]]
     data, model = inputs.data, inputs.model
     figures: list[tuple[FigureDoc, Any]] = []
 
-    rng = np.random.default_rng(r.seed)
-    chosen = inputs.train_index[np.sort(rng.choice(len(inputs.train_index), size=min(GRID_DIGITS, len(inputs.train_index)), replace=False))]
+    count = len(inputs.train_index)
+    pick = np.random.default_rng(r.seed).choice(count, min(GRID_DIGITS, count), replace=False)
+    chosen = inputs.train_index[np.sort(pick)]
     raw, labels = data.train_images[chosen], data.train_labels[chosen].numpy()
     aug = Augmentation.from_params(params)
     augmented = augment(raw, aug, torch.Generator().manual_seed(r.seed)).numpy()
     figures.append((
-        FigureDoc("digits_raw.png", "Training digits", "A random sample of the training split, exactly as the model reads it."),
+        FigureDoc("digits_raw.png", "Training digits",
+                  "A random sample of the training split, exactly as the model reads it."),
         plotting.digit_grid(raw.numpy(), labels, f"{len(raw)} training digits (raw)"),
     ))
     figures.append((
@@ -245,8 +249,7 @@ def build_figures(inputs: Inputs, params: Params) -> list[tuple[FigureDoc, Any]]
 
     actual = inputs.predictions["actual"].to_numpy()
     predicted = inputs.predictions["predicted"].to_numpy()
-    matrix = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(matrix, (actual, predicted), 1)
+    matrix = confusion_matrix(actual, predicted, labels=CLASSES)
     figures.append((
         FigureDoc("confusion_counts.png", "Confusion matrix (counts)",
                   "Rows are true digits and columns predictions, so every off-diagonal cell counts one kind of error."),
@@ -261,12 +264,14 @@ def build_figures(inputs: Inputs, params: Params) -> list[tuple[FigureDoc, Any]]
 
     worst = confident_mistakes(inputs.predictions, MISTAKES)
     index = torch.tensor(worst["index"].to_numpy(), dtype=torch.int64)
-    probs = probabilities(model_outputs(model, data.test_images[index], BATCH), inputs.loss_name).numpy() if len(worst) else np.zeros((0, 10))
+    probs = np.zeros((0, 10))
+    if len(worst):
+        probs = probabilities(model_outputs(model, data.test_images[index], BATCH), inputs.loss_name).numpy()
     rows = np.arange(len(worst))
     figures.append((
         FigureDoc("mistakes.png", "Most confident mistakes",
                   "The test errors the model was surest of, worst first; p(d) is the probability it gives digit d, and "
-                  "many of these digits are ambiguous even to a person."),
+                  "such digits are often ambiguous even to a person."),
         plotting.mistakes(data.test_images[index].numpy(), worst["actual"].to_numpy(), worst["predicted"].to_numpy(),
                           probs[rows, worst["predicted"].to_numpy()], probs[rows, worst["actual"].to_numpy()]),
     ))
@@ -458,4 +463,5 @@ def main(params: Params) -> None:
     atomic.write_text(REPORT_MD_FILE, render_markdown(sections, docs))
     atomic.write_text(REPORT_HTML_FILE, render_html(sections, docs, pngs))
     log_to_mlflow(docs)
-    log(f"report: {len(docs)} figures, {REPORT_HTML_FILE} and {REPORT_MD_FILE} in {time.perf_counter() - started:.1f} s")
+    seconds = time.perf_counter() - started
+    log(f"report: {len(docs)} figures, {REPORT_HTML_FILE} and {REPORT_MD_FILE} in {seconds:.1f} s")
