@@ -157,7 +157,7 @@ class Trainer:
                 index = order[start : start + chunk]
                 pixels = augment(data.images[index], self.aug, self.generator).flatten(1)
                 labels = data.labels[index]
-                losses, sizes = [], []
+                losses, sizes, predictions = [], [], []
                 for offset in range(0, len(index), batch):
                     x, y = pixels[offset : offset + batch], labels[offset : offset + batch]
                     with self._autocast():
@@ -171,13 +171,14 @@ class Trainer:
                         self.scheduler.step()
                     losses.append(loss.detach())
                     sizes.append(len(y))
-                    hits += (scores.argmax(1) == y).sum()
+                    predictions.append(scores.detach().argmax(1))
                 chunk_losses = torch.stack(losses)
                 finite = torch.isfinite(chunk_losses)
                 if not bool(finite.all()):
                     first = int((~finite).nonzero()[0, 0])
                     raise diverged(epoch, step + first + 1, steps, self.train.lr)
                 loss_sum += (chunk_losses.double() * torch.tensor(sizes, device=self.device)).sum()
+                hits += (torch.cat(predictions) == labels).sum()
                 step += len(losses)
                 progress.update(len(losses))
         norms = (norm_sum / steps).tolist()

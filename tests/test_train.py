@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,9 +39,21 @@ def small_params(**sections: dict):
     return parse_params(_merge(SMALL, sections))
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite store created once: its schema migrations take seconds per new database."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def inputs(workdir: Path, synthetic_mirror: Path) -> Path:
-    """workdir with data/raw (real download stage), data/stats.json and data/split as the contracts say."""
+def inputs(workdir: Path, synthetic_mirror: Path, empty_store: Path) -> Path:
+    """workdir with data/raw (real download stage), data/stats.json and data/split as the contracts say,
+    and a copy of the empty MLflow store where workdir points MLFLOW_TRACKING_URI."""
+    shutil.copyfile(empty_store, workdir / "mlflow.db")
     download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
     pixels = load_dataset(paths.RAW_DIR, 28).train_images.double() / 255
     stats = {"mean": pixels.mean().item(), "std": pixels.std(correction=0).item(), "image_size": 28, "count": len(pixels)}
