@@ -29,13 +29,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 def _unwritable(path: Path, exc: OSError) -> PipelineError:
-    """Say which of a read-only folder or a file standing where a folder should be is in the way."""
+    """Name what is in the way: a read-only folder, a file where a folder should be, or the reverse."""
+    if path.is_dir():
+        return PipelineError(f"cannot write {path}: it is a folder, not a file; move it away and rerun the stage")
     blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         return PipelineError(f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the stage")
