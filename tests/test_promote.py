@@ -143,3 +143,33 @@ def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
     with pytest.raises(PipelineError, match=r"champion version 1 of 'mnist-mlp' has no test_accuracy metric"):
         promote_stage()
     assert not PROMOTION_FILE.exists()
+
+
+@pytest.mark.slow
+def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(dvc_project: Path) -> None:
+    """scripts/retrain.sh twice on unchanged data: both retrain, the identical second model is kept."""
+    import subprocess
+
+    import mlflow
+
+    def retrain() -> tuple[str, dict, dict]:
+        result = subprocess.run(["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        record = json.loads(PROMOTION_FILE.read_text())
+        assert f"== promotion: {record['decision']}: {record['reason']}" in result.stdout
+        return result.stdout, record, json.loads(METRICS_FILE.read_text())
+
+    _, first, first_metrics = retrain()
+    assert (first["decision"], first["champion_version"]) == ("promoted", 1)
+    output, second, second_metrics = retrain()
+    assert "retraining anyway" in output and "Running stage 'train'" in output
+    assert second["run_id"] != first["run_id"] and second["version"] == 2
+    assert second_metrics == first_metrics, "same data, params and seed must give the same model"
+    assert second["decision"] == "kept" and second["champion_version"] == 1
+    assert second["reason"] == (
+        "version 2 test accuracy {0:.4f} vs champion version 1 {0:.4f} (+0.0000): the gain must be more than 0 "
+        "to promote".format(first_metrics["test_accuracy"])
+    )
+    client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
+    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": 1}
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
