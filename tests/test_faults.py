@@ -1,0 +1,381 @@
+"""What a user sees when the world misbehaves: one clear `error:` line, and nothing already
+written lost or left half-written.
+
+Faults covered elsewhere, so not repeated here:
+- a mirror that returns 404/500, a truncated body, wrong bytes, HTML junk, or stalls:
+  tests/test_download.py::test_bad_mirror_alone_fails_naming_mirror_and_reason (and
+  ::test_bad_mirror_is_skipped_for_the_next, ::test_sigterm_mid_download_leaves_no_temp_file);
+- each kind of bad param value: tests/test_config.py::test_bad_values_name_key_value_and_allowed,
+  and through the CLI tests/test_cli.py::test_bad_params_file_prints_one_error_line_and_exits_1;
+- a NaN loss: tests/test_train.py::test_divergence_stops_with_one_clear_message and
+  ::test_divergence_never_replaces_the_saved_state;
+- SIGKILL during training, then a rerun that resumes to the same result:
+  tests/test_train.py::test_sigkill_mid_run_then_rerun_resumes_to_the_same_result (slow);
+- a tracking server on a closed port: tests/test_train.py::test_unreachable_tracking_server_fails_before_training;
+- corrupt pictures and IDX files, and a pickled --model, given to predict:
+  tests/test_predict.py::test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted and
+  ::test_missing_or_pickled_model_is_a_clear_error.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import download, paths, train
+from pipeline.__main__ import main as cli_main
+from pipeline.config import parse_params
+from pipeline.datasets import FILES, DatasetSpec
+from pipeline.errors import PipelineError
+from pipeline.model import MLP, Architecture, load_checkpoint, save_checkpoint
+from tests.conftest import TINY_PIPELINE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tree_bytes(*roots: Path) -> dict[str, bytes]:
+    """Every file under the given folders (or the files themselves), by path: to prove nothing changed."""
+    out = {}
+    for root in roots:
+        for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            out[str(path)] = path.read_bytes()
+    return out
+
+
+# --- no network -------------------------------------------------------------------------------
+
+
+def test_no_network_fails_in_seconds_naming_every_source(workdir: Path) -> None:
+    refused = f"http://127.0.0.1:{closed_port()}/mnist/"
+    unresolvable = "http://mnist-mirror.invalid/mnist/"  # .invalid never resolves (RFC 2606)
+    Path("params.yaml").write_text(yaml.safe_dump({"data": {"mirrors": [refused, unresolvable]}}))
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_MIRROR"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipeline", "download"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: could not fetch train-images-idx3-ubyte.gz from any source (")
+    assert f"{refused}: connection refused (3 tries)" in line  # retried with backoff: it may come back
+    assert f"{unresolvable}: host not found" in line
+    assert "Set MNIST_MIRROR to a folder or URL" in line
+    assert os.listdir(paths.RAW_DIR) == []
+    assert elapsed < 15, f"an offline machine should fail in seconds, took {elapsed:.1f} s"
+
+
+# --- outputs that cannot be written ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocker", ["file where reports/ should be", "read-only reports/"])
+def test_unwritable_reports_fails_with_one_line_and_keeps_everything(
+    trained_workdir: Path, blocker: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    Path("params.yaml").write_text("{}\n")
+    reports = paths.REPORTS_DIR
+    if blocker.startswith("read-only"):
+        if os.geteuid() == 0:
+            pytest.skip("running as root, which writes through chmod 0o555; the file-in-the-way case covers this error path")
+        assert cli_main(["evaluate"]) == 0  # existing outputs that a failed rerun must leave alone
+        reports.chmod(0o555)
+        expected = f"error: cannot write {paths.METRICS_FILE}: reports is not writable (Permission denied)"
+    else:
+        reports.rename("reports.moved")
+        reports.write_text("a file a user left here\n")
+        expected = f"error: cannot write {paths.METRICS_FILE}: reports is a file, not a folder; move it away"
+    run_id = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
+    before_metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    before = tree_bytes(reports, paths.MODELS_DIR)
+    capsys.readouterr()
+    try:
+        code = cli_main(["evaluate"])
+    finally:
+        if reports.is_dir():
+            reports.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(expected) and err.count("\n") == 1, err
+    assert tree_bytes(reports, paths.MODELS_DIR) == before
+    if reports.is_dir():
+        assert not [p for p in reports.iterdir() if p.name.endswith(".tmp")]
+    assert mlflow.MlflowClient().get_run(run_id).data.metrics == before_metrics  # nothing logged either
+
+
+# --- the tracking server -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tracking_server_that_never_answers_fails_within_15_s(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that accepts connections and then says nothing (a hung proxy, a stopped VM).
+
+    Timed in-process: a fresh `python -m pipeline train` adds its imports (seconds, more on a
+    loaded machine) before it ever contacts the server."""
+    import mlflow  # noqa: F401 - imported before the clock starts, as in any running stage
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        Path("params.yaml").write_text("{}\n")
+        started = time.monotonic()
+        code = cli_main(["train"])
+        elapsed = time.monotonic() - started
+    assert code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: MLflow tracking server {uri} is unreachable (timed out)")
+    assert "unset MLFLOW_TRACKING_URI" in line
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    assert not paths.MODELS_DIR.exists() and not paths.REPORTS_DIR.exists()
+
+
+# --- pickled payloads --------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this creates `marker`: what a booby-trapped checkpoint would do with a shell."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickled_checkpoint_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    model = MLP(Architecture(28, (8,)), 0.1, 0.3)
+    evil = tmp_path / "model.pt"
+    save_checkpoint(evil, model, {"loss": "cross_entropy", "epoch": 1, "hook": Payload(marker)})
+
+    with pytest.raises(PipelineError) as caught:
+        load_checkpoint(evil)
+    message = str(caught.value)
+    assert message.startswith(f"{evil} holds pickled Python objects that weights_only loading refuses (")
+    assert "\n" not in message and not marker.exists()
+
+    # A booby-trapped models/last.pt is not resumed from either; training starts fresh.
+    assert train.load_resume_state(evil, expected="anything") is None
+    assert "is unreadable (UnpicklingError); starting fresh" in capsys.readouterr().err
+    assert not marker.exists()
+
+    torch.load(evil, weights_only=False)  # proof the file is armed: unsafe loading runs it
+    assert marker.exists()
+
+
+def test_pipeline_never_unpickles_what_it_reads() -> None:
+    """User-supplied files are read with weights_only=True / allow_pickle=False / safe YAML only."""
+    problems = []
+    for path in sorted((ROOT / "pipeline").glob("*.py")):
+        text = path.read_text()
+        for pattern in (r"weights_only\s*=\s*False", r"allow_pickle\s*=\s*True", r"\bpickle\.loads?\(",
+                        r"yaml\.(unsafe_load|full_load)\(", r"Loader\s*=\s*yaml\.(Loader|FullLoader|UnsafeLoader)"):
+            problems += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
+        for call in re.finditer(r"torch\.load\(([^()]|\([^()]*\))*\)", text):
+            if not re.search(r"weights_only\s*=\s*True", call.group(0)):
+                problems.append(f"{path.name}: {call.group(0)}")
+    assert problems == []
+    loads = sum(len(re.findall(r"torch\.load\(", p.read_text())) for p in (ROOT / "pipeline").glob("*.py"))
+    assert loads >= 2  # model.load_checkpoint and train's resume state: the scan does see them
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_params_refuse_mirror_urls_with_credentials() -> None:
+    with pytest.raises(PipelineError) as caught:
+        parse_params({"data": {"mirrors": ["/data/mnist", "https://alice:s3cr3t@mirror.example/mnist/"]}})
+    message = str(caught.value)
+    assert message.startswith("invalid params: data.mirrors entry 1 carries credentials")
+    assert "MNIST_MIRROR" in message and "s3cr3t" not in message and "alice" not in message
+
+
+def test_documented_mlflow_servers_bind_to_localhost() -> None:
+    """A tracking server has no authentication: the README never tells anyone to expose one."""
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.strip() for line in readme.splitlines() if re.match(r"\s*(mlflow (server|ui)\b)", line)]
+    assert commands, "README documents no mlflow server/ui command"
+    for command in commands:
+        assert re.search(r"--host 127\.0\.0\.1\b", command), command
+
+
+def test_a_file_matching_md5_but_not_sha256_is_refused(workdir: Path, synthetic_mirror: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    md5 = {f: hashlib.md5((synthetic_mirror / f).read_bytes()).hexdigest() for f in FILES}
+    forged = {f: "0" * 64 for f in FILES}  # as if someone forged an MD5 collision
+    monkeypatch.setitem(download.DATASETS, "mnist", DatasetSpec((str(synthetic_mirror),), md5, forged))
+    with pytest.raises(PipelineError, match=r"wrong bytes: SHA-256 [0-9a-f]{64} != expected 0{64}"):
+        download.download(parse_params({}), paths.RAW_DIR, {})
+    assert os.listdir(paths.RAW_DIR) == []
+
+
+class AuthMirror:
+    """Serves a folder over HTTP only to user alice with password s3cr3t."""
+
+    def __init__(self, folder: Path) -> None:
+        token = base64.b64encode(b"alice:s3cr3t").decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != f"Basic {token}":
+                    self.send_error(401)
+                    return
+                body = (folder / self.path.rsplit("/", 1)[-1]).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.url = f"http://alice:s3cr3t@127.0.0.1:{self.httpd.server_address[1]}/mnist/"
+
+    def __enter__(self) -> AuthMirror:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.slow
+def test_mirror_password_reaches_no_log_file_or_mlflow_record(
+    run_stages, synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    with AuthMirror(synthetic_mirror) as mirror:
+        monkeypatch.setenv("MNIST_MIRROR", mirror.url)
+        run_stages("download", "stats", "split", "train")
+    logs = "".join(capfd.readouterr())
+    assert "127.0.0.1" in logs  # the download lines do name the source...
+    assert "s3cr3t" not in logs and "alice" not in logs  # ...without the credentials
+    run = mlflow.MlflowClient().get_run(json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"])
+    recorded = json.dumps([run.data.params, run.data.tags])
+    assert "dataset.md5.train-images-idx3-ubyte.gz" in recorded and "s3cr3t" not in recorded
+    leaks = [str(p) for p in Path.cwd().rglob("*") if p.is_file() and b"s3cr3t" in p.read_bytes()]
+    assert leaks == []  # data/raw/checksums.json, models/, reports/, mlflow.db and its artifacts
+
+
+# --- signals during training -------------------------------------------------------------------
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_exits_promptly_and_the_rerun_resumes_to_the_same_result(
+    run_stages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_stages("download", "stats", "split")
+    monkeypatch.delenv("MNIST_MIRROR")
+    epochs = 6
+    params = {**TINY_PIPELINE, "model": {"hidden": [512, 512]}, "train": {"epochs": epochs, "threads": 1}}
+    Path("params.yaml").write_text(yaml.safe_dump(params))  # 512-wide layers: an epoch takes a moment
+    command = [sys.executable, "-m", "pipeline", "train"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith(f"epoch 1/{epochs}:"):  # printed once epoch 1's state is saved
+                proc.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                break
+        else:
+            pytest.fail("training ended before epoch 1 was logged")
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 128 + signal.SIGTERM, rest
+    assert took < 10, f"SIGTERM took {took:.1f} s to stop training"
+    assert "Traceback" not in rest
+    saved = torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)
+    assert 1 <= saved["epoch"] < epochs and not saved["completed"], "SIGTERM should land mid-training"
+    assert not paths.MODEL_FILE.exists()
+    leftovers = [p for folder in (paths.MODELS_DIR, paths.REPORTS_DIR) for p in folder.iterdir() if p.suffix == ".tmp"]
+    assert leftovers == []
+    assert len(read_history(paths.TRAIN_HISTORY_FILE)) == saved["epoch"]
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from models/last.pt after epoch {saved['epoch']}\n" in resumed.stderr
+    history = read_history(paths.TRAIN_HISTORY_FILE)
+    weights = load_checkpoint(paths.MODEL_FILE)["state_dict"]
+
+    fresh = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # last.pt completed
+    assert fresh.returncode == 0 and "resuming" not in fresh.stderr, fresh.stderr
+    assert read_history(paths.TRAIN_HISTORY_FILE) == history
+    for key, value in load_checkpoint(paths.MODEL_FILE)["state_dict"].items():
+        assert torch.equal(weights[key], value), key
+
+
+# --- two pipelines at once ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_dvc_repro_at_once_one_waits_out_the_lock_and_fails_cleanly(dvc_project: Path) -> None:
+    import mlflow
+
+    runs = [subprocess.Popen(["dvc", "repro"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [proc.communicate(timeout=900)[0] for proc in runs]
+    codes = [proc.returncode for proc in runs]
+    assert sorted(codes) == [0, 255], outputs
+    winner, loser = (outputs[0], outputs[1]) if codes[0] == 0 else (outputs[1], outputs[0])
+    lock_lines = [line for line in loser.splitlines() if line.startswith("ERROR:")]
+    assert lock_lines and re.search(r"Unable to acquire lock|is busy, it is being blocked by", lock_lines[0]), loser
+    assert "Running stage 'train'" in winner and "Running stage 'train'" not in loser
+
+    lock = yaml.safe_load(Path("dvc.lock").read_text())
+    assert list(lock["stages"]) == ["download", "stats", "split", "validate", "train", "evaluate", "report", "promote"]
+    status = subprocess.run(["dvc", "status"], capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout + status.stderr
+
+    client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    found = client.search_runs([experiment.experiment_id])
+    assert [(r.info.status, r.info.run_id) for r in found] == [
+        ("FINISHED", json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"])
+    ]
+    assert len(client.search_model_versions("name='mnist-mlp'")) == 1
