@@ -91,19 +91,31 @@ def elastic_displacement(n: int, size: int, aug: Augmentation, generator: torch.
     return field.permute(0, 2, 3, 1) * (aug.elastic_alpha * 2.0 / size)
 
 
-def augment(images: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, aug: Augmentation, generator: torch.Generator, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 [N, S, S] -> float32 [N, S, S] in [0, 1], each image with its own random draw.
 
     Random numbers come from `generator` (a CPU generator), so a run is reproducible and can be
-    resumed from the generator's saved state; the sampling runs on the images' device.
+    resumed from the generator's saved state; the sampling runs on the images' device. `rows`
+    returns only those images, augmented with the draws they get among all N (a data-parallel
+    rank's share: the draws, and so the generator's state, are the same on every rank).
     """
-    pixels = images.float().div_(255)
-    if not aug.enabled or len(images) == 0:
-        return pixels
     n, size = images.shape[0], images.shape[-1]
+    if rows is not None:
+        images = images[rows.to(images.device)]
+    pixels = images.float().div_(255)
+    if not aug.enabled or n == 0:
+        return pixels
     theta = affine_matrices(n, size, aug, generator)
+    field = elastic_displacement(n, size, aug, generator) if aug.elastic_alpha else None
+    if rows is not None:
+        theta = theta[rows]
+        field = field[rows] if field is not None else None
+    if len(images) == 0:  # drawn all the same, to keep the generator in step with the other ranks
+        return pixels
     grid = sampling_grid(theta.to(images.device), size)
-    if aug.elastic_alpha:
-        grid = grid + elastic_displacement(n, size, aug, generator).to(images.device)
+    if field is not None:
+        grid = grid + field.to(images.device)
     out = F.grid_sample(pixels[:, None], grid, mode=aug.interpolation, padding_mode="zeros", align_corners=False)
     return out[:, 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -9,7 +10,8 @@ from tqdm import tqdm
 
 
 def interactive() -> bool:
-    return sys.stderr.isatty()
+    """A terminal, and not a second process of a torchrun job (those would draw over rank 0's bars)."""
+    return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
 
 
 def bar(**kwargs: Any) -> tqdm:

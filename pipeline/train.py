@@ -8,6 +8,7 @@ uninterrupted run would. A changed fingerprint, or a run already completed, star
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -21,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import atomic, tracking
+from pipeline import atomic, distributed, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import Params
 from pipeline.data import load_dataset
+from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, save_checkpoint
 from pipeline.paths import (
@@ -172,33 +174,39 @@ def run_tags(dataset_md5: dict[str, str]) -> dict[str, str]:
     return tags
 
 
-def train(params: Params, after_epoch: Callable[[int], None] | None = None) -> dict:
-    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt there)."""
+def train(params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()) -> dict:
+    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt there).
+
+    With several ranks (torchrun) each trains on its share of every batch; only rank 0 reads
+    last.pt (and hands it on), writes files and talks to MLflow.
+    """
     import mlflow
 
-    tracking.configure()  # an unreachable server fails now, not after the training
+    if world.main:
+        tracking.configure()  # an unreachable server fails now, not after the training
     t = params.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
+    device = distributed.device_for(world, resolve_device(t.device))
     inputs = load_inputs(params, device)
     torch.manual_seed(t.seed)
     model = MLP(Architecture.from_params(params), inputs.mean, inputs.std).to(device)
     steps = -(-len(inputs.train.labels) // t.batch_size)
-    trainer = Trainer(model, t, Augmentation.from_params(params), steps)
+    trainer = Trainer(model, t, Augmentation.from_params(params), steps, world)
 
-    state = load_resume_state(LAST_CHECKPOINT_FILE, inputs.fingerprint)
+    state = distributed.from_main(load_resume_state(LAST_CHECKPOINT_FILE, inputs.fingerprint) if world.main else None, world)
     if state:
         trainer.load_state_dict(state["trainer"])
     else:
         state = {"format": LAST_FORMAT, "fingerprint": inputs.fingerprint, "completed": False, "epoch": 0,
                  "history": [], "grad_norms": [], "best": None, "mlflow_run_id": None}
 
-    with tracking.start_run(params.mlflow.experiment, params.flat(), run_tags(inputs.dataset_md5),
-                            state["mlflow_run_id"]) as run:
-        if state["mlflow_run_id"] not in (None, run.info.run_id):
+    run_context = (tracking.start_run(params.mlflow.experiment, params.flat(), run_tags(inputs.dataset_md5),
+                                      state["mlflow_run_id"]) if world.main else contextlib.nullcontext())
+    with run_context as run:
+        if world.main and state["mlflow_run_id"] not in (None, run.info.run_id):
             log(f"MLflow run {state['mlflow_run_id']} of the interrupted training is gone; logging to a new run")
-        state["mlflow_run_id"] = run.info.run_id
+        state["mlflow_run_id"] = run.info.run_id if world.main else None
         with bar(total=t.epochs, initial=state["epoch"], desc="train", unit="epoch") as progress:
             for epoch in range(state["epoch"] + 1, t.epochs + 1):
                 result = trainer.run_epoch(inputs.train, inputs.valid, epoch)
@@ -210,20 +218,22 @@ def train(params: Params, after_epoch: Callable[[int], None] | None = None) -> d
                     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                     state["best"] = {"epoch": epoch, "valid_loss": result.valid_loss,
                                      "valid_accuracy": result.valid_acc, "state_dict": weights}
-                metrics = {k: v for k, v in result.history_row().items() if k not in ("epoch", "seconds")}
-                metrics["epoch_seconds"] = result.seconds
-                metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
-                mlflow.log_metrics(metrics, step=epoch)
                 state["epoch"] = epoch
                 state["trainer"] = trainer.state_dict()
-                with atomic.atomic_path(LAST_CHECKPOINT_FILE) as tmp:
-                    torch.save(state, tmp)
-                write_history(state)
-                log(epoch_line(result, t.epochs))
+                if world.main:
+                    metrics = {k: v for k, v in result.history_row().items() if k not in ("epoch", "seconds")}
+                    metrics["epoch_seconds"] = result.seconds
+                    metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
+                    mlflow.log_metrics(metrics, step=epoch)
+                    with atomic.atomic_path(LAST_CHECKPOINT_FILE) as tmp:
+                        torch.save(state, tmp)
+                    write_history(state)
+                    log(epoch_line(result, t.epochs))
                 progress.update(1)
                 if after_epoch:
                     after_epoch(epoch)
-        finish(params, model, inputs, state)
+        if world.main:
+            finish(params, model, inputs, state)
     return state
 
 
@@ -258,4 +268,6 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: dict) -> None:
 
 
 def main(params: Params) -> None:
-    train(params)
+    world = World.from_env()
+    with distributed.process_group(world, distributed.device_for(world, resolve_device(params.train.device))):
+        train(params, world=world)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pipeline import distributed
 from pipeline.augment import Augmentation, augment
 from pipeline.config import TrainParams
+from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.losses import loss_fn
 from pipeline.model import MLP
@@ -99,11 +101,15 @@ def diverged(epoch: int, step: int, steps: int, lr: float) -> PipelineError:
 class Trainer:
     """Model, optimiser, schedule and random state of one training run."""
 
-    def __init__(self, model: MLP, train: TrainParams, aug: Augmentation, steps_per_epoch: int) -> None:
+    def __init__(
+        self, model: MLP, train: TrainParams, aug: Augmentation, steps_per_epoch: int, world: World = World()
+    ) -> None:
         self.model = model
+        self.world = world
         self.train = train
         self.aug = aug
         self.device = next(model.parameters()).device
+        self.net = distributed.wrap(model, world)  # forward through this; `model` stays the plain module
         self.loss = loss_fn(train.loss)
         self.optimizer = make_optimizer(model, train)
         self.scheduler = make_scheduler(self.optimizer, train, steps_per_epoch)
@@ -141,8 +147,15 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self, data: Split, epoch: int) -> tuple[float, float, dict[str, float]]:
-        """One pass in a fresh random order: (mean loss, accuracy, mean weight-gradient L2 norm per layer)."""
+        """One pass in a fresh random order: (mean loss, accuracy, mean weight-gradient L2 norm per layer).
+
+        With several ranks each trains on its rows of every global batch (pipeline/distributed.py)
+        and weights its loss by its share, so DDP's gradient average is the whole batch's gradient.
+        """
         self.model.train()
+        world = self.world
+        if world.size > 1:
+            torch.manual_seed(distributed.dropout_seed(self.train.seed, epoch, world.rank))
         n, batch = len(data.labels), self.train.batch_size
         steps = -(-n // batch)
         chunk = batch * max(1, CHUNK_IMAGES // batch)
@@ -155,16 +168,21 @@ class Trainer:
         with bar(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False) as progress:
             for start in range(0, n, chunk):
                 index = order[start : start + chunk]
-                pixels = augment(data.images[index], self.aug, self.generator).flatten(1)
-                labels = data.labels[index]
+                rows = distributed.rows(len(index), batch, world) if world.size > 1 else None
+                pixels = augment(data.images[index], self.aug, self.generator, rows).flatten(1)
+                labels = data.labels[index] if rows is None else data.labels[index[rows.to(self.device)]]
                 losses, sizes, predictions = [], [], []
-                for offset in range(0, len(index), batch):
-                    x, y = pixels[offset : offset + batch], labels[offset : offset + batch]
+                whole = [min(batch, len(index) - first) for first in range(0, len(index), batch)]
+                offset = 0
+                for size, batch_size in zip(distributed.local_sizes(len(index), batch, world), whole):
+                    x, y = pixels[offset : offset + size], labels[offset : offset + size]
+                    offset += size
                     with self._autocast():
-                        scores = self.model(x)
-                        loss = self.loss(scores.float(), y)
+                        scores = self.net(x)
+                        loss = self.loss(scores.float(), y) if size else scores.sum() * 0.0
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    # This rank's share of the batch mean; exactly 1.0 for a single process.
+                    (loss * (size * world.size / batch_size)).backward()
                     norm_sum += torch.stack([torch.linalg.vector_norm(w.grad) for w in weights])
                     self.optimizer.step()
                     if self.scheduler:
@@ -172,16 +190,20 @@ class Trainer:
                     losses.append(loss.detach())
                     sizes.append(len(y))
                     predictions.append(scores.detach().argmax(1))
-                chunk_losses = torch.stack(losses)
-                finite = torch.isfinite(chunk_losses)
+                # Per-step loss sums over the whole global batch, so every rank sees a divergence.
+                step_sums = distributed.all_sum(
+                    torch.stack(losses).double() * torch.tensor(sizes, device=self.device), world
+                )
+                finite = torch.isfinite(step_sums)
                 if not bool(finite.all()):
                     first = int((~finite).nonzero()[0, 0])
                     raise diverged(epoch, step + first + 1, steps, self.train.lr)
-                loss_sum += (chunk_losses.double() * torch.tensor(sizes, device=self.device)).sum()
+                loss_sum += step_sums.sum()
                 hits += (torch.cat(predictions) == labels).sum()
                 step += len(losses)
                 progress.update(len(losses))
-        norms = (norm_sum / steps).tolist()
+        distributed.all_sum(hits, world)
+        norms = (norm_sum / steps).tolist()  # of the averaged gradients: the same on every rank
         return float(loss_sum) / n, int(hits) / n, dict(zip(self.layers, norms))
 
     @torch.no_grad()
