@@ -307,7 +307,7 @@ def test_sigterm_mid_training_exits_promptly_and_the_rerun_resumes_to_the_same_r
 ) -> None:
     run_stages("download", "stats", "split")
     monkeypatch.delenv("MNIST_MIRROR")
-    epochs = 6
+    epochs = 10  # ample room: the signal lands well before the last epoch
     params = {**TINY_PIPELINE, "model": {"hidden": [512, 512]}, "train": {"epochs": epochs, "threads": 1}}
     Path("params.yaml").write_text(yaml.safe_dump(params))  # 512-wide layers: an epoch takes a moment
     command = [sys.executable, "-m", "pipeline", "train"]
