@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from pipeline import distributed
+from pipeline import distributed, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import parse_params
 from pipeline.distributed import World
@@ -185,8 +185,8 @@ def test_torchrun_train_stage_matches_one_process_and_only_rank_0_writes(run_sta
     for key, value in load_checkpoint(MODEL_FILE)["state_dict"].items():
         assert torch.allclose(value, ddp_weights[key], atol=TOLERANCE), key
 
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"] if "mlflow" in params else "mnist-mlp")
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    experiment = client.get_experiment_by_name(parse_params(params).mlflow.experiment)
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2 and ddp_run in {r.info.run_id for r in runs}  # one per training, none per rank
     assert all(r.info.status == "FINISHED" for r in runs)

@@ -38,7 +38,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import download, paths, train
+from pipeline import download, paths, tracking, train
 from pipeline.__main__ import main as cli_main
 from pipeline.config import parse_params
 from pipeline.datasets import FILES, DatasetSpec
@@ -114,7 +114,7 @@ def test_unwritable_reports_fails_with_one_line_and_keeps_everything(
         reports.write_text("a file a user left here\n")
         expected = f"error: cannot write {paths.METRICS_FILE}: reports is a file, not a folder; move it away"
     run_id = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
-    before_metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    before_metrics = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics
     before = tree_bytes(reports, paths.MODELS_DIR)
     capsys.readouterr()
     try:
@@ -128,7 +128,7 @@ def test_unwritable_reports_fails_with_one_line_and_keeps_everything(
     assert tree_bytes(reports, paths.MODELS_DIR) == before
     if reports.is_dir():
         assert not [p for p in reports.iterdir() if p.name.endswith(".tmp")]
-    assert mlflow.MlflowClient().get_run(run_id).data.metrics == before_metrics  # nothing logged either
+    assert mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics == before_metrics  # nothing logged either
 
 
 # --- the tracking server -----------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_mirror_password_reaches_no_log_file_or_mlflow_record(
     logs = "".join(capfd.readouterr())
     assert "127.0.0.1" in logs  # the download lines do name the source...
     assert "s3cr3t" not in logs and "alice" not in logs  # ...without the credentials
-    run = mlflow.MlflowClient().get_run(json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"])
+    run = mlflow.MlflowClient(tracking.tracking_uri()).get_run(json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"])
     recorded = json.dumps([run.data.params, run.data.tags])
     assert "dataset.md5.train-images-idx3-ubyte.gz" in recorded and "s3cr3t" not in recorded
     leaks = [str(p) for p in Path.cwd().rglob("*") if p.is_file() and b"s3cr3t" in p.read_bytes()]
