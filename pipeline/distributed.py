@@ -85,7 +85,9 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
     if world.size == 1:
         return model
     ddp = torch.nn.parallel.DistributedDataParallel
-    keyword = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    keyword = "forward_sync_buffers"
+    if keyword not in inspect.signature(ddp).parameters:
+        keyword = "broadcast_buffers"
     device = next(model.parameters()).device
     return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **{keyword: False})
 

@@ -194,7 +194,8 @@ def train(params: Params, after_epoch: Callable[[int], None] | None = None, worl
     steps = -(-len(inputs.train.labels) // t.batch_size)
     trainer = Trainer(model, t, Augmentation.from_params(params), steps, world)
 
-    state = distributed.from_main(load_resume_state(LAST_CHECKPOINT_FILE, inputs.fingerprint) if world.main else None, world)
+    saved = load_resume_state(LAST_CHECKPOINT_FILE, inputs.fingerprint) if world.main else None
+    state = distributed.from_main(saved, world)
     if state:
         trainer.load_state_dict(state["trainer"])
     else:

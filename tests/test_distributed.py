@@ -47,7 +47,8 @@ def device_or_skip(name: str, processes: int = 1) -> torch.device:
         if not torch.cuda.is_available():
             pytest.skip("CUDA variant: torch.cuda.is_available() is False on this machine (CPU-only CI)")
         if torch.cuda.device_count() < processes:
-            pytest.skip(f"CUDA variant needs {processes} GPUs, one per nccl rank; torch sees {torch.cuda.device_count()}")
+            pytest.skip(f"CUDA variant needs {processes} GPUs, one per nccl rank; "
+                        f"torch sees {torch.cuda.device_count()}")
     return torch.device(name)
 
 
@@ -155,7 +156,9 @@ def read_history(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_torchrun_train_stage_matches_one_process_and_only_rank_0_writes(run_stages, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchrun_train_stage_matches_one_process_and_only_rank_0_writes(
+    run_stages, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     run_stages("download", "stats", "split")

@@ -55,12 +55,6 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def tree_bytes(*roots: Path) -> dict[str, bytes]:
     """Every file under the given folders (or the files themselves), by path: to prove nothing changed."""
     out = {}
@@ -105,7 +99,8 @@ def test_unwritable_reports_fails_with_one_line_and_keeps_everything(
     reports = paths.REPORTS_DIR
     if blocker.startswith("read-only"):
         if os.geteuid() == 0:
-            pytest.skip("running as root, which writes through chmod 0o555; the file-in-the-way case covers this error path")
+            pytest.skip("running as root, which writes through chmod 0o555; "
+                        "the file-in-the-way case covers this error path")
         assert cli_main(["evaluate"]) == 0  # existing outputs that a failed rerun must leave alone
         reports.chmod(0o555)
         expected = f"error: cannot write {paths.METRICS_FILE}: reports is not writable (Permission denied)"
@@ -128,7 +123,8 @@ def test_unwritable_reports_fails_with_one_line_and_keeps_everything(
     assert tree_bytes(reports, paths.MODELS_DIR) == before
     if reports.is_dir():
         assert not [p for p in reports.iterdir() if p.name.endswith(".tmp")]
-    assert mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics == before_metrics  # nothing logged either
+    after_metrics = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics
+    assert after_metrics == before_metrics  # nothing logged either
 
 
 # --- the tracking server -----------------------------------------------------------------------
@@ -370,7 +366,8 @@ def test_two_dvc_repro_at_once_one_waits_out_the_lock_and_fails_cleanly(dvc_proj
     lock = yaml.safe_load(Path("dvc.lock").read_text())
     assert list(lock["stages"]) == ["download", "stats", "split", "validate", "train", "evaluate", "report", "promote"]
     status = subprocess.run(["dvc", "status"], capture_output=True, text=True, timeout=300)
-    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout + status.stderr
+    assert status.returncode == 0, status.stderr
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
     client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mnist-mlp")
