@@ -7,7 +7,6 @@ train uses, so test_loss and valid_loss compare directly with the training curve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,10 +15,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from pipeline import atomic, tracking
 from pipeline.config import Params
-from pipeline.data import load_dataset
+from pipeline.data import load_dataset, load_indices
 from pipeline.errors import PipelineError
 from pipeline.losses import loss_fn, probabilities
-from pipeline.model import NUM_CLASSES, MLP, load_checkpoint, model_from_checkpoint
+from pipeline.model import NUM_CLASSES, MLP, load_checkpoint, model_from_checkpoint, model_outputs
 from pipeline.paths import (
     METRICS_FILE,
     MLFLOW_RUN_FILE,
@@ -40,13 +39,6 @@ class Evaluation:
     per_class: pd.DataFrame  # class, precision, recall, f1, support
     predictions: pd.DataFrame  # index, actual, predicted, confidence (test set)
     confusion: np.ndarray  # [actual, predicted] counts on the test set
-
-
-@torch.no_grad()
-def model_outputs(model: MLP, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Raw model outputs for uint8 images [N, S, S], in batches to bound memory."""
-    model.eval()
-    return torch.cat([model(batch.float().div_(255)) for batch in images.split(batch_size)])
 
 
 def loss_and_accuracy(outputs: torch.Tensor, labels: torch.Tensor, loss_name: str) -> tuple[float, float]:
@@ -104,23 +96,6 @@ def evaluate(
     return Evaluation(metrics, per_class, predictions, confusion)
 
 
-def load_indices(path: Path, limit: int) -> torch.Tensor:
-    """A split's index array, checked to be valid positions in a set of `limit` images."""
-    try:
-        indices = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is missing or unreadable ({exc}); run the split stage (dvc repro split)") from None
-    if indices.ndim != 1 or indices.dtype.kind not in "iu" or len(indices) == 0:
-        raise PipelineError(
-            f"{path} must be a non-empty 1-D integer array, got {indices.dtype} {indices.shape}; rerun split"
-        )
-    if indices.min() < 0 or indices.max() >= limit:
-        raise PipelineError(
-            f"{path} holds indices outside 0..{limit - 1} (the training set size); rerun split on the current data"
-        )
-    return torch.from_numpy(indices.astype(np.int64))
-
-
 def write_outputs(result: Evaluation) -> None:
     atomic.write_json(METRICS_FILE, result.metrics)
     atomic.write_text(PER_CLASS_FILE, result.per_class.to_csv(index=False, float_format="%.6f"))
@@ -147,24 +122,8 @@ def checkpoint_field(payload: dict, key: str) -> object:
     return payload[key]
 
 
-def require_training_run() -> None:
-    """Fail before the work, not after it, when the run train recorded is not in this MLflow store."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    run_id = tracking.read_run_reference(MLFLOW_RUN_FILE)["run_id"]
-    uri = tracking.configure()
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise PipelineError(
-            f"MLflow run {run_id} from {MLFLOW_RUN_FILE} is not in the tracking store {uri}; point "
-            "MLFLOW_TRACKING_URI at the store train used, or retrain (dvc repro -f train)"
-        ) from None
-
-
 def main(params: Params) -> None:
-    require_training_run()
+    tracking.training_run_id(MLFLOW_RUN_FILE)  # fail before the work, not after it
     payload = load_checkpoint(MODEL_FILE)
     model = model_from_checkpoint(payload)
     loss_name = str(checkpoint_field(payload, "loss"))

@@ -74,6 +74,13 @@ class MLP(nn.Module):
         return torch.sigmoid(scores) if self.arch.output_activation == "sigmoid" else scores
 
 
+@torch.no_grad()
+def model_outputs(model: MLP, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Raw model outputs for uint8 images [N, S, S], in batches to bound memory."""
+    model.eval()
+    return torch.cat([model(batch.float().div_(255)) for batch in images.split(batch_size)])
+
+
 def save_checkpoint(path: Path, model: MLP, extra: dict[str, Any] | None = None) -> None:
     """Plain tensors and builtins only, so that `torch.load(weights_only=True)` reads it."""
     arch = asdict(model.arch)

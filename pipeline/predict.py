@@ -31,10 +31,9 @@ from torch import nn
 from pipeline import tracking
 from pipeline.data import resize
 from pipeline.errors import PipelineError
-from pipeline.evaluate import model_outputs
 from pipeline.idx import parse_idx
 from pipeline.losses import probabilities
-from pipeline.model import load_checkpoint, model_from_checkpoint
+from pipeline.model import load_checkpoint, model_from_checkpoint, model_outputs
 from pipeline.paths import MODEL_FILE
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")

@@ -25,11 +25,11 @@ from sklearn.metrics import confusion_matrix
 from pipeline import atomic, plotting, tracking
 from pipeline.augment import Augmentation, augment
 from pipeline.config import Params
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import Dataset, load_dataset, load_indices
 from pipeline.errors import PipelineError
-from pipeline.evaluate import CLASSES, checkpoint_field, load_indices, model_outputs, require_training_run
+from pipeline.evaluate import CLASSES, checkpoint_field
 from pipeline.losses import probabilities
-from pipeline.model import MLP, load_checkpoint, model_from_checkpoint
+from pipeline.model import MLP, load_checkpoint, model_from_checkpoint, model_outputs
 from pipeline.paths import (
     CHECKSUMS_FILE,
     DATA_VALIDATION_FILE,
@@ -451,7 +451,7 @@ def log_to_mlflow(docs: list[FigureDoc]) -> None:
 
 def main(params: Params) -> None:
     started = time.perf_counter()
-    require_training_run()
+    tracking.training_run_id(MLFLOW_RUN_FILE)  # fail before the work, not after it
     inputs = load_inputs()
     pngs: dict[str, bytes] = {}
     docs: list[FigureDoc] = []

@@ -92,14 +92,29 @@ def read_run_reference(path: Path) -> dict[str, str]:
         raise PipelineError(f"{path} is missing or unreadable; run the train stage first (dvc repro train)") from None
 
 
+def training_run_id(run_file: Path) -> str:
+    """The run train recorded, checked to exist in this store; stages call it before their work."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = read_run_reference(run_file)["run_id"]
+    uri = configure()
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise PipelineError(
+            f"MLflow run {run_id} from {run_file} is not in the tracking store {uri}; point "
+            "MLFLOW_TRACKING_URI at the store train used, or retrain (dvc repro -f train)"
+        ) from None
+    return run_id
+
+
 @contextmanager
 def resume_run(run_file: Path) -> Iterator[object]:
     """Reopen the training run recorded in `run_file`, so a later stage logs into it."""
     import mlflow
 
-    reference = read_run_reference(run_file)
-    configure()
-    with mlflow.start_run(run_id=reference["run_id"]) as run:
+    with mlflow.start_run(run_id=training_run_id(run_file)) as run:
         yield run
 
 
