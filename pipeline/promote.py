@@ -120,8 +120,7 @@ def main(params: Params) -> None:
     from mlflow import MlflowClient
 
     accuracy = new_accuracy()
-    run_id = tracking.read_run_reference(MLFLOW_RUN_FILE)["run_id"]
-    tracking.configure()
+    run_id = tracking.training_run_id(MLFLOW_RUN_FILE)
     record = promote(MlflowClient(), params.mlflow.registered_model, run_id, accuracy, params.promote.min_delta)
     atomic.write_json(PROMOTION_FILE, record)
     log(f"promote: {record['decision']}: {record['reason']}")
