@@ -32,20 +32,23 @@ def test_epoch_flops_is_three_forward_passes():
     assert run.epoch_flops(54_000, ARCH) == 3 * forward_per_image * 54_000
 
 
-def test_matmul_shapes_are_the_step_and_add_up_to_its_flops():
-    shapes = run.matmul_shapes(64, ARCH)
-    assert len(shapes) == 9  # forward, input gradient, weight gradient for 3 layers
-    assert all(a[1] == b[0] for a, b in shapes)  # every pair is multipliable
-    flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
-    assert flops == run.epoch_flops(64, ARCH)
-    assert {((64, 784), (784, 250)), ((64, 250), (250, 784)), ((784, 64), (64, 250))} <= set(shapes)
+def test_step_operands_are_what_autograd_multiplies():
+    operands = run.step_operands(64, ARCH)
+    assert len(operands) == 8  # forward and weight gradient for 3 layers, input gradient for 2
+    assert all(a.shape[1] == b.shape[0] for a, b in operands)
+    assert run.matmul_flops(operands) == run.training_flops(64, ARCH)
+    assert run.training_flops(64, ARCH) == run.epoch_flops(64, ARCH) - 2 * 64 * 784 * 250
+    shapes = {(tuple(a.shape), tuple(b.shape)) for a, b in operands}
+    assert ((64, 784), (784, 250)) in shapes  # x @ W^T
+    assert ((250, 64), (64, 784)) in shapes  # g^T @ x: first layer's weight gradient
+    assert ((64, 250), (250, 784)) not in shapes  # no gradient for the pixels
 
 
 def test_hardware_limit_is_flops_over_measured_speed():
     limits = run.hardware_limit([64], ARCH, 54_000, min_seconds=0.01, repeats=1)
     entry = limits[64]
     assert entry["gflops"] > 0
-    assert entry["limit_epoch_seconds"] == pytest.approx(run.epoch_flops(54_000, ARCH) / (entry["gflops"] * 1e9))
+    assert entry["limit_epoch_seconds"] == pytest.approx(run.training_flops(54_000, ARCH) / (entry["gflops"] * 1e9))
 
 
 def test_seconds_to_accuracy_counts_until_the_first_epoch_at_target():
