@@ -1,16 +1,13 @@
 """Stage `train`: fit the MLP on the train split, keep the best-valid-loss weights, track in MLflow.
 
-After every epoch models/last.pt records everything needed to continue (weights, optimiser,
-schedule, random state, history, best weights, MLflow run id) with a fingerprint of the params
-and data; a killed run started again continues from there and ends exactly where an
-uninterrupted run would. A changed fingerprint, or a run already completed, starts fresh.
+After every epoch models/last.pt (pipeline/resume.py) records everything needed to continue; a
+killed run started again continues from there and ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import math
@@ -19,13 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline import atomic, distributed, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import Params
-from pipeline.data import load_dataset
+from pipeline.data import load_dataset, load_indices
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, save_checkpoint
@@ -42,9 +38,9 @@ from pipeline.paths import (
     VALID_INDEX_FILE,
 )
 from pipeline.progress import bar, log
+from pipeline.resume import fingerprint, fresh_state, load_resume_state, save_state
 from pipeline.trainer import EpochResult, Split, Trainer, diverged, resolve_device
 
-LAST_FORMAT = "mnist-mlp-last/1"
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "lr"]
 EXAMPLE_ROWS = 5
 
@@ -78,31 +74,6 @@ def read_stats(image_size: int) -> tuple[float, float]:
     return float(stats["mean"]), float(stats["std"])
 
 
-def read_indices(path: Path, limit: int) -> np.ndarray:
-    try:
-        indices = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro split") from None
-    if indices.ndim != 1 or indices.dtype != np.int64 or len(indices) == 0:
-        raise PipelineError(f"{path} must be a non-empty int64 index array, got {indices.dtype} {indices.shape}; rerun split")
-    if indices.min() < 0 or indices.max() >= limit:
-        raise PipelineError(f"{path} has indices outside 0..{limit - 1}; rerun split on the current data")
-    return indices
-
-
-def fingerprint(params: Params, dataset_md5: dict[str, str], files: list[Path]) -> str:
-    """What the trained weights depend on: training params and the bytes of every data input."""
-    relevant = {
-        "image_size": params.data.image_size,
-        "model": params.model.model_dump(),
-        "augment": params.augment.model_dump(),
-        "train": params.train.model_dump(),
-        "raw": dataset_md5,
-        "files": {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
 def load_inputs(params: Params, device: torch.device) -> Inputs:
     size = params.data.image_size
     mean, std = read_stats(size)
@@ -110,36 +81,14 @@ def load_inputs(params: Params, device: torch.device) -> Inputs:
     dataset_md5 = {name: entry["md5"] for name, entry in checksums.get("files", {}).items()}
     data = load_dataset(RAW_DIR, size)
     limit = len(data.train_labels)
-    train_idx = torch.from_numpy(read_indices(TRAIN_INDEX_FILE, limit))
-    valid_idx = torch.from_numpy(read_indices(VALID_INDEX_FILE, limit))
+    train_idx = load_indices(TRAIN_INDEX_FILE, limit)
+    valid_idx = load_indices(VALID_INDEX_FILE, limit)
 
     def split(index: torch.Tensor) -> Split:
         return Split(data.train_images[index].to(device), data.train_labels[index].to(device))
 
     digest = fingerprint(params, dataset_md5, [STATS_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE])
     return Inputs(split(train_idx), split(valid_idx), mean, std, dataset_md5, digest)
-
-
-def load_resume_state(path: Path, expected: str) -> dict | None:
-    """The saved state of an interrupted run with the same fingerprint, else None (and why)."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError... on damage
-        log(f"{path} is unreadable ({type(exc).__name__}); starting fresh")
-        return None
-    if not isinstance(state, dict) or state.get("format") != LAST_FORMAT:
-        log(f"{path} is not a {LAST_FORMAT} file; starting fresh")
-        return None
-    if state["fingerprint"] != expected:
-        log(f"{path} was written with other params or data; starting fresh")
-        return None
-    if state["completed"]:
-        log(f"{path} holds a completed run; starting fresh")
-        return None
-    log(f"resuming from {path} after epoch {state['epoch']}")
-    return state
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
@@ -199,8 +148,7 @@ def train(params: Params, after_epoch: Callable[[int], None] | None = None, worl
     if state:
         trainer.load_state_dict(state["trainer"])
     else:
-        state = {"format": LAST_FORMAT, "fingerprint": inputs.fingerprint, "completed": False, "epoch": 0,
-                 "history": [], "grad_norms": [], "best": None, "mlflow_run_id": None}
+        state = fresh_state(inputs.fingerprint)
 
     run_context = (tracking.start_run(params.mlflow.experiment, params.flat(), run_tags(inputs.dataset_md5),
                                       state["mlflow_run_id"]) if world.main else contextlib.nullcontext())
@@ -226,8 +174,7 @@ def train(params: Params, after_epoch: Callable[[int], None] | None = None, worl
                     metrics["epoch_seconds"] = result.seconds
                     metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
                     mlflow.log_metrics(metrics, step=epoch)
-                    with atomic.atomic_path(LAST_CHECKPOINT_FILE) as tmp:
-                        torch.save(state, tmp)
+                    save_state(LAST_CHECKPOINT_FILE, state)
                     write_history(state)
                     log(epoch_line(result, t.epochs))
                 progress.update(1)
@@ -262,8 +209,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: dict) -> None:
     run = mlflow.active_run()
     tracking.save_run_reference(MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
     state["completed"] = True
-    with atomic.atomic_path(LAST_CHECKPOINT_FILE) as tmp:
-        torch.save(state, tmp)
+    save_state(LAST_CHECKPOINT_FILE, state)
     log(f"best epoch {best['epoch']}: valid loss {best['valid_loss']:.4f}, accuracy {best['valid_accuracy']:.4f}; "
         f"saved {MODEL_FILE}, MLflow run {run.info.run_id}")
 
