@@ -113,8 +113,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} holds pickled Python objects that weights_only loading refuses ({first}); "
             "only load checkpoints written by this pipeline"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise PipelineError(f"{path} is not a readable checkpoint ({exc}); retrain or restore it") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PipelineError(f"{path} is not a readable checkpoint ({reason}); retrain or restore it") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise PipelineError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; retrain with this pipeline")
     return payload
