@@ -1,6 +1,6 @@
 """Benchmarks against the reference loop, scikit-learn, the matmul limit, plus memory and end to end.
 
-    python benchmarks/run.py            # full run (also `make bench`), about 15-30 min on 2 cores
+    python benchmarks/run.py            # full run (also `make bench`), about 20-30 min on 2 cores
     python benchmarks/run.py --quick    # smoke run: 1 epoch, small samples, README untouched
 
 Everything runs in one invocation on this machine with one fixed torch/BLAS thread count
@@ -113,17 +113,17 @@ def stage_env(folder: Path, threads: int) -> dict[str, str]:
     return env
 
 
-# Forks the command and reports that child's peak RSS. A child forked straight from this
-# process would inherit its high-water mark (torch and MNIST already loaded): Linux keeps
-# ru_maxrss across exec. Forked from this small launcher, the count starts near zero.
-LAUNCHER = """
+# Forks the command and reports that child's peak RSS on its own last stderr line. A child forked
+# straight from this process would inherit its high-water mark (torch and MNIST already loaded):
+# Linux keeps ru_maxrss across exec. Forked from this small launcher, the count starts near zero.
+RSS_MARKER = "bench-peak-rss-kib="
+LAUNCHER = f"""
 import os, sys
 pid = os.fork()
 if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
+    os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    f.write(str(usage.ru_maxrss))
+print("\\n{RSS_MARKER}" + str(usage.ru_maxrss), file=sys.stderr)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -131,15 +131,16 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int, str]:
     """Wall seconds, peak RSS (MiB) of the command (the largest process of its tree that it
     waited for), exit code, and the last stderr line when it failed."""
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "stderr", "w+b") as err:
-        rss_file = Path(tmp) / "rss"
+    with tempfile.TemporaryFile() as err:  # unnamed: nothing to lose if /tmp is tidied meanwhile
         started = time.perf_counter()
-        code = subprocess.run([sys.executable, "-c", LAUNCHER, str(rss_file), *cmd], cwd=cwd, env=env,
+        code = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], cwd=cwd, env=env,
                               stdout=subprocess.DEVNULL, stderr=err).returncode
         seconds = time.perf_counter() - started
         err.seek(0)
-        lines = err.read().decode(errors="replace").strip().splitlines()
-        rss_kib = int(rss_file.read_text())  # KiB on Linux
+        lines = [line for line in err.read().decode(errors="replace").splitlines() if line.strip()]
+    if not lines or not lines[-1].startswith(RSS_MARKER):
+        raise SystemExit(f"error: the launcher of {' '.join(cmd)} ended without its report: {lines[-1:]}")
+    rss_kib = int(lines.pop()[len(RSS_MARKER):])  # KiB on Linux
     return seconds, rss_kib / 1024, code, (lines[-1] if lines and code else "")
 
 
@@ -239,6 +240,7 @@ def summarize_run(folder: Path, params: Params, train: StageRun) -> dict[str, An
     return {
         "batch_size": params.train.batch_size,
         "lr": params.train.lr,
+        "lr_schedule": params.train.lr_schedule,
         "epochs": params.train.epochs,
         "test_accuracy": metrics["test_accuracy"],
         "median_epoch_seconds": float(np.median([row["seconds"] for row in history])),
@@ -279,7 +281,7 @@ def epoch_seconds(data: Split, params: Params, mean: float, std: float, repeats:
     return best
 
 
-def throughput(raw_dir: Path, train: Split, params: Params, mean: float, std: float,
+def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean: float, std: float,
                batches: int, repeats: int) -> dict[str, Any]:
     """Reference loop vs ours at batch 64 on the same number of images, alternating so that
     load from other processes hits both alike. CPU seconds (with one thread: the time on an
@@ -287,16 +289,15 @@ def throughput(raw_dir: Path, train: Split, params: Params, mean: float, std: fl
     images = min(batches * 64, len(train.labels))
     data = Split(train.images[:images], train.labels[:images])
     seed_s, seed_cpu, ours_s, ours_cpu = [], [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = torchvision_root(raw_dir, Path(tmp))
-        for repeat in range(repeats):
-            cpu = time.process_time()
-            seed_s.append(seed_loop(root, -(-images // 64), mean, std, repeat))
-            seed_cpu.append(time.process_time() - cpu)  # includes reading the IDX files, ~0.1 s
-            wall, cpu = epoch_seconds(data, params, mean, std)
-            ours_s.append(wall)
-            ours_cpu.append(cpu)
-            print(f"  repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s", file=sys.stderr)
+    root = torchvision_root(raw_dir, scratch)
+    for repeat in range(repeats):
+        cpu = time.process_time()
+        seed_s.append(seed_loop(root, -(-images // 64), mean, std, repeat))
+        seed_cpu.append(time.process_time() - cpu)  # includes reading the IDX files, ~0.1 s
+        wall, cpu = epoch_seconds(data, params, mean, std)
+        ours_s.append(wall)
+        ours_cpu.append(cpu)
+        print(f"  repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s", file=sys.stderr)
     return {
         "images": images,
         "seed_seconds": seed_s,
@@ -442,12 +443,12 @@ def markdown_table(r: dict[str, Any]) -> str:
     ]
     rows += [(f"Peak RSS of `python -m pipeline {s['stage']}`, MiB", fmt(s["peak_rss_mb"], 0)) for s in r["stages"]]
     lines = ["| measurement | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
-    lines.append("| batch size | lr | test accuracy | epoch, s (CPU s) | matmul bound, s (CPU s) | matmul GFLOP/s |")
+    lines.append("| batch size | lr, schedule | test accuracy | epoch, s (CPU s) | matmul bound, s (CPU s) | matmul GFLOP/s |")
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for run in r["batch_runs"]:
         limit = r["limits"][str(run["batch_size"])]
         lines.append(
-            f"| {run['batch_size']} | {run['lr']:.2g} | {run['test_accuracy']:.4f} "
+            f"| {run['batch_size']} | {run['lr']:.2g}, {run['lr_schedule']} | {run['test_accuracy']:.4f} "
             f"| {run['epoch_seconds']:.2f} ({run['epoch_cpu_seconds']:.2f}) "
             f"| {limit['limit_epoch_seconds']:.2f} ({limit['limit_epoch_cpu_seconds']:.2f}) | {limit['gflops']:.0f} |"
         )
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = with_overrides(load_params(REPO / "params.yaml"), {"train": {"threads": args.threads}})
     if args.quick:
         base = with_overrides(base, {"train": {"epochs": 1}, "report": {"tsne_samples": 200}})
-    repeats = 1 if args.quick else 2
+    repeats = 1 if args.quick else 3
     batches = [64, *[b for b in (args.batches[:1] if args.quick else args.batches) if b != 64]]
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-")) if args.keep is None else args.keep
@@ -505,7 +506,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         print("== reference loop vs ours at batch 64", file=sys.stderr)
         train, valid, mean, std = load_split(stages_dir)
-        speed = throughput(stages_dir / RAW_DIR, train, base, mean, std,
+        speed = throughput(stages_dir / RAW_DIR, scratch / "torchvision", train, base, mean, std,
                            batches=60 if args.quick else SEED_BATCHES_PER_EPOCH, repeats=repeats)
 
         print("== scikit-learn to 98% validation accuracy", file=sys.stderr)
@@ -515,7 +516,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("== batch sizes: real training runs (train + evaluate stages) and epoch times", file=sys.stderr)
         batch_runs = []
         for b in batches:
-            params = with_overrides(base, {"train": {"batch_size": b, "lr": batch_lr(b, base.train.lr)}})
+            # Larger batches take fewer, larger steps: lr scaled up, then decayed to 0 (cosine).
+            params = with_overrides(base, {"train": {"batch_size": b, "lr": batch_lr(b, base.train.lr),
+                                                     "lr_schedule": "cosine" if b != 64 else base.train.lr_schedule}})
             if b == 64 and "evaluate" in ran:
                 run = summarize_run(stages_dir, params, next(s for s in stages if s.stage == "train"))
             else:
