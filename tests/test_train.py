@@ -267,7 +267,7 @@ def test_momentum_with_adam_is_refused(inputs: Path) -> None:
 
 def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+        pytest.skip("checks the refusal of train.device=cuda, which only happens where CUDA is absent")
     with pytest.raises(PipelineError, match="no CUDA device"):
         train.train(small_params(train={"device": "cuda"}))
 
