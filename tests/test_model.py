@@ -53,7 +53,7 @@ def test_every_configuration_lowers_its_loss(digits: dict[int, Split], activatio
     params = parse_params({
         "data": {"image_size": size},
         "model": {"hidden": [32, 16], "activation": activation, "output_activation": output, "dropout": 0.1},
-        "train": {"loss": loss, "lr": 0.01, "batch_size": 32, "epochs": 2},
+        "train": {"loss": loss, "lr": 0.01, "lr_schedule": "none", "batch_size": 32, "epochs": 2},
     })
     data = digits[size]
     pixels = data.images.float() / 255
