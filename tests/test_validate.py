@@ -241,15 +241,23 @@ def test_stage_passes_and_writes_report_and_data_docs(workdir, synthetic_mirror,
     report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
     assert report["success"] is True and report["counts"] == {"train": 540, "valid": 60, "test": 200}
     index = paths.DATA_DOCS_DIR / "index.html"
-    assert report["data_docs"]["index"] == str(index) and index.is_file()
-    html = index.read_text()
+    offline = paths.DATA_DOCS_DIR / "offline.html"
+    assert report["data_docs"] == {"index": str(index), "offline_index": str(offline)}
+    html, offline_html = index.read_text(), offline.read_text()
+    assert "<script" not in offline_html
     for table in ("images", "class_shares", "training_indices", "stats"):
-        assert f"expectations/{table}.html" in html
+        assert f"expectations/{table}.html" in html and f'href="expectations/{table}.html"' in offline_html
         pages = list((paths.DATA_DOCS_DIR / "validations" / table).rglob("*.html"))
-        assert len(pages) == 1 and pages[0].relative_to(paths.DATA_DOCS_DIR).as_posix() in html
-        assert str(pages[0]) in report["data_docs"]["results"]
+        relative = pages[0].relative_to(paths.DATA_DOCS_DIR).as_posix()
+        assert len(pages) == 1 and relative in html and f'href="{relative}"' in offline_html
+    assert offline_html.count("passed:") == 4
     assert "rows_train: train has exactly 540 images" in (paths.DATA_DOCS_DIR / "expectations" / "images.html").read_text()
     assert [p.name for p in paths.REPORTS_DIR.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+    # train depends on this file, so the same data must give the same bytes (no GX run times in it).
+    first = paths.DATA_VALIDATION_FILE.read_bytes()
+    validate.main(parse_params({"data": {"name": "custom"}, "split": {"stratify": True}}))
+    assert paths.DATA_VALIDATION_FILE.read_bytes() == first
 
 
 def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthetic_mirror, capfd):
@@ -267,6 +275,7 @@ def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthet
     report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
     assert report["success"] is False  # the report and docs are written for a person to inspect
     assert (paths.DATA_DOCS_DIR / "index.html").is_file()
+    assert "<td>images</td><td>FAILED: " in (paths.DATA_DOCS_DIR / "offline.html").read_text()
 
 
 def test_stage_reports_missing_inputs_with_the_fix(workdir, synthetic_mirror):
