@@ -1,8 +1,9 @@
 """The one place that reads params.yaml and turns it into a typed, validated `Params` object.
 
 Every field has a default that reproduces the reference notebook, with one deliberate exception
-(`train.lr_schedule`, below), so an empty params.yaml is a valid configuration. Unknown keys, wrong types and out-of-range values are rejected before any
-stage does work, with a message that names the key, the bad value and what is allowed.
+(`train.lr_schedule`, below), so an empty params.yaml is a valid configuration. Unknown keys,
+wrong types and out-of-range values are rejected before any stage does work, with a message that
+names the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
