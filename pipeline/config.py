@@ -1,9 +1,8 @@
 """The one place that reads params.yaml and turns it into a typed, validated `Params` object.
 
-Every field has a default that reproduces the reference notebook, with one deliberate exception
-(`train.lr_schedule`, below), so an empty params.yaml is a valid configuration. Unknown keys,
-wrong types and out-of-range values are rejected before any stage does work, with a message that
-names the key, the bad value and what is allowed.
+Types, bounds and defaults only: every stage depends on this file, so what each param means lives
+in params.yaml's comments (docs/parameters.md is generated from both). Unknown keys, wrong types and
+out-of-range values are rejected before any stage does work, naming the key, value and what is allowed.
 """
 
 from __future__ import annotations
@@ -30,10 +29,7 @@ class Section(BaseModel):
 
 class DataParams(Section):
     name: Literal["mnist", "fashion-mnist", "kmnist", "custom"] = "mnist"
-    # Ordered sources, tried after $MNIST_MIRROR. Empty means the official mirrors of `name`
-    # (for mnist: the S3 mirror torchvision uses, then the original site).
     mirrors: list[Annotated[str, Field(min_length=1)]] = []
-    # Expected MD5 per canonical file name, for `name: custom` only (optional there).
     md5: dict[str, str] | None = None
     image_size: Literal[28, 16] = 28
     timeout_s: float = Field(default=10.0, gt=0, le=600)
@@ -42,7 +38,6 @@ class DataParams(Section):
     @field_validator("mirrors")
     @classmethod
     def _no_credentials(cls, value: list[str]) -> list[str]:
-        # params.yaml and dvc.lock are committed and every param is logged to MLflow.
         for i, mirror in enumerate(value):
             parts = urllib.parse.urlsplit(mirror)
             if parts.username is not None or parts.password is not None:
@@ -76,8 +71,6 @@ class SplitParams(Section):
 
 
 class ValidateParams(Section):
-    # Largest allowed gap between a split's class share and the full training set's. A random
-    # 10% split of MNIST exceeds 0.01 for 6% of 3,000 seeds tried (the default seed: 0.0135), 0.02 for none.
     class_share_tolerance: float = Field(default=0.02, gt=0, le=1)
 
 
@@ -91,11 +84,9 @@ class ModelParams(Section):
 class AugmentParams(Section):
     rotation_deg: float = Field(default=5.0, ge=0, le=180)
     crop_padding: int = Field(default=2, ge=0, le=8)
-    # Extras for stronger presets; 0 turns each off and the reference uses none of them.
     scale: float = Field(default=0.0, ge=0, lt=1)
     elastic_alpha: float = Field(default=0.0, ge=0)
     elastic_sigma: float = Field(default=4.0, gt=0)
-    # nearest is torchvision RandomRotation's default, so the reference's; bilinear suits zoom/elastic.
     interpolation: Literal["nearest", "bilinear"] = "nearest"
 
 
@@ -104,15 +95,12 @@ class TrainParams(Section):
     lr: float = Field(default=0.001, gt=0, le=10)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    # The notebook keeps lr constant (`none`: 97.9-98.5% test over 5 seeds). Decaying Adam's lr
-    # to 0 over the same 10 epochs gives 98.5-98.9%, at no cost, so it is the default.
     lr_schedule: Literal["none", "cosine", "onecycle"] = "cosine"
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     batch_size: int = Field(default=64, gt=0, le=65536)
     epochs: int = Field(default=10, gt=0, le=10000)
     seed: int = Field(default=12345, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # 0 keeps torch's default thread count; 1 is fastest at batch 64, where per-step overhead dominates.
     threads: int = Field(default=1, ge=0, le=1024)
     amp: bool = False
 
