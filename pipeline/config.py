@@ -1,8 +1,9 @@
 """The one place that reads params.yaml and turns it into a typed, validated `Params` object.
 
-Types, bounds and defaults only: every stage depends on this file, so what each param means lives
-in params.yaml's comments (docs/parameters.md is generated from both). Unknown keys, wrong types and
-out-of-range values are rejected before any stage does work, naming the key, value and what is allowed.
+Types, bounds and defaults only: every stage depends on this file, so what each param means
+lives in params.yaml's comments (docs/parameters.md is generated from both). Unknown keys, wrong
+types and out-of-range values are rejected before any stage does work, naming the key, the value
+and what is allowed.
 """
 
 from __future__ import annotations
