@@ -1,7 +1,7 @@
 """Benchmarks against the reference loop, scikit-learn, the matmul limit, plus memory and end to end.
 
     python benchmarks/run.py            # full run (also `make bench`), about 20-30 min on 2 cores
-    python benchmarks/run.py --quick    # smoke run: 1 epoch, small samples, README untouched
+    python benchmarks/run.py --quick    # smoke run: 1 epoch, small samples, docs untouched
 
 Everything runs in one invocation on this machine with one fixed torch/BLAS thread count
 (--threads, reported). Real data comes from the pipeline's own download stage, so set
@@ -10,7 +10,7 @@ subprocesses in a scratch copy of this working tree (tracked and untracked, not 
 with their own MLflow store, so nothing here touches the repository's data, models or mlflow.db.
 
 Writes reports/benchmarks.json (reports/benchmarks-quick.json with --quick) and, in a full run,
-the table between the bench markers in README.md.
+the table between the bench markers in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ from pipeline.trainer import Split, Trainer  # noqa: E402
 
 TARGET_ACCURACY = 0.98
 SEED_BATCHES_PER_EPOCH = 938  # 60,000 torchvision training images at batch 64
-README_START = "<!-- bench:start (written by benchmarks/run.py) -->"
-README_END = "<!-- bench:end -->"
+PAGE = REPO / "docs" / "benchmarks.md"
+TABLE_START = "<!-- bench:start (written by benchmarks/run.py) -->"
+TABLE_END = "<!-- bench:end -->"
 
 
 @dataclass
@@ -461,12 +462,12 @@ def markdown_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, table: str) -> None:
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+def update_page(page: Path, table: str) -> None:
+    text = page.read_text()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
-        raise SystemExit(f"error: {readme} lacks the {README_START} ... {README_END} markers; add them where the table goes")
-    atomic.write_text(readme, text[: start + len(README_START)] + "\n" + table + "\n" + text[end:])
+        raise SystemExit(f"error: {page} lacks the {TABLE_START} ... {TABLE_END} markers; add them where the table goes")
+    atomic.write_text(page, text[: start + len(TABLE_START)] + "\n" + table + "\n" + text[end:])
 
 
 # ---------------------------------------------------------------- main
@@ -474,7 +475,7 @@ def update_readme(readme: Path, table: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, small samples, README untouched")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, small samples, docs untouched")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads everywhere (default 1)")
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 256, 512, 1024],
                         help="batch sizes tried against batch 64 for the fastest that reaches 98%% test accuracy")
@@ -586,8 +587,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table)
     print(f"wrote {out.relative_to(REPO)}", file=sys.stderr)
     if not args.quick:
-        update_readme(REPO / "README.md", table)
-        print("updated the benchmark table in README.md", file=sys.stderr)
+        update_page(PAGE, table)
+        print(f"updated the benchmark table in {PAGE.relative_to(REPO)}", file=sys.stderr)
     return result
 
 

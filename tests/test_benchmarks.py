@@ -83,14 +83,14 @@ def test_with_overrides_keeps_other_keys_and_validates():
         run.with_overrides(params, {"train": {"batch_size": 0}})
 
 
-def test_update_readme_replaces_only_the_marked_block(tmp_path: Path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\nbefore\n{run.README_START}\nold table\n{run.README_END}\nafter\n")
-    run.update_readme(readme, "| new |")
-    assert readme.read_text() == f"# x\n\nbefore\n{run.README_START}\n| new |\n{run.README_END}\nafter\n"
-    readme.write_text("no markers\n")
+def test_update_page_replaces_only_the_marked_block(tmp_path: Path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# x\n\nbefore\n{run.TABLE_START}\nold table\n{run.TABLE_END}\nafter\n")
+    run.update_page(page, "| new |")
+    assert page.read_text() == f"# x\n\nbefore\n{run.TABLE_START}\n| new |\n{run.TABLE_END}\nafter\n"
+    page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
-        run.update_readme(readme, "| new |")
+        run.update_page(page, "| new |")
 
 
 def test_scratch_copy_takes_tracked_and_untracked_but_not_ignored_files(tmp_path: Path):

@@ -219,12 +219,17 @@ def test_params_refuse_mirror_urls_with_credentials() -> None:
 
 
 def test_documented_mlflow_servers_bind_to_localhost() -> None:
-    """A tracking server has no authentication: the README never tells anyone to expose one."""
-    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
-    commands = [line.strip() for line in readme.splitlines() if re.match(r"\s*(mlflow (server|ui)\b)", line)]
-    assert commands, "README documents no mlflow server/ui command"
-    for command in commands:
-        assert re.search(r"--host 127\.0\.0\.1\b", command), command
+    """A tracking server has no authentication: the README and docs never tell anyone to expose one."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    commands = [
+        (page.name, line.strip())
+        for page in pages
+        for line in page.read_text().replace("\\\n", " ").splitlines()
+        if re.match(r"\s*(mlflow (server|ui)\b)", line)
+    ]
+    assert commands, "the README and docs document no mlflow server/ui command"
+    for page, command in commands:
+        assert re.search(r"--host 127\.0\.0\.1\b", command), f"{page}: {command}"
 
 
 def test_a_file_matching_md5_but_not_sha256_is_refused(workdir: Path, synthetic_mirror: Path,
