@@ -93,6 +93,13 @@ def test_update_page_replaces_only_the_marked_block(tmp_path: Path):
         run.update_page(page, "| new |")
 
 
+def test_the_benchmarks_page_holds_the_markers_the_table_goes_between():
+    text = run.PAGE.read_text()
+    assert run.PAGE == ROOT / "docs" / "benchmarks.md"
+    assert text.count(run.TABLE_START) == 1 and text.count(run.TABLE_END) == 1
+    assert text.index(run.TABLE_START) < text.index(run.TABLE_END)
+
+
 def test_scratch_copy_takes_tracked_and_untracked_but_not_ignored_files(tmp_path: Path):
     source, target = tmp_path / "src", tmp_path / "dst"
     source.mkdir()

@@ -1,0 +1,127 @@
+"""The README stays an entry page, and the docs stay built, linked and in step with the code they describe."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+SNIPPET = re.compile(r'^--8<-- "README\.md:(\w+)"$', re.MULTILINE)
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gen_params_doc = _script("gen_params_doc")
+gen_architecture = _script("gen_architecture")
+
+
+def test_readme_is_an_entry_page_of_at_most_12_kib() -> None:
+    assert len(README.read_bytes()) <= 12288, "move details from README.md into a page under docs/"
+
+
+def test_readme_links_resolve_and_reach_every_docs_page() -> None:
+    links = {target for target in LINK.findall(README.read_text()) if "://" not in target}
+    missing = sorted(target for target in links if not (ROOT / target).exists())
+    assert missing == [], f"README.md links to files that do not exist: {missing}"
+    unlinked = sorted(p.relative_to(ROOT).as_posix() for p in DOCS.glob("*.md")
+                      if p.relative_to(ROOT).as_posix() not in links)
+    assert unlinked == [], f"README.md's Documentation table lacks {unlinked}"
+
+
+def test_every_page_is_in_the_nav() -> None:
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    listed = sorted(page for entry in nav for page in entry.values())
+    assert listed == sorted(p.name for p in DOCS.glob("*.md"))
+
+
+def test_readme_sections_included_by_the_docs_exist() -> None:
+    readme = README.read_text()
+    included = {name for page in DOCS.glob("*.md") for name in SNIPPET.findall(page.read_text())}
+    assert included, "docs/index.md includes no README section"
+    for name in included:
+        start, end = f"<!-- --8<-- [start:{name}] -->", f"<!-- --8<-- [end:{name}] -->"
+        assert readme.count(start) == 1 and readme.count(end) == 1, f"README.md lacks the markers of section {name!r}"
+        assert readme.index(start) < readme.index(end)
+
+
+def test_mkdocs_builds_strict_and_offline(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = (site / "index.html").read_text()
+    assert "pipeline/download.py" in index, "the README's stage table did not make it into the home page"
+    for page in site.glob("*.html"):
+        html = page.read_text()
+        remote = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', html)
+        assert remote == [], f"{page.name} loads {remote}: the site must render offline"
+
+
+def test_parameters_page_is_generated_from_params_yaml_and_config() -> None:
+    params_text = (ROOT / "params.yaml").read_text()
+    assert gen_params_doc.undocumented(params_text) == []
+    assert gen_params_doc.PAGE.read_text() == gen_params_doc.render(params_text), (
+        "docs/parameters.md is stale: run python scripts/gen_params_doc.py")
+
+
+def test_a_param_without_a_comment_or_line_is_reported() -> None:
+    text = (ROOT / "params.yaml").read_text()
+    uncommented = re.sub(r"(\n  lr: 0\.001) +#[^\n]*", r"\1", text)
+    assert uncommented != text
+    assert gen_params_doc.undocumented(uncommented) == ["train.lr: no comment in params.yaml"]
+    dropped = re.sub(r"\n  amp: false[^\n]*", "", text)
+    assert gen_params_doc.undocumented(dropped) == ["train.amp: not in params.yaml"]
+
+
+def test_parameters_page_shows_config_bounds() -> None:
+    page = gen_params_doc.PAGE.read_text()
+    assert "| `train.lr` | float | > 0, <= 10 | `0.001` |" in page
+    assert "| `model.hidden` | list of int | at least 1 item(s), each > 0 |" in page
+    assert "`fashion-mnist`" in page
+
+
+def test_architecture_svg_is_current_and_names_every_stage_and_module() -> None:
+    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    svg = gen_architecture.SVG.read_text()
+    assert svg == gen_architecture.render(gen_architecture.read_stages(dvc_yaml)), (
+        "docs/architecture.svg is stale: run python scripts/gen_architecture.py")
+    for name, stage in dvc_yaml["stages"].items():
+        assert f">{name}</text>" in svg
+        for dep in stage["deps"]:
+            if dep.startswith("pipeline/"):
+                assert f">{dep.removeprefix('pipeline/')}</text>" in svg
+
+
+def test_architecture_reads_artifacts_inside_an_out_as_that_out() -> None:
+    stages = gen_architecture.read_stages({"stages": {
+        "make": {"deps": ["pipeline/make.py", "pipeline/shared.py"], "outs": ["data/split"],
+                 "metrics": [{"reports/m.json": {"cache": False}}]},
+        "use": {"deps": ["pipeline/use.py", "data/split/valid.npy", "reports/m.json"], "outs": ["out.txt"]},
+    }})
+    assert stages[0].writes == ("data/split", "reports/m.json")
+    assert stages[0].imports == ("pipeline/make.py", "pipeline/shared.py")
+    assert stages[1].reads == ("data/split", "reports/m.json")
+
+
+def test_ci_builds_the_docs() -> None:
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "mkdocs build --strict" in ci
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pr.yml").read_text())
+    runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
+    assert any("mkdocs build --strict" in run.splitlines() for run in runs)
