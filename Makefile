@@ -1,7 +1,7 @@
-# Shortcuts for commands documented in README.md.
+# Shortcuts for commands documented in README.md and docs/
 .PHONY: bench bench-quick best
 
-# The `best` preset (README "Results"): an MLP only, 784-1024-1024-10 with dropout, trained on
+# The `best` preset (docs/results.md): an MLP only, 784-1024-1024-10 with dropout, trained on
 # elastically distorted (Simard et al. 2003) and randomly rotated, scaled and shifted digits,
 # Adam with a cosine schedule. `make best` runs it as the DVC experiment `best`, tracked in MLflow.
 BEST_PARAMS = -S 'model.hidden=[1024,1024]' -S model.dropout=0.1 \
@@ -10,7 +10,7 @@ BEST_PARAMS = -S 'model.hidden=[1024,1024]' -S model.dropout=0.1 \
 	-S train.lr=0.001 -S train.lr_schedule=cosine -S train.batch_size=256 -S train.epochs=40
 
 # Benchmarks against the reference loop, scikit-learn and the matmul limit, plus memory and
-# `dvc repro` time; writes reports/benchmarks.json and the table in README.md.
+# `dvc repro` time; writes reports/benchmarks.json and the table in docs/benchmarks.md.
 bench:
 	python benchmarks/run.py
 
