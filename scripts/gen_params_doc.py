@@ -139,16 +139,20 @@ def render(params_text: str) -> str:
 
 
 def undocumented(params_text: str) -> list[str]:
-    """Config params missing from params.yaml, and params there without a comment."""
+    """Config params missing from params.yaml, params there without a comment, and unknown ones."""
     _, sections = parse_comments(params_text)
     found = {s.name: s.keys for s in sections}
+    models = sections_in_config()
     missing = []
-    for name, model in sections_in_config().items():
+    for name, model in models.items():
         for key in model.model_fields:
             if key not in found.get(name, {}):
                 missing.append(f"{name}.{key}: not in params.yaml")
             elif not found[name][key]:
                 missing.append(f"{name}.{key}: no comment in params.yaml")
+    for name, keys in found.items():
+        missing += [f"{name}.{key}: not a param of pipeline/config.py" for key in keys
+                    if name not in models or key not in models[name].model_fields]
     return missing
 
 
@@ -158,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params_text = PARAMS_YAML.read_text()
     if problems := undocumented(params_text):
-        print("error: every param needs a line in params.yaml with a comment: " + "; ".join(problems), file=sys.stderr)
+        print("error: params.yaml and pipeline/config.py must name the same params, each with a comment in "
+              "params.yaml: " + "; ".join(problems), file=sys.stderr)
         return 1
     page = render(params_text)
     if args.check:

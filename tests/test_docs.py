@@ -80,13 +80,15 @@ def test_parameters_page_is_generated_from_params_yaml_and_config() -> None:
         "docs/parameters.md is stale: run python scripts/gen_params_doc.py")
 
 
-def test_a_param_without_a_comment_or_line_is_reported() -> None:
+def test_a_param_without_a_comment_or_line_or_field_is_reported() -> None:
     text = (ROOT / "params.yaml").read_text()
     uncommented = re.sub(r"(\n  lr: 0\.001) +#[^\n]*", r"\1", text)
     assert uncommented != text
     assert gen_params_doc.undocumented(uncommented) == ["train.lr: no comment in params.yaml"]
     dropped = re.sub(r"\n  amp: false[^\n]*", "", text)
     assert gen_params_doc.undocumented(dropped) == ["train.amp: not in params.yaml"]
+    unknown = text.replace("\n  amp: false", "\n  amp_level: 1  # no such param\n  amp: false")
+    assert gen_params_doc.undocumented(unknown) == ["train.amp_level: not a param of pipeline/config.py"]
 
 
 def test_parameters_page_shows_config_bounds() -> None:
