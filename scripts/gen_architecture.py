@@ -1,4 +1,4 @@
-"""Draw docs/architecture.svg from dvc.yaml: each stage, the artifacts it writes and reads, the modules it imports.
+"""Draw docs/architecture.svg from dvc.yaml: stages, the artifacts they write and read, modules.
 
     python scripts/gen_architecture.py           # rewrite the SVG
     python scripts/gen_architecture.py --check   # exit 1 if the committed SVG is stale
@@ -26,7 +26,8 @@ SVG = REPO / "docs" / "architecture.svg"
 ROW, COL, CHAR = 30, 24, 7.3  # row height, column width, width of one 12px monospace character
 LABEL_W = 110  # stage name column
 GAP = 30  # between the blocks
-INK, MUTED, WRITE, READ, OWN = "#1f2933", "#9aa5b1", "#0b7285", "#0b7285", "#c2255c"
+FONTS = "DejaVu Sans Mono, Menlo, Consolas, monospace"
+INK, MUTED, DATA, OWN, PAPER = "#1f2933", "#9aa5b1", "#0b7285", "#c2255c", "#ffffff"
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,15 @@ def _paths(entries: list[Any] | None) -> list[str]:
 
 def read_stages(dvc_yaml: dict[str, Any]) -> list[Stage]:
     raw = dvc_yaml["stages"]
-    written = [p for spec in raw.values() for key in ("outs", "metrics", "plots") for p in _paths(spec.get(key))]
+    written = [
+        p
+        for spec in raw.values()
+        for key in ("outs", "metrics", "plots")
+        for p in _paths(spec.get(key))
+    ]
 
     def artifact(dep: str) -> str:
-        """The out that holds `dep` (data/split/valid.npy is read from data/split), else dep itself."""
+        """The out that holds `dep` (data/split/valid.npy is in data/split), else dep itself."""
         return next((out for out in written if dep == out or dep.startswith(out + "/")), dep)
 
     stages = []
@@ -61,11 +67,37 @@ def read_stages(dvc_yaml: dict[str, Any]) -> list[Stage]:
     return stages
 
 
-def _text(x: float, y: float, label: str, *, size: int = 12, color: str = INK, anchor: str = "start",
-          rotate: bool = False, weight: str = "normal") -> str:
-    where = f'transform="translate({x:.1f},{y:.1f}) rotate(-90)"' if rotate else f'x="{x:.1f}" y="{y:.1f}"'
-    return (f'<text {where} font-size="{size}" fill="{color}" text-anchor="{anchor}" '
-            f'font-weight="{weight}">{escape(label)}</text>')
+def _text(
+    x: float,
+    y: float,
+    label: str,
+    *,
+    size: int = 12,
+    color: str = INK,
+    anchor: str = "start",
+    rotate: bool = False,
+    weight: str = "normal",
+) -> str:
+    where = (
+        f'transform="translate({x:.1f},{y:.1f}) rotate(-90)"'
+        if rotate
+        else f'x="{x:.1f}" y="{y:.1f}"'
+    )
+    return (
+        f'<text {where} font-size="{size}" fill="{color}" text-anchor="{anchor}" '
+        f'font-weight="{weight}">{escape(label)}</text>'
+    )
+
+
+def _circle(x: float, y: float, r: int, fill: str, ring: bool = False) -> str:
+    stroke = f' stroke="{DATA}" stroke-width="2"' if ring else ""
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{fill}"{stroke}/>'
+
+
+def _square(x: float, y: float, size: float, fill: str) -> str:
+    """A square centred on (x, y)."""
+    corner = f'x="{x - size / 2:.1f}" y="{y - size / 2:.1f}"'
+    return f'<rect {corner} width="{size}" height="{size}" fill="{fill}"/>'
 
 
 def render(stages: list[Stage]) -> str:
@@ -88,47 +120,61 @@ def render(stages: list[Stage]) -> str:
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="DejaVu Sans Mono, Menlo, Consolas, monospace">',
-        f'<rect width="{width:.0f}" height="{height:.0f}" fill="#ffffff"/>',
-        _text(10, 22, "Stages (dvc.yaml, in order) -> artifacts they write and read -> modules they import",
-              size=14, weight="bold"),
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="{FONTS}">',
+        f'<rect width="{width:.0f}" height="{height:.0f}" fill="{PAPER}"/>',
+        _text(
+            10,
+            22,
+            "Stages (dvc.yaml, in order) -> artifacts they write and read -> modules they import",
+            size=14,
+            weight="bold",
+        ),
         _text(x_art, 46, "artifacts", weight="bold"),
         _text(x_mod, 46, "pipeline modules", weight="bold"),
     ]
     for i, label in enumerate(artifacts):
         out.append(_text(cx(x_art, i) + 4, top - 6, label, rotate=True))
     for i, label in enumerate(modules):
-        out.append(_text(cx(x_mod, i) + 4, top - 6, label.removeprefix("pipeline/"), rotate=True,
-                         color=OWN if label in own else INK))
+        out.append(
+            _text(
+                cx(x_mod, i) + 4,
+                top - 6,
+                label.removeprefix("pipeline/"),
+                rotate=True,
+                color=OWN if label in own else INK,
+            )
+        )
     for row, stage in enumerate(stages):
         y = cy(row)
         if row % 2 == 0:
-            out.append(f'<rect x="0" y="{y - ROW / 2:.1f}" width="{width:.0f}" height="{ROW}" fill="#f3f5f7"/>')
+            band = f'y="{y - ROW / 2:.1f}" width="{width:.0f}" height="{ROW}"'
+            out.append(f'<rect x="0" {band} fill="#f3f5f7"/>')
         out.append(_text(10, y + 4, stage.name, weight="bold"))
     for i, path in enumerate(artifacts):
         rows = [r for r, s in enumerate(stages) if path in s.writes or path in s.reads]
         x = cx(x_art, i)
-        out.append(f'<line x1="{x:.1f}" y1="{cy(rows[0]):.1f}" x2="{x:.1f}" y2="{cy(rows[-1]):.1f}" '
-                   f'stroke="{MUTED}" stroke-width="2"/>')
+        out.append(
+            f'<line x1="{x:.1f}" y1="{cy(rows[0]):.1f}" x2="{x:.1f}" y2="{cy(rows[-1]):.1f}" '
+            f'stroke="{MUTED}" stroke-width="2"/>'
+        )
         for r in rows:
-            fill = WRITE if path in stages[r].writes else "#ffffff"
-            out.append(f'<circle cx="{x:.1f}" cy="{cy(r):.1f}" r="6" fill="{fill}" stroke="{READ}" stroke-width="2"/>')
+            out.append(_circle(x, cy(r), 6, DATA if path in stages[r].writes else PAPER, ring=True))
     for i, module in enumerate(modules):
         x = cx(x_mod, i)
         for r, stage in enumerate(stages):
             if module == stage.module:
-                out.append(f'<rect x="{x - 6:.1f}" y="{cy(r) - 6:.1f}" width="12" height="12" fill="{OWN}"/>')
+                out.append(_square(x, cy(r), 12, OWN))
             elif module in stage.imports:
-                out.append(f'<circle cx="{x:.1f}" cy="{cy(r):.1f}" r="4" fill="{INK}"/>')
+                out.append(_circle(x, cy(r), 4, INK))
     legend_y = top + len(stages) * ROW + 30
     out += [
-        f'<circle cx="16" cy="{legend_y - 4}" r="6" fill="{WRITE}" stroke="{READ}" stroke-width="2"/>',
+        _circle(16, legend_y - 4, 6, DATA, ring=True),
         _text(28, legend_y, "writes (outs, metrics, plots)"),
-        f'<circle cx="276" cy="{legend_y - 4}" r="6" fill="#ffffff" stroke="{READ}" stroke-width="2"/>',
+        _circle(276, legend_y - 4, 6, PAPER, ring=True),
         _text(288, legend_y, "reads (deps); the line joins writer and readers"),
-        f'<rect x="10" y="{legend_y + 14}" width="12" height="12" fill="{OWN}"/>',
+        _square(16, legend_y + 20, 12, OWN),
         _text(28, legend_y + 24, "the stage's own module (main(params))"),
-        f'<circle cx="326" cy="{legend_y + 20}" r="4" fill="{INK}"/>',
+        _circle(326, legend_y + 20, 4, INK),
         _text(338, legend_y + 24, "imports a shared module (a dep in dvc.yaml)"),
         "</svg>",
     ]
@@ -137,12 +183,17 @@ def render(stages: list[Stage]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/architecture.svg is not current")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/architecture.svg is not current"
+    )
     args = parser.parse_args(argv)
     svg = render(read_stages(yaml.safe_load(DVC_YAML.read_text())))
     if args.check:
         if not SVG.exists() or SVG.read_text() != svg:
-            print(f"error: {SVG.relative_to(REPO)} is stale; run python scripts/gen_architecture.py", file=sys.stderr)
+            print(
+                f"error: {SVG.relative_to(REPO)} is stale; run python scripts/gen_architecture.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     sys.path.insert(0, str(REPO))

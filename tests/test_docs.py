@@ -1,4 +1,4 @@
-"""The README stays an entry page, and the docs stay built, linked and in step with the code they describe."""
+"""The README stays an entry page; the docs stay built, linked and in step with the code."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +38,11 @@ def test_readme_links_resolve_and_reach_every_docs_page() -> None:
     links = {target for target in LINK.findall(README.read_text()) if "://" not in target}
     missing = sorted(target for target in links if not (ROOT / target).exists())
     assert missing == [], f"README.md links to files that do not exist: {missing}"
-    unlinked = sorted(p.relative_to(ROOT).as_posix() for p in DOCS.glob("*.md")
-                      if p.relative_to(ROOT).as_posix() not in links)
+    unlinked = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in DOCS.glob("*.md")
+        if p.relative_to(ROOT).as_posix() not in links
+    )
     assert unlinked == [], f"README.md's Documentation table lacks {unlinked}"
 
 
@@ -56,17 +58,26 @@ def test_readme_sections_included_by_the_docs_exist() -> None:
     assert included, "docs/index.md includes no README section"
     for name in included:
         start, end = f"<!-- --8<-- [start:{name}] -->", f"<!-- --8<-- [end:{name}] -->"
-        assert readme.count(start) == 1 and readme.count(end) == 1, f"README.md lacks the markers of section {name!r}"
+        assert readme.count(start) == 1 and readme.count(end) == 1, (
+            f"README.md lacks the markers of section {name!r}"
+        )
         assert readme.index(start) < readme.index(end)
 
 
 def test_mkdocs_builds_strict_and_offline(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     index = (site / "index.html").read_text()
-    assert "pipeline/download.py" in index, "the README's stage table did not make it into the home page"
+    assert "pipeline/download.py" in index, (
+        "the README's stage table did not make it into the home page"
+    )
     for page in site.glob("*.html"):
         html = page.read_text()
         remote = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', html)
@@ -77,7 +88,8 @@ def test_parameters_page_is_generated_from_params_yaml_and_config() -> None:
     params_text = (ROOT / "params.yaml").read_text()
     assert gen_params_doc.undocumented(params_text) == []
     assert gen_params_doc.PAGE.read_text() == gen_params_doc.render(params_text), (
-        "docs/parameters.md is stale: run python scripts/gen_params_doc.py")
+        "docs/parameters.md is stale: run python scripts/gen_params_doc.py"
+    )
 
 
 def test_a_param_without_a_comment_or_line_or_field_is_reported() -> None:
@@ -88,7 +100,9 @@ def test_a_param_without_a_comment_or_line_or_field_is_reported() -> None:
     dropped = re.sub(r"\n  amp: false[^\n]*", "", text)
     assert gen_params_doc.undocumented(dropped) == ["train.amp: not in params.yaml"]
     unknown = text.replace("\n  amp: false", "\n  amp_level: 1  # no such param\n  amp: false")
-    assert gen_params_doc.undocumented(unknown) == ["train.amp_level: not a param of pipeline/config.py"]
+    assert gen_params_doc.undocumented(unknown) == [
+        "train.amp_level: not a param of pipeline/config.py"
+    ]
 
 
 def test_parameters_page_shows_config_bounds() -> None:
@@ -102,7 +116,8 @@ def test_architecture_svg_is_current_and_names_every_stage_and_module() -> None:
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     svg = gen_architecture.SVG.read_text()
     assert svg == gen_architecture.render(gen_architecture.read_stages(dvc_yaml)), (
-        "docs/architecture.svg is stale: run python scripts/gen_architecture.py")
+        "docs/architecture.svg is stale: run python scripts/gen_architecture.py"
+    )
     for name, stage in dvc_yaml["stages"].items():
         assert f">{name}</text>" in svg
         for dep in stage["deps"]:
@@ -111,11 +126,21 @@ def test_architecture_svg_is_current_and_names_every_stage_and_module() -> None:
 
 
 def test_architecture_reads_artifacts_inside_an_out_as_that_out() -> None:
-    stages = gen_architecture.read_stages({"stages": {
-        "make": {"deps": ["pipeline/make.py", "pipeline/shared.py"], "outs": ["data/split"],
-                 "metrics": [{"reports/m.json": {"cache": False}}]},
-        "use": {"deps": ["pipeline/use.py", "data/split/valid.npy", "reports/m.json"], "outs": ["out.txt"]},
-    }})
+    stages = gen_architecture.read_stages(
+        {
+            "stages": {
+                "make": {
+                    "deps": ["pipeline/make.py", "pipeline/shared.py"],
+                    "outs": ["data/split"],
+                    "metrics": [{"reports/m.json": {"cache": False}}],
+                },
+                "use": {
+                    "deps": ["pipeline/use.py", "data/split/valid.npy", "reports/m.json"],
+                    "outs": ["out.txt"],
+                },
+            }
+        }
+    )
     assert stages[0].writes == ("data/split", "reports/m.json")
     assert stages[0].imports == ("pipeline/make.py", "pipeline/shared.py")
     assert stages[1].reads == ("data/split", "reports/m.json")
