@@ -1,7 +1,8 @@
 """Stage `evaluate`: score models/model.pt on the official test set and on the validation split.
 
-The loss is the one the checkpoint was trained with (its "loss" key), through the same function
-train uses, so test_loss and valid_loss compare directly with the training curves.
+The loss is the one the checkpoint was trained with (its "loss" key), computed by the function
+train scores its validation with (pipeline/scoring.py), so test_loss and valid_loss compare
+directly with the training curves.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pipeline.config import Params
 from pipeline.data import load_dataset, load_indices
 from pipeline.errors import PipelineError
 from pipeline.losses import loss_fn, probabilities
-from pipeline.model import NUM_CLASSES, MLP, load_checkpoint, model_from_checkpoint, model_outputs
+from pipeline.model import NUM_CLASSES, MLP, load_checkpoint, model_from_checkpoint
 from pipeline.paths import (
     METRICS_FILE,
     MLFLOW_RUN_FILE,
@@ -29,6 +30,7 @@ from pipeline.paths import (
     VALID_INDEX_FILE,
 )
 from pipeline.progress import log
+from pipeline.scoring import score
 
 CLASSES = list(range(NUM_CLASSES))
 
@@ -39,14 +41,6 @@ class Evaluation:
     per_class: pd.DataFrame  # class, precision, recall, f1, support
     predictions: pd.DataFrame  # index, actual, predicted, confidence (test set)
     confusion: np.ndarray  # [actual, predicted] counts on the test set
-
-
-def loss_and_accuracy(outputs: torch.Tensor, labels: torch.Tensor, loss_name: str) -> tuple[float, float]:
-    """Mean loss over the whole set (exact, not a mean of batch means) and top-1 accuracy."""
-    with torch.no_grad():
-        loss = loss_fn(loss_name)(outputs, labels).item()
-    accuracy = (outputs.argmax(1) == labels).double().mean().item()
-    return loss, accuracy
 
 
 def per_class_table(actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
@@ -63,23 +57,22 @@ def evaluate(
     valid: tuple[torch.Tensor, torch.Tensor],
     batch_size: int,
 ) -> Evaluation:
-    test_outputs = model_outputs(model, test[0], batch_size)
-    valid_outputs = model_outputs(model, valid[0], batch_size)
-    test_loss, test_accuracy = loss_and_accuracy(test_outputs, test[1], loss_name)
-    valid_loss, valid_accuracy = loss_and_accuracy(valid_outputs, valid[1], loss_name)
+    loss = loss_fn(loss_name)
+    tested = score(model, test[0], test[1], loss, batch_size)
+    validated = score(model, valid[0], valid[1], loss, batch_size)
 
     # The prediction is the argmax of the raw outputs, exactly what accuracy counts.
-    predicted = test_outputs.argmax(1)
-    confidence = probabilities(test_outputs, loss_name).gather(1, predicted[:, None])[:, 0]
+    predicted = tested.outputs.argmax(1)
+    confidence = probabilities(tested.outputs, loss_name).gather(1, predicted[:, None])[:, 0]
     actual = test[1].numpy()
     predicted_np = predicted.numpy()
     per_class = per_class_table(actual, predicted_np)
     metrics = {
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
+        "test_accuracy": tested.accuracy,
+        "test_loss": tested.loss,
         "test_errors": int((predicted_np != actual).sum()),
-        "valid_accuracy": valid_accuracy,
-        "valid_loss": valid_loss,
+        "valid_accuracy": validated.accuracy,
+        "valid_loss": validated.loss,
         "macro_precision": float(per_class["precision"].mean()),
         "macro_recall": float(per_class["recall"].mean()),
         "macro_f1": float(per_class["f1"].mean()),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,12 +36,59 @@ def fingerprint(params: Params, dataset_md5: dict[str, str], files: list[Path]) 
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
-def fresh_state(digest: str) -> dict:
-    return {"format": LAST_FORMAT, "fingerprint": digest, "completed": False, "epoch": 0,
-            "history": [], "grad_norms": [], "best": None, "mlflow_run_id": None}
+@dataclass
+class BestEpoch:
+    """The epoch with the lowest validation loss so far, and its weights (on the CPU)."""
+
+    epoch: int
+    valid_loss: float
+    valid_accuracy: float
+    state_dict: dict[str, torch.Tensor]
 
 
-def load_resume_state(path: Path, expected: str) -> dict | None:
+@dataclass
+class TrainState:
+    """What last.pt holds. On disk it is a plain dict (`to_dict`), the format older files have too."""
+
+    fingerprint: str
+    completed: bool = False
+    epoch: int = 0  # the last completed epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # train_history.csv rows
+    grad_norms: list[dict[str, float]] = field(default_factory=list)  # grad_norms.csv rows
+    best: BestEpoch | None = None
+    mlflow_run_id: str | None = None
+    trainer: dict[str, Any] = field(default_factory=dict)  # Trainer.state_dict() after `epoch`
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and builtins only, so that a weights_only load reads it back."""
+        return {
+            "format": LAST_FORMAT,
+            "fingerprint": self.fingerprint,
+            "completed": self.completed,
+            "epoch": self.epoch,
+            "history": self.history,
+            "grad_norms": self.grad_norms,
+            "best": None if self.best is None else dict(vars(self.best)),
+            "mlflow_run_id": self.mlflow_run_id,
+            "trainer": self.trainer,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        best = state["best"]
+        return cls(
+            fingerprint=state["fingerprint"],
+            completed=state["completed"],
+            epoch=state["epoch"],
+            history=state["history"],
+            grad_norms=state["grad_norms"],
+            best=None if best is None else BestEpoch(**best),
+            mlflow_run_id=state["mlflow_run_id"],
+            trainer=state["trainer"],
+        )
+
+
+def load_resume_state(path: Path, expected: str) -> TrainState | None:
     """The saved state of an interrupted run with the same fingerprint, else None (and why)."""
     if not path.exists():
         return None
@@ -58,10 +107,9 @@ def load_resume_state(path: Path, expected: str) -> dict | None:
         log(f"{path} holds a completed run; starting fresh")
         return None
     log(f"resuming from {path} after epoch {state['epoch']}")
-    return state
+    return TrainState.from_dict(state)
 
 
-def save_state(path: Path, state: dict) -> None:
-    """Plain tensors and builtins only, so that the weights_only load above reads it back."""
+def save_state(path: Path, state: TrainState) -> None:
     with atomic.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(state.to_dict(), tmp)

@@ -12,7 +12,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from pipeline.paths import (
     VALID_INDEX_FILE,
 )
 from pipeline.progress import bar, log
-from pipeline.resume import fingerprint, fresh_state, load_resume_state, save_state
+from pipeline.resume import BestEpoch, TrainState, fingerprint, load_resume_state, save_state
 from pipeline.trainer import EpochResult, Split, Trainer, diverged, resolve_device
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "lr"]
@@ -103,8 +103,9 @@ def all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def check_finite(result: EpochResult, trainer: Trainer, steps: int) -> None:
+def check_finite(result: EpochResult, trainer: Trainer) -> None:
     if not (math.isfinite(result.train_loss) and math.isfinite(result.valid_loss) and all_finite(trainer.model)):
+        steps = trainer.steps_per_epoch
         raise diverged(result.epoch, steps, steps, trainer.train.lr)
 
 
@@ -123,16 +124,8 @@ def run_tags(dataset_md5: dict[str, str]) -> dict[str, str]:
     return tags
 
 
-def train(params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()) -> dict:
-    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt there).
-
-    With several ranks (torchrun) each trains on its share of every batch; only rank 0 reads
-    last.pt (and hands it on), writes files and talks to MLflow.
-    """
-    import mlflow
-
-    if world.main:
-        tracking.configure()  # an unreachable server fails now, not after the training
+def build(params: Params, world: World) -> tuple[Inputs, Trainer]:
+    """The data on the device and a freshly seeded model and trainer."""
     t = params.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -141,76 +134,113 @@ def train(params: Params, after_epoch: Callable[[int], None] | None = None, worl
     torch.manual_seed(t.seed)
     model = MLP(Architecture.from_params(params), inputs.mean, inputs.std).to(device)
     steps = -(-len(inputs.train.labels) // t.batch_size)
-    trainer = Trainer(model, t, Augmentation.from_params(params), steps, world)
+    return inputs, Trainer(model, t, Augmentation.from_params(params), steps, world)
 
-    saved = load_resume_state(LAST_CHECKPOINT_FILE, inputs.fingerprint) if world.main else None
+
+def restore(trainer: Trainer, digest: str, world: World) -> TrainState:
+    """The interrupted run's state, loaded into `trainer`, when last.pt may be resumed; else a fresh one.
+    Only rank 0 reads last.pt; it hands the state on to the other ranks."""
+    saved = load_resume_state(LAST_CHECKPOINT_FILE, digest) if world.main else None
     state = distributed.from_main(saved, world)
-    if state:
-        trainer.load_state_dict(state["trainer"])
-    else:
-        state = fresh_state(inputs.fingerprint)
+    if state is None:
+        return TrainState(digest)
+    trainer.load_state_dict(state.trainer)
+    return state
 
-    run_context = (tracking.start_run(params.mlflow.experiment, params.flat(), run_tags(inputs.dataset_md5),
-                                      state["mlflow_run_id"]) if world.main else contextlib.nullcontext())
-    with run_context as run:
-        if world.main and state["mlflow_run_id"] not in (None, run.info.run_id):
-            log(f"MLflow run {state['mlflow_run_id']} of the interrupted training is gone; logging to a new run")
-        state["mlflow_run_id"] = run.info.run_id if world.main else None
-        with bar(total=t.epochs, initial=state["epoch"], desc="train", unit="epoch") as progress:
-            for epoch in range(state["epoch"] + 1, t.epochs + 1):
+
+@contextlib.contextmanager
+def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World) -> Iterator[None]:
+    """Rank 0 logs into the interrupted run if it still exists, else a new one; other ranks log nothing."""
+    if not world.main:
+        state.mlflow_run_id = None
+        yield
+        return
+    tags = run_tags(inputs.dataset_md5)
+    with tracking.start_run(params.mlflow.experiment, params.flat(), tags, state.mlflow_run_id) as run:
+        if state.mlflow_run_id not in (None, run.info.run_id):
+            log(f"MLflow run {state.mlflow_run_id} of the interrupted training is gone; logging to a new run")
+        state.mlflow_run_id = run.info.run_id
+        yield
+
+
+def record_epoch(state: TrainState, result: EpochResult, trainer: Trainer) -> None:
+    """Add the epoch to the history; keep a CPU copy of its weights if its validation loss is the lowest yet."""
+    state.history.append(result.history_row())
+    state.grad_norms.append({"epoch": result.epoch, **result.grad_norms})
+    if state.best is None or result.valid_loss < state.best.valid_loss:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+        state.best = BestEpoch(result.epoch, result.valid_loss, result.valid_acc, weights)
+    state.epoch = result.epoch
+    state.trainer = trainer.state_dict()
+
+
+def publish_epoch(state: TrainState, result: EpochResult, epochs: int) -> None:
+    """Rank 0 after each epoch: metrics to MLflow, then last.pt, the CSVs and one log line."""
+    import mlflow
+
+    metrics = {k: v for k, v in result.history_row().items() if k not in ("epoch", "seconds")}
+    metrics["epoch_seconds"] = result.seconds
+    metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
+    mlflow.log_metrics(metrics, step=result.epoch)
+    save_state(LAST_CHECKPOINT_FILE, state)
+    write_history(state)
+    log(epoch_line(result, epochs))
+
+
+def train(params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()) -> TrainState:
+    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt there).
+
+    With several ranks (torchrun) each trains on its share of every batch; only rank 0 reads
+    last.pt (and hands it on), writes files and talks to MLflow.
+    """
+    if world.main:
+        tracking.configure()  # an unreachable server fails now, not after the training
+    epochs = params.train.epochs
+    inputs, trainer = build(params, world)
+    state = restore(trainer, inputs.fingerprint, world)
+    with tracking_run(params, inputs, state, world):
+        with bar(total=epochs, initial=state.epoch, desc="train", unit="epoch") as progress:
+            for epoch in range(state.epoch + 1, epochs + 1):
                 result = trainer.run_epoch(inputs.train, inputs.valid, epoch)
-                check_finite(result, trainer, steps)
-                state["history"].append(result.history_row())
-                state["grad_norms"].append({"epoch": epoch, **result.grad_norms})
-                best = state["best"]
-                if best is None or result.valid_loss < best["valid_loss"]:
-                    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                    state["best"] = {"epoch": epoch, "valid_loss": result.valid_loss,
-                                     "valid_accuracy": result.valid_acc, "state_dict": weights}
-                state["epoch"] = epoch
-                state["trainer"] = trainer.state_dict()
+                check_finite(result, trainer)
+                record_epoch(state, result, trainer)
                 if world.main:
-                    metrics = {k: v for k, v in result.history_row().items() if k not in ("epoch", "seconds")}
-                    metrics["epoch_seconds"] = result.seconds
-                    metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
-                    mlflow.log_metrics(metrics, step=epoch)
-                    save_state(LAST_CHECKPOINT_FILE, state)
-                    write_history(state)
-                    log(epoch_line(result, t.epochs))
+                    publish_epoch(state, result, epochs)
                 progress.update(1)
                 if after_epoch:
                     after_epoch(epoch)
         if world.main:
-            finish(params, model, inputs, state)
+            finish(params, trainer.model, inputs, state)
     return state
 
 
-def write_history(state: dict) -> None:
-    atomic.write_text(TRAIN_HISTORY_FILE, csv_text(state["history"], HISTORY_COLUMNS))
-    layers = [k for k in state["grad_norms"][0] if k != "epoch"] if state["grad_norms"] else []
-    atomic.write_text(GRAD_NORMS_FILE, csv_text(state["grad_norms"], ["epoch", *layers]))
+def write_history(state: TrainState) -> None:
+    atomic.write_text(TRAIN_HISTORY_FILE, csv_text(state.history, HISTORY_COLUMNS))
+    layers = [k for k in state.grad_norms[0] if k != "epoch"] if state.grad_norms else []
+    atomic.write_text(GRAD_NORMS_FILE, csv_text(state.grad_norms, ["epoch", *layers]))
 
 
-def finish(params: Params, model: MLP, inputs: Inputs, state: dict) -> None:
+def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> None:
     """Best weights to models/model.pt and the MLflow registry, then mark last.pt completed."""
     import mlflow
 
-    best = state["best"]
+    best = state.best
+    assert best is not None, "finish runs after at least one epoch"
     model = model.to("cpu")
-    model.load_state_dict(best["state_dict"])
+    model.load_state_dict(best.state_dict)
     model.eval()
-    save_checkpoint(MODEL_FILE, model, {"epoch": best["epoch"], "valid_loss": best["valid_loss"],
-                                        "valid_accuracy": best["valid_accuracy"], "loss": params.train.loss})
+    save_checkpoint(MODEL_FILE, model, {"epoch": best.epoch, "valid_loss": best.valid_loss,
+                                        "valid_accuracy": best.valid_accuracy, "loss": params.train.loss})
     write_history(state)
-    mlflow.log_metrics({"best_epoch": best["epoch"], "best_valid_loss": best["valid_loss"],
-                        "best_valid_acc": best["valid_accuracy"]})
+    mlflow.log_metrics({"best_epoch": best.epoch, "best_valid_loss": best.valid_loss,
+                        "best_valid_acc": best.valid_accuracy})
     example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
     tracking.log_model(model, example, params.mlflow.registered_model)
     run = mlflow.active_run()
     tracking.save_run_reference(MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
-    state["completed"] = True
+    state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)
-    log(f"best epoch {best['epoch']}: valid loss {best['valid_loss']:.4f}, accuracy {best['valid_accuracy']:.4f}; "
+    log(f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy {best.valid_accuracy:.4f}; "
         f"saved {MODEL_FILE}, MLflow run {run.info.run_id}")
 
 

@@ -9,7 +9,6 @@ resumed after any completed epoch ends bit-for-bit where an uninterrupted run wo
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.losses import loss_fn
 from pipeline.model import MLP
 from pipeline.progress import bar
+from pipeline.scoring import autocast, score
 
 # Images augmented per grid_sample call: small enough to stay in cache (2048 measured fastest);
 # fixed, because it orders the random draws.
@@ -116,14 +116,11 @@ class Trainer:
         self.net = distributed.wrap(model, world)  # forward through this; `model` stays the plain module
         self.loss = loss_fn(train.loss)
         self.optimizer = make_optimizer(model, train)
+        self.steps_per_epoch = steps_per_epoch
         self.scheduler = make_scheduler(self.optimizer, train, steps_per_epoch)
         self.generator = torch.Generator().manual_seed(train.seed)
         self.layers = linear_layers(model)
-
-    def _autocast(self):
-        if not self.train.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        self.weights = [layer.weight for layer in self.layers.values()]
 
     def state_dict(self) -> dict:
         state = {
@@ -167,7 +164,6 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         hits = torch.zeros((), device=self.device, dtype=torch.int64)
         norm_sum = torch.zeros(len(self.layers), device=self.device, dtype=torch.float64)
-        weights = [layer.weight for layer in self.layers.values()]
         step = 0
         with bar(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False) as progress:
             for start in range(0, n, chunk):
@@ -181,19 +177,10 @@ class Trainer:
                 for size, batch_size in zip(distributed.local_sizes(len(index), batch, world), whole):
                     x, y = pixels[offset : offset + size], labels[offset : offset + size]
                     offset += size
-                    with self._autocast():
-                        scores = self.net(x)
-                        loss = self.loss(scores.float(), y) if size else scores.sum() * 0.0
-                    self.optimizer.zero_grad(set_to_none=True)
-                    # This rank's share of the batch mean; exactly 1.0 for a single process.
-                    (loss * (size * world.size / batch_size)).backward()
-                    norm_sum += torch.stack([torch.linalg.vector_norm(w.grad) for w in weights])
-                    self.optimizer.step()
-                    if self.scheduler:
-                        self.scheduler.step()
-                    losses.append(loss.detach())
+                    loss, predicted = self._step(x, y, size * world.size / batch_size, norm_sum)
+                    losses.append(loss)
                     sizes.append(len(y))
-                    predictions.append(scores.detach().argmax(1))
+                    predictions.append(predicted)
                 # Per-step loss sums over the whole global batch, so every rank sees a divergence.
                 step_sums = distributed.all_sum(
                     torch.stack(losses).double() * torch.tensor(sizes, device=self.device), world
@@ -210,19 +197,27 @@ class Trainer:
         norms = (norm_sum / steps).tolist()  # of the averaged gradients: the same on every rank
         return float(loss_sum) / n, int(hits) / n, dict(zip(self.layers, norms))
 
-    @torch.no_grad()
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, share: float, norm_sum: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on this rank's rows of a batch: (mean loss, predicted classes), both
+        still on the device (no host sync). `share` is this rank's share of the global batch
+        (exactly 1.0 for a single process); each layer's weight-gradient norm adds to `norm_sum`."""
+        with autocast(self.device, self.train.amp):
+            scores = self.net(x)
+            loss = self.loss(scores.float(), y) if len(y) else scores.sum() * 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * share).backward()
+        norm_sum += torch.stack([torch.linalg.vector_norm(w.grad) for w in self.weights])
+        self.optimizer.step()
+        if self.scheduler:
+            self.scheduler.step()
+        return loss.detach(), scores.detach().argmax(1)
+
     def evaluate(self, data: Split) -> tuple[float, float]:
         """Mean loss and accuracy on un-augmented images."""
-        self.model.eval()
-        loss_sum, hits = 0.0, 0
-        for start in range(0, len(data.labels), EVAL_BATCH):
-            x = data.images[start : start + EVAL_BATCH].float().div_(255).flatten(1)
-            y = data.labels[start : start + EVAL_BATCH]
-            with self._autocast():
-                scores = self.model(x).float()
-            loss_sum += float(self.loss(scores, y)) * len(y)
-            hits += int((scores.argmax(1) == y).sum())
-        return loss_sum / len(data.labels), hits / len(data.labels)
+        result = score(self.model, data.images, data.labels, self.loss, EVAL_BATCH, self.train.amp)
+        return result.loss, result.accuracy
 
     def run_epoch(self, train: Split, valid: Split, epoch: int) -> EpochResult:
         started = time.perf_counter()

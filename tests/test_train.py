@@ -87,11 +87,11 @@ def test_stage_writes_its_outputs_and_learns(inputs: Path) -> None:
 
     payload = torch.load(paths.MODEL_FILE, weights_only=True)
     best = min(history, key=lambda row: float(row["valid_loss"]))
-    assert payload["epoch"] == int(best["epoch"]) == state["best"]["epoch"]
+    assert payload["epoch"] == int(best["epoch"]) == state.best.epoch
     assert payload["valid_loss"] == pytest.approx(float(best["valid_loss"]))
     assert payload["loss"] == "cross_entropy"
     model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
-    for key, value in state["best"]["state_dict"].items():
+    for key, value in state.best.state_dict.items():
         assert torch.equal(model.state_dict()[key], value)
     assert json.loads(paths.MLFLOW_RUN_FILE.read_text()).keys() == {"run_id", "experiment_id"}
     assert torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)["completed"] is True
@@ -105,8 +105,8 @@ def test_two_runs_give_identical_results(inputs: Path) -> None:
     second = train.train(params)  # last.pt is marked completed, so this starts fresh
     assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == without_seconds(history)
     assert paths.GRAD_NORMS_FILE.read_text() == norms
-    for key, value in first["trainer"]["model"].items():
-        assert torch.equal(second["trainer"]["model"][key], value)
+    for key, value in first.trainer["model"].items():
+        assert torch.equal(second.trainer["model"][key], value)
 
 
 class Interrupt(Exception):
@@ -137,12 +137,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path) -> Non
     resumed = train.train(params)
 
     assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == without_seconds(whole_history)
-    for key, value in whole["trainer"]["model"].items():
-        assert torch.equal(resumed["trainer"]["model"][key], value), key
-    for key, value in whole["best"]["state_dict"].items():
+    for key, value in whole.trainer["model"].items():
+        assert torch.equal(resumed.trainer["model"][key], value), key
+    for key, value in whole.best.state_dict.items():
         assert torch.equal(load_checkpoint(paths.MODEL_FILE)["state_dict"][key], value), key
     resumed_run = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
-    assert resumed_run != whole_run and resumed_run == resumed["mlflow_run_id"]
+    assert resumed_run != whole_run and resumed_run == resumed.mlflow_run_id
 
     from mlflow import MlflowClient
 
@@ -155,14 +155,14 @@ def test_changed_params_start_fresh(inputs: Path, capsys: pytest.CaptureFixture)
         train.train(small_params(), after_epoch=stop_after(1))
     state = train.train(small_params(train={"lr": 0.002}))
     assert "other params or data; starting fresh" in capsys.readouterr().err
-    assert state["mlflow_run_id"] and len(state["history"]) == 3
+    assert state.mlflow_run_id and len(state.history) == 3
 
 
 def test_unreadable_last_checkpoint_starts_fresh(inputs: Path, capsys: pytest.CaptureFixture) -> None:
     paths.LAST_CHECKPOINT_FILE.parent.mkdir()
     paths.LAST_CHECKPOINT_FILE.write_bytes(b"half a file")
     state = train.train(small_params(train={"epochs": 1}))
-    assert "last.pt is unreadable" in capsys.readouterr().err and state["completed"]
+    assert "last.pt is unreadable" in capsys.readouterr().err and state.completed
 
 
 def test_divergence_stops_with_one_clear_message(inputs: Path) -> None:

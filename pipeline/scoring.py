@@ -1,0 +1,47 @@
+"""Loss and accuracy of a model on labelled images: one computation for train's validation and evaluate.
+
+Train keeps the epoch with the lowest validation loss, so this arithmetic fixes the best epoch:
+per-batch mean losses, weighted by batch size and summed in float64, under bf16 autocast when
+train.amp is on. Evaluate scores with the same function, so its valid_loss matches train's up to
+its batch size (evaluate.batch_size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.losses import LossFn
+from pipeline.model import MLP
+
+
+@dataclass(frozen=True)
+class Scores:
+    outputs: torch.Tensor  # float32 [N, classes], the model's raw outputs
+    loss: float
+    accuracy: float
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device when `amp`, else nothing."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def score(
+    model: MLP, images: torch.Tensor, labels: torch.Tensor, loss: LossFn, batch_size: int, amp: bool = False
+) -> Scores:
+    """Outputs, mean loss and top-1 accuracy on un-augmented uint8 images [N, S, S], in eval mode."""
+    model.eval()
+    loss_sum, hits, outputs = 0.0, 0, []
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        with autocast(x.device, amp):
+            scores = model(x.float().div_(255)).float()
+        loss_sum += float(loss(scores, y)) * len(y)
+        hits += int((scores.argmax(1) == y).sum())
+        outputs.append(scores)
+    return Scores(torch.cat(outputs), loss_sum / len(labels), hits / len(labels))
