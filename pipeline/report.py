@@ -7,11 +7,11 @@ by relative path. Figures and both files also go to the training run in MLflow.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from pipeline.paths import (
     TRAIN_INDEX_FILE,
 )
 from pipeline.progress import log
+from pipeline.report_render import FigureDoc, Section, Table, render_html, render_markdown
 
 REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
 PARAM_SECTIONS = ("data", "split", "validate", "model", "augment", "train", "report")  # dvc.yaml: report params
@@ -74,26 +75,6 @@ class Inputs:
     grad_norms: pd.DataFrame
     checksums: dict[str, Any]
     validation: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass(frozen=True)
-class Section:
-    heading: str
-    text: list[str]
-    table: Table | None = None
-
-
-@dataclass(frozen=True)
-class FigureDoc:
-    name: str  # file name under reports/figures/
-    title: str
-    guidance: str  # one sentence on how to read it
 
 
 def _stage_of(path: Path) -> str:
@@ -219,111 +200,179 @@ def augmentation_text(aug: Augmentation) -> str:
     return "Each is the digit above after " + ", ".join(parts) + ", as training draws it anew every epoch."
 
 
-def build_figures(inputs: Inputs, params: Params) -> list[tuple[FigureDoc, Any]]:
-    """(doc, figure) pairs in report order."""
-    r = params.report
-    data, model = inputs.data, inputs.model
-    figures: list[tuple[FigureDoc, Any]] = []
+class FigureData:
+    """The report's inputs and params, plus what several figures share, each computed once on first use."""
 
-    count = len(inputs.train_index)
-    pick = np.random.default_rng(r.seed).choice(count, min(GRID_DIGITS, count), replace=False)
-    chosen = inputs.train_index[np.sort(pick)]
-    raw, labels = data.train_images[chosen], data.train_labels[chosen].numpy()
-    aug = Augmentation.from_params(params)
-    augmented = augment(raw, aug, torch.Generator().manual_seed(r.seed)).numpy()
-    figures.append((
+    def __init__(self, inputs: Inputs, params: Params) -> None:
+        self.inputs = inputs
+        self.params = params
+        self.aug = Augmentation.from_params(params)
+
+    @cached_property
+    def digits(self) -> tuple[torch.Tensor, np.ndarray]:
+        """A seeded sample of training digits (uint8 images) and their labels."""
+        r, index = self.params.report, self.inputs.train_index
+        pick = np.random.default_rng(r.seed).choice(len(index), min(GRID_DIGITS, len(index)), replace=False)
+        chosen = index[np.sort(pick)]
+        return self.inputs.data.train_images[chosen], self.inputs.data.train_labels[chosen].numpy()
+
+    @cached_property
+    def confusion(self) -> np.ndarray:
+        predictions = self.inputs.predictions
+        return confusion_matrix(predictions["actual"].to_numpy(), predictions["predicted"].to_numpy(), labels=CLASSES)
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """The last hidden layer's activations on the test set."""
+        return hidden_features(self.inputs.model, self.inputs.data.test_images)
+
+
+Figure = tuple[FigureDoc, Any]  # (doc, matplotlib figure)
+
+
+def raw_digits_figure(d: FigureData) -> Figure:
+    raw, labels = d.digits
+    return (
         FigureDoc("digits_raw.png", "Training digits",
                   "A random sample of the training split, exactly as the model reads it."),
         plotting.digit_grid(raw.numpy(), labels, f"{len(raw)} training digits (raw)"),
-    ))
-    figures.append((
-        FigureDoc("digits_augmented.png", "The same digits, augmented", augmentation_text(aug)),
+    )
+
+
+def augmented_digits_figure(d: FigureData) -> Figure:
+    raw, labels = d.digits
+    augmented = augment(raw, d.aug, torch.Generator().manual_seed(d.params.report.seed)).numpy()
+    return (
+        FigureDoc("digits_augmented.png", "The same digits, augmented", augmentation_text(d.aug)),
         plotting.digit_grid(augmented, labels, f"The same {len(raw)} digits after training augmentation"),
-    ))
-    figures.append((
+    )
+
+
+def learning_curves_figure(d: FigureData) -> Figure:
+    return (
         FigureDoc("learning_curves.png", "Learning curves",
                   "Validation loss rising while training loss keeps falling means overfitting; train values are "
                   "averaged over augmented batches while the weights change, so they can sit above validation."),
-        plotting.learning_curves(inputs.history),
-    ))
+        plotting.learning_curves(d.inputs.history),
+    )
 
-    actual = inputs.predictions["actual"].to_numpy()
-    predicted = inputs.predictions["predicted"].to_numpy()
-    matrix = confusion_matrix(actual, predicted, labels=CLASSES)
-    figures.append((
+
+def confusion_counts_figure(d: FigureData) -> Figure:
+    return (
         FigureDoc("confusion_counts.png", "Confusion matrix (counts)",
                   "Rows are true digits and columns predictions, so every off-diagonal cell counts one kind of error."),
-        plotting.confusion(matrix, normalized=False),
-    ))
-    figures.append((
+        plotting.confusion(d.confusion, normalized=False),
+    )
+
+
+def confusion_normalized_figure(d: FigureData) -> Figure:
+    return (
         FigureDoc("confusion_normalized.png", "Confusion matrix (normalised)",
                   "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells compare across "
                   "digits of different frequency."),
-        plotting.confusion(matrix, normalized=True),
-    ))
+        plotting.confusion(d.confusion, normalized=True),
+    )
 
-    worst = confident_mistakes(inputs.predictions, MISTAKES)
+
+def mistakes_figure(d: FigureData) -> Figure:
+    data = d.inputs.data
+    worst = confident_mistakes(d.inputs.predictions, MISTAKES)
     index = torch.tensor(worst["index"].to_numpy(), dtype=torch.int64)
     probs = np.zeros((0, 10))
     if len(worst):
-        probs = probabilities(model_outputs(model, data.test_images[index], BATCH), inputs.loss_name).numpy()
+        probs = probabilities(model_outputs(d.inputs.model, data.test_images[index], BATCH), d.inputs.loss_name).numpy()
     rows = np.arange(len(worst))
-    figures.append((
+    return (
         FigureDoc("mistakes.png", "Most confident mistakes",
                   "The test errors the model was surest of, worst first; p(d) is the probability it gives digit d, and "
                   "such digits are often ambiguous even to a person."),
         plotting.mistakes(data.test_images[index].numpy(), worst["actual"].to_numpy(), worst["predicted"].to_numpy(),
                           probs[rows, worst["predicted"].to_numpy()], probs[rows, worst["actual"].to_numpy()]),
-    ))
+    )
 
-    features = hidden_features(model, data.test_images)
-    test_labels = data.test_labels.numpy()
-    points, ratio = pca_2d(features)
-    width = features.shape[1]
-    figures.append((
+
+def pca_figure(d: FigureData) -> Figure:
+    points, ratio = pca_2d(d.features)
+    width = d.features.shape[1]
+    return (
         FigureDoc("pca.png", "PCA of the last hidden layer",
                   "The two directions of largest variance of the last hidden layer on the test set: digits that "
                   "already separate here are linearly easy for the output layer."),
-        plotting.embedding_scatter(points, test_labels, f"PCA of the last hidden layer ({width} units), "
-                                   f"{len(points):,} test images", f"PC1 ({ratio[0]:.0%} of variance)",
+        plotting.embedding_scatter(points, d.inputs.data.test_labels.numpy(), f"PCA of the last hidden layer "
+                                   f"({width} units), {len(points):,} test images", f"PC1 ({ratio[0]:.0%} of variance)",
                                    f"PC2 ({ratio[1]:.0%} of variance)"),
-    ))
-    sample = tsne_sample(len(features), r.tsne_samples, r.seed)
+    )
+
+
+def tsne_figure(d: FigureData) -> Figure:
+    r = d.params.report
+    sample = tsne_sample(len(d.features), r.tsne_samples, r.seed)
     started = time.perf_counter()
-    embedded = tsne_2d(features[sample], r.tsne_perplexity, r.seed)
+    embedded = tsne_2d(d.features[sample], r.tsne_perplexity, r.seed)
     log(f"report: t-SNE on {len(sample):,} points took {time.perf_counter() - started:.1f} s")
-    figures.append((
+    return (
         FigureDoc("tsne.png", "t-SNE of the last hidden layer",
                   f"A nonlinear 2-D map of the same layer for {len(sample):,} test images: compact, separate clusters "
                   "mean well-separated digits, and points inside another digit's cluster are likely errors (distances "
                   "between clusters mean little)."),
-        plotting.embedding_scatter(embedded, test_labels[sample], f"t-SNE of the last hidden layer, {len(sample):,} "
-                                   f"test images (perplexity {r.tsne_perplexity:g})", "t-SNE 1", "t-SNE 2"),
-    ))
+        plotting.embedding_scatter(embedded, d.inputs.data.test_labels.numpy()[sample], f"t-SNE of the last hidden "
+                                   f"layer, {len(sample):,} test images (perplexity {r.tsne_perplexity:g})",
+                                   "t-SNE 1", "t-SNE 2"),
+    )
 
+
+def first_layer_weights_figure(d: FigureData) -> Figure:
+    model = d.inputs.model
     weights = model.hidden[0].weight.detach().numpy()[:WEIGHT_UNITS]
-    figures.append((
+    return (
         FigureDoc("first_layer_weights.png", "First-layer weights",
                   "Each tile is one hidden unit's input weights on the image grid (red excites, blue inhibits); "
                   "stroke-like blobs are learned detectors, salt-and-pepper tiles are units that learned little."),
         plotting.first_layer_weights(weights, model.arch.image_size),
-    ))
-    figures.append((
+    )
+
+
+def per_class_accuracy_figure(d: FigureData) -> Figure:
+    return (
         FigureDoc("per_class_accuracy.png", "Per-class accuracy",
                   "The share of each digit's test images classified correctly; bars below the dashed overall line "
                   "are the hardest digits."),
-        plotting.per_class_accuracy(inputs.per_class, float(inputs.metrics["test_accuracy"])),
-    ))
-    figures.append((
+        plotting.per_class_accuracy(d.inputs.per_class, float(d.inputs.metrics["test_accuracy"])),
+    )
+
+
+def grad_norms_figure(d: FigureData) -> Figure:
+    return (
         FigureDoc("grad_norms.png", "Gradient norms",
                   "Mean gradient norm of each layer's weights per epoch on a log scale: steady lines are healthy, "
                   "while a layer falling orders of magnitude below the others signals vanishing gradients."),
-        plotting.gradient_norms(inputs.grad_norms),
-    ))
-    return figures
+        plotting.gradient_norms(d.inputs.grad_norms),
+    )
 
 
-# ---- the summary and the two renderings -----------------------------------------------------
+# The report's figures, in report order.
+FIGURES: tuple[Callable[[FigureData], Figure], ...] = (
+    raw_digits_figure,
+    augmented_digits_figure,
+    learning_curves_figure,
+    confusion_counts_figure,
+    confusion_normalized_figure,
+    mistakes_figure,
+    pca_figure,
+    tsne_figure,
+    first_layer_weights_figure,
+    per_class_accuracy_figure,
+    grad_norms_figure,
+)
+
+
+def build_figures(inputs: Inputs, params: Params) -> list[Figure]:
+    """(doc, figure) pairs in report order."""
+    data = FigureData(inputs, params)
+    return [make(data) for make in FIGURES]
+
+
+# ---- the summary ----------------------------------------------------------------------------
 
 
 def _pct(value: float) -> str:
@@ -379,64 +428,6 @@ def summary(inputs: Inputs, params: Params) -> list[Section]:
             Table(["section", "values"], param_rows(params)),
         ),
     ]
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_markdown(sections: list[Section], docs: list[FigureDoc]) -> str:
-    lines = ["# MNIST MLP report", ""]
-    for section in sections:
-        lines += [f"## {section.heading}", "", *[f"{t}  " for t in section.text], ""]
-        if section.table:
-            lines.append("| " + " | ".join(section.table.header) + " |")
-            lines.append("|" + " --- |" * len(section.table.header))
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in section.table.rows]
-            lines.append("")
-    lines += ["## Figures", ""]
-    for doc in docs:
-        lines += [f"### {doc.title}", "", doc.guidance, "", f"![{doc.title}]({FIGURES_DIR.name}/{doc.name})", ""]
-    return "\n".join(lines)
-
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #eee; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
-th { background: #f4f4f4; }
-td { font-family: ui-monospace, Menlo, Consolas, monospace; word-break: break-all; }
-figure { margin: 1.5em 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #444; margin-bottom: .5em; }
-"""
-
-
-def render_html(sections: list[Section], docs: list[FigureDoc], pngs: dict[str, bytes]) -> str:
-    def e(text: str) -> str:
-        return html.escape(text, quote=False)
-
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>MNIST MLP report</title>", f"<style>{CSS}</style></head><body>", "<h1>MNIST MLP report</h1>"]
-    for section in sections:
-        parts.append(f"<h2>{e(section.heading)}</h2>")
-        parts += [f"<p>{e(t)}</p>" for t in section.text]
-        if section.table:
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in section.table.header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in section.table.rows]
-            parts.append("</table>")
-    parts.append("<h2>Figures</h2>")
-    for doc in docs:
-        data = base64.b64encode(pngs[doc.name]).decode("ascii")
-        parts.append(
-            f"<figure><h3>{e(doc.title)}</h3><figcaption>{e(doc.guidance)}</figcaption>"
-            f'<img alt="{html.escape(doc.title)}" src="data:image/png;base64,{data}"></figure>'
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def log_to_mlflow(docs: list[FigureDoc]) -> None:
