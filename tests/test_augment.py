@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.augment import Augmentation, affine_matrices, augment, elastic_displacement, sampling_grid
-from tests.conftest import synthetic_digits
+from tests.helpers import synthetic_digits
 
 
 def images(count: int = 64, size: int = 28) -> torch.Tensor:

@@ -45,13 +45,3 @@ def test_download_through_the_cli(workdir, synthetic_mirror):
     assert result.returncode == 0  # everything already verified: no source needed
     assert result.stderr.count("already present and verified") == 4
 
-
-def test_unreachable_sources_fail_with_one_line_naming_mnist_mirror(workdir, tmp_path):
-    Path("params.yaml").write_text(f"data:\n  name: custom\n  mirrors: ['{tmp_path / 'nothing'}']\n")
-    result = cli("download", mirror=tmp_path / "gone")
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: could not fetch train-images-idx3-ubyte.gz")
-    assert f"{tmp_path / 'gone'}: no folder" in lines[0] and f"{tmp_path / 'nothing'}: no folder" in lines[0]
-    assert "Set MNIST_MIRROR" in lines[0]
-    assert os.listdir("data/raw") == []

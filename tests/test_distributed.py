@@ -5,11 +5,9 @@ CUDA variants run where torch sees GPUs and are skipped, with the reason, everyw
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, load_checkpoint
 from pipeline.paths import LAST_CHECKPOINT_FILE, MLFLOW_RUN_FILE, MODEL_FILE, TRAIN_HISTORY_FILE
 from pipeline.trainer import Split, Trainer
-from tests.conftest import TINY_PIPELINE, synthetic_digits
+from tests.helpers import TINY_PIPELINE, free_port, read_history, synthetic_digits
 
 # Adam on two-process gradients summed in another order: measured differences are ~1e-7.
 TOLERANCE = 1e-5
@@ -50,12 +48,6 @@ def device_or_skip(name: str, processes: int = 1) -> torch.device:
             pytest.skip(f"CUDA variant needs {processes} GPUs, one per nccl rank; "
                         f"torch sees {torch.cuda.device_count()}")
     return torch.device(name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fit(world: World, device: torch.device) -> dict:
@@ -148,11 +140,6 @@ def test_trainer_keeps_data_and_model_on_the_device_and_learns_with_bf16(device_
     assert results[-1].valid_loss < 0.7 * before
     assert all(p.device.type == device.type for p in model.parameters())
     assert data.images.device.type == device.type  # nothing moved it back per batch
-
-
-def read_history(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.mark.slow

@@ -10,89 +10,21 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import write_dataset
 from pipeline import download
 from pipeline.config import parse_params
 from pipeline.datasets import DATASETS, FILES, TRAIN_IMAGES
 from pipeline.errors import PipelineError
+from tests.helpers import MIRROR_USER, MirrorServer, free_port, write_dataset
 
 RAW = Path("data/raw")
-MODES = ("ok", "404", "500", "flaky", "wrong", "junk", "truncated", "stall", "silent", "auth")
-
-
-class MirrorServer:
-    """Serves the four files under /<mode>/<file name>; counts every request per (mode, file)."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files = files
-        self.hits: Counter[tuple[str, str]] = Counter()
-        self.release = threading.Event()  # ends stalled responses at teardown
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-
-    def url(self, mode: str, credentials: str = "") -> str:
-        return f"http://{credentials}127.0.0.1:{self.httpd.server_address[1]}/{mode}/"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, body: bytes, length: int | None = None) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) if length is None else length))
-                self.end_headers()
-                self.wfile.write(body)
-                self.wfile.flush()
-
-            def do_GET(self) -> None:
-                _, mode, fname = self.path.split("/", 2)
-                server.hits[mode, fname] += 1
-                body = server.files.get(fname)
-                if body is None or mode == "404":
-                    self.send_error(404)
-                elif mode == "500" or (mode == "flaky" and server.hits[mode, fname] == 1):
-                    self.send_error(500)
-                elif mode == "wrong":  # a valid IDX file, but not the one asked for
-                    self._send(server.files[FILES[3] if fname != FILES[3] else FILES[2]])
-                elif mode == "junk":  # an HTML error page served with status 200
-                    self._send(b"<html>mirror moved</html>")
-                elif mode == "truncated":
-                    self._send(body[: len(body) // 2], length=len(body))
-                elif mode == "stall":
-                    self._send(body[:100], length=len(body))
-                    server.release.wait(20)
-                elif mode == "silent":
-                    server.release.wait(20)
-                elif mode == "auth" and self.headers.get("Authorization") != "Basic dXNlcjpwQHNz":
-                    self.send_error(401)
-                else:
-                    self._send(body)
-
-        return Handler
-
-    def __enter__(self) -> MirrorServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -106,8 +38,8 @@ def md5s(source: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def server(source: Path):
-    with MirrorServer({f: (source / f).read_bytes() for f in FILES}) as running:
+def server(source: Path) -> Iterator[MirrorServer]:
+    with MirrorServer.of(source) as running:
         yield running
 
 
@@ -294,39 +226,17 @@ def test_mnist_mirror_env_goes_first_and_duplicates_are_dropped():
     )
 
 
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mnist/"
-
-
-def test_offline_failure_lists_every_source_and_how_to_fix(workdir, tmp_path, md5s, sleeps):
-    refused = closed_port_url()
-    env = {"MNIST_MIRROR": str(tmp_path / "nowhere")}
-    with pytest.raises(PipelineError) as caught:
-        run(workdir, env, **custom([refused, "file://elsewhere/mnist/", "http:///mnist/"], md5s, retries=1))
-    message = str(caught.value)
-    assert message.startswith(f"could not fetch {TRAIN_IMAGES} from any source (")
-    assert f"{tmp_path / 'nowhere'}: no folder" in message
-    assert f"{refused}: connection refused (2 tries)" in message
-    assert "file://elsewhere/mnist/: no such file" in message
-    assert "http:///mnist/: unusable URL (no host given)" in message
-    assert "Set MNIST_MIRROR to a folder or URL" in message
-    assert raw_listing() == []
-
-
 def test_unreachable_source_is_not_retried_for_later_files(workdir, server, md5s, sleeps):
-    result = run(workdir, **custom([closed_port_url(), server.url("ok")], md5s, retries=2))
+    result = run(workdir, **custom([f"http://127.0.0.1:{free_port()}/mnist/", server.url("ok")], md5s, retries=2))
     assert sleeps == [download.BACKOFF_S, 2 * download.BACKOFF_S]  # first file only
     assert raw_listing() == COMPLETE and result["dataset"] == "custom"
 
 
 def test_credentials_in_url_become_basic_auth_and_are_not_recorded(workdir, server, md5s):
     # Only $MNIST_MIRROR may carry credentials: params.yaml refuses them (tests/test_faults.py).
-    result = run(workdir, {"MNIST_MIRROR": server.url("auth", "user:p%40ss@")}, **custom([], md5s))
+    result = run(workdir, {"MNIST_MIRROR": server.url("auth", credentials=True)}, **custom([], md5s))
     text = (RAW / "checksums.json").read_text()
-    assert "p%40ss" not in text and "user:" not in text
+    assert "s3cr3t" not in text and MIRROR_USER not in text  # neither raw nor percent-encoded
     assert result["files"][TRAIN_IMAGES]["source"] == server.url("auth") + TRAIN_IMAGES
 
 

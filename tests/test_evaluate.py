@@ -16,7 +16,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.model import load_checkpoint, model_from_checkpoint, save_checkpoint
 
-N_TEST = 200  # conftest.write_dataset default
+N_TEST = 200  # tests.helpers.write_dataset default
 
 
 def test_writes_consistent_outputs(trained_workdir: Path) -> None:

@@ -9,8 +9,6 @@ Faults covered elsewhere, so not repeated here:
   and through the CLI tests/test_cli.py::test_bad_params_file_prints_one_error_line_and_exits_1;
 - a NaN loss: tests/test_train.py::test_divergence_stops_with_one_clear_message and
   ::test_divergence_never_replaces_the_saved_state;
-- SIGKILL during training, then a rerun that resumes to the same result:
-  tests/test_train.py::test_sigkill_mid_run_then_rerun_resumes_to_the_same_result (slow);
 - a tracking server on a closed port: tests/test_train.py::test_unreachable_tracking_server_fails_before_training;
 - corrupt pictures and IDX files, and a pickled --model, given to predict:
   tests/test_predict.py::test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted and
@@ -19,8 +17,6 @@ Faults covered elsewhere, so not repeated here:
 
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
 import json
 import os
@@ -29,9 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -44,15 +38,9 @@ from pipeline.config import parse_params
 from pipeline.datasets import FILES, DatasetSpec
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, load_checkpoint, save_checkpoint
-from tests.conftest import TINY_PIPELINE
+from tests.helpers import MIRROR_USER, TINY_PIPELINE, MirrorServer, free_port, read_history
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tree_bytes(*roots: Path) -> dict[str, bytes]:
@@ -67,20 +55,28 @@ def tree_bytes(*roots: Path) -> dict[str, bytes]:
 # --- no network -------------------------------------------------------------------------------
 
 
-def test_no_network_fails_in_seconds_naming_every_source(workdir: Path) -> None:
-    refused = f"http://127.0.0.1:{closed_port()}/mnist/"
+def test_no_network_fails_in_seconds_naming_every_source(workdir: Path, tmp_path: Path) -> None:
+    """Every kind of unusable source at once, through the CLI: one `error:` line names each with its
+    reason and says how to fix it; nothing is left in data/raw."""
+    refused = f"http://127.0.0.1:{free_port()}/mnist/"
     unresolvable = "http://mnist-mirror.invalid/mnist/"  # .invalid never resolves (RFC 2606)
-    Path("params.yaml").write_text(yaml.safe_dump({"data": {"mirrors": [refused, unresolvable]}}))
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_MIRROR"}
+    nothing = tmp_path / "nothing"
+    mirrors = [refused, unresolvable, "file://elsewhere/mnist/", "http:///mnist/", str(nothing)]
+    Path("params.yaml").write_text(yaml.safe_dump({"data": {"name": "custom", "mirrors": mirrors}}))
+    env = {**os.environ, "MNIST_MIRROR": str(tmp_path / "gone")}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pipeline", "download"], env=env, capture_output=True,
                             text=True, timeout=60)
     elapsed = time.monotonic() - started
-    assert result.returncode == 1
+    assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: could not fetch train-images-idx3-ubyte.gz from any source (")
+    assert f"{tmp_path / 'gone'}: no folder" in line  # MNIST_MIRROR, tried first
     assert f"{refused}: connection refused (3 tries)" in line  # retried with backoff: it may come back
     assert f"{unresolvable}: host not found" in line
+    assert "file://elsewhere/mnist/: no such file" in line
+    assert "http:///mnist/: unusable URL (no host given)" in line
+    assert f"{nothing}: no folder" in line
     assert "Set MNIST_MIRROR to a folder or URL" in line
     assert os.listdir(paths.RAW_DIR) == []
     assert elapsed < 15, f"an offline machine should fail in seconds, took {elapsed:.1f} s"
@@ -242,51 +238,18 @@ def test_a_file_matching_md5_but_not_sha256_is_refused(workdir: Path, synthetic_
     assert os.listdir(paths.RAW_DIR) == []
 
 
-class AuthMirror:
-    """Serves a folder over HTTP only to user alice with password s3cr3t."""
-
-    def __init__(self, folder: Path) -> None:
-        token = base64.b64encode(b"alice:s3cr3t").decode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.headers.get("Authorization") != f"Basic {token}":
-                    self.send_error(401)
-                    return
-                body = (folder / self.path.rsplit("/", 1)[-1]).read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.url = f"http://alice:s3cr3t@127.0.0.1:{self.httpd.server_address[1]}/mnist/"
-
-    def __enter__(self) -> AuthMirror:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.mark.slow
 def test_mirror_password_reaches_no_log_file_or_mlflow_record(
     run_stages, synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     import mlflow
 
-    with AuthMirror(synthetic_mirror) as mirror:
-        monkeypatch.setenv("MNIST_MIRROR", mirror.url)
+    with MirrorServer.of(synthetic_mirror) as mirror:
+        monkeypatch.setenv("MNIST_MIRROR", mirror.url("auth", credentials=True))
         run_stages("download", "stats", "split", "train")
     logs = "".join(capfd.readouterr())
     assert "127.0.0.1" in logs  # the download lines do name the source...
-    assert "s3cr3t" not in logs and "alice" not in logs  # ...without the credentials
+    assert "s3cr3t" not in logs and MIRROR_USER not in logs  # ...without the credentials
     run = mlflow.MlflowClient(tracking.tracking_uri()).get_run(json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"])
     recorded = json.dumps([run.data.params, run.data.tags])
     assert "dataset.md5.train-images-idx3-ubyte.gz" in recorded and "s3cr3t" not in recorded
@@ -297,15 +260,18 @@ def test_mirror_password_reaches_no_log_file_or_mlflow_record(
 # --- signals during training -------------------------------------------------------------------
 
 
-def read_history(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
-
-
 @pytest.mark.slow
-def test_sigterm_mid_training_exits_promptly_and_the_rerun_resumes_to_the_same_result(
-    run_stages, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "signum, exit_code",
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)],
+    ids=["SIGTERM", "SIGKILL"],
+)
+def test_signal_mid_training_stops_it_and_the_rerun_resumes_to_the_same_result(
+    run_stages, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals, exit_code: int
 ) -> None:
+    """SIGTERM (CI cancel, `docker stop`) exits promptly through the handler, removing temp files;
+    SIGKILL (or power loss) gives no chance to clean up. Either way the rerun resumes from last.pt
+    and ends where an uninterrupted run ends."""
     run_stages("download", "stats", "split")
     monkeypatch.delenv("MNIST_MIRROR")
     epochs = 10  # ample room: the signal lands well before the last epoch
@@ -317,7 +283,7 @@ def test_sigterm_mid_training_exits_promptly_and_the_rerun_resumes_to_the_same_r
     try:
         for line in proc.stderr:
             if line.startswith(f"epoch 1/{epochs}:"):  # printed once epoch 1's state is saved
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signum)
                 signalled = time.monotonic()
                 break
         else:
@@ -328,14 +294,15 @@ def test_sigterm_mid_training_exits_promptly_and_the_rerun_resumes_to_the_same_r
     finally:
         proc.kill()
         proc.wait()
-    assert code == 128 + signal.SIGTERM, rest
-    assert took < 10, f"SIGTERM took {took:.1f} s to stop training"
+    assert code == exit_code, rest
+    assert took < 10, f"{signum.name} took {took:.1f} s to stop training"
     assert "Traceback" not in rest
+    if signum == signal.SIGTERM:  # the handler's cleanup; SIGKILL allows none
+        leftovers = [p for d in (paths.MODELS_DIR, paths.REPORTS_DIR) for p in d.iterdir() if p.suffix == ".tmp"]
+        assert leftovers == []
     saved = torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)
-    assert 1 <= saved["epoch"] < epochs and not saved["completed"], "SIGTERM should land mid-training"
+    assert 1 <= saved["epoch"] < epochs and not saved["completed"], "the signal should land mid-training"
     assert not paths.MODEL_FILE.exists()
-    leftovers = [p for folder in (paths.MODELS_DIR, paths.REPORTS_DIR) for p in folder.iterdir() if p.suffix == ".tmp"]
-    assert leftovers == []
     assert len(read_history(paths.TRAIN_HISTORY_FILE)) == saved["epoch"]
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -13,7 +13,7 @@ from pipeline.config import parse_params
 from pipeline.data import resize
 from pipeline.model import MLP, Architecture, load_model, parameter_count, save_checkpoint
 from pipeline.trainer import Split, Trainer
-from tests.conftest import synthetic_digits
+from tests.helpers import synthetic_digits
 
 
 def test_reference_architecture_has_222360_parameters() -> None:

@@ -17,7 +17,7 @@ from pipeline.datasets import TEST_IMAGES, TEST_LABELS
 from pipeline.evaluate import evaluate
 from pipeline.idx import encode_idx, read_idx
 from pipeline.model import MLP, Architecture, save_checkpoint
-from tests.conftest import synthetic_digits, write_dataset
+from tests.helpers import synthetic_digits, write_dataset
 
 
 def train_tiny(size: int, seed: int = 0) -> MLP:

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_dataset
 from pipeline import download, paths, split
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.idx import encode_idx
+from tests.helpers import write_dataset
 
 
 def mnist_like_labels(n: int = 60000, seed: int = 0) -> np.ndarray:

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +16,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, load_checkpoint, model_from_checkpoint
 from pipeline.trainer import Split, Trainer
-from tests.conftest import synthetic_digits
+from tests.helpers import read_history, read_rows, synthetic_digits
 
 SMALL = {"model": {"hidden": [32, 16]}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "threads": 1}}
 
@@ -39,21 +32,10 @@ def small_params(**sections: dict):
     return parse_params(_merge(SMALL, sections))
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow sqlite store created once: its schema migrations take seconds per new database."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def inputs(workdir: Path, synthetic_mirror: Path, empty_store: Path) -> Path:
-    """workdir with data/raw (real download stage), data/stats.json and data/split as the contracts say,
-    and a copy of the empty MLflow store where workdir points MLFLOW_TRACKING_URI."""
-    shutil.copyfile(empty_store, workdir / "mlflow.db")
+def inputs(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
+    """mlflow_workdir with data/raw (real download stage), data/stats.json and data/split as the
+    contracts say."""
     download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
     pixels = load_dataset(paths.RAW_DIR, 28).train_images.double() / 255
     stats = {"mean": pixels.mean().item(), "std": pixels.std(correction=0).item(), "image_size": 28, "count": len(pixels)}
@@ -62,26 +44,16 @@ def inputs(workdir: Path, synthetic_mirror: Path, empty_store: Path) -> Path:
     paths.SPLIT_DIR.mkdir(parents=True)
     np.save(paths.VALID_INDEX_FILE, np.sort(order[:100]).astype(np.int64))
     np.save(paths.TRAIN_INDEX_FILE, np.sort(order[100:]).astype(np.int64))
-    return workdir
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
-def without_seconds(rows: list[dict]) -> list[dict]:
-    """Wall time is the one column that legitimately differs between identical runs."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return mlflow_workdir
 
 
 def test_stage_writes_its_outputs_and_learns(inputs: Path) -> None:
     state = train.train(small_params())
-    history = read_csv(paths.TRAIN_HISTORY_FILE)
+    history = read_rows(paths.TRAIN_HISTORY_FILE)
     assert [row["epoch"] for row in history] == ["1", "2", "3"]
     assert list(history[0]) == train.HISTORY_COLUMNS
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
-    norms = read_csv(paths.GRAD_NORMS_FILE)
+    norms = read_rows(paths.GRAD_NORMS_FILE)
     assert list(norms[0]) == ["epoch", "hidden.0", "hidden.2", "output"]
     assert all(float(v) > 0 for row in norms for v in row.values())
 
@@ -100,10 +72,10 @@ def test_stage_writes_its_outputs_and_learns(inputs: Path) -> None:
 def test_two_runs_give_identical_results(inputs: Path) -> None:
     params = small_params(model={"dropout": 0.2}, augment={"scale": 0.1, "elastic_alpha": 8.0})
     first = train.train(params)
-    history = read_csv(paths.TRAIN_HISTORY_FILE)
+    history = read_history(paths.TRAIN_HISTORY_FILE)
     norms = paths.GRAD_NORMS_FILE.read_text()
     second = train.train(params)  # last.pt is marked completed, so this starts fresh
-    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == without_seconds(history)
+    assert read_history(paths.TRAIN_HISTORY_FILE) == history
     assert paths.GRAD_NORMS_FILE.read_text() == norms
     for key, value in first.trainer["model"].items():
         assert torch.equal(second.trainer["model"][key], value)
@@ -125,7 +97,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path) -> Non
     # Dropout and a one-cycle schedule: the global RNG and the scheduler must be restored too.
     params = small_params(model={"dropout": 0.1}, train={"lr_schedule": "onecycle"})
     whole = train.train(params)
-    whole_history = read_csv(paths.TRAIN_HISTORY_FILE)
+    whole_history = read_history(paths.TRAIN_HISTORY_FILE)
     whole_run = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
     for path in (paths.MODEL_FILE, paths.TRAIN_HISTORY_FILE, paths.MLFLOW_RUN_FILE):
         path.unlink()  # as dvc does with a stage's outs before running it
@@ -136,7 +108,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path) -> Non
     assert not paths.MODEL_FILE.exists()
     resumed = train.train(params)
 
-    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == without_seconds(whole_history)
+    assert read_history(paths.TRAIN_HISTORY_FILE) == whole_history
     for key, value in whole.trainer["model"].items():
         assert torch.equal(resumed.trainer["model"][key], value), key
     for key, value in whole.best.state_dict.items():
@@ -271,26 +243,3 @@ def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
     with pytest.raises(PipelineError, match="no CUDA device"):
         train.train(small_params(train={"device": "cuda"}))
 
-
-@pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_resumes_to_the_same_result(inputs: Path) -> None:
-    """A real process killed by SIGKILL (no cleanup at all) resumes from last.pt."""
-    (inputs / "params.yaml").write_text(json.dumps(_merge(SMALL, {"train": {"epochs": 4}})))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "pipeline", "train"]
-    proc = subprocess.Popen(command, cwd=inputs, env=env, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if line.startswith("epoch 2/4"):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    resumed = subprocess.run(command, cwd=inputs, env=env, capture_output=True, text=True, check=True)
-    assert re.search(r"resuming from models/last.pt after epoch [23]\n", resumed.stderr)
-    resumed_history = without_seconds(read_csv(paths.TRAIN_HISTORY_FILE))
-    resumed_weights = load_checkpoint(paths.MODEL_FILE)["state_dict"]
-
-    subprocess.run(command, cwd=inputs, env=env, capture_output=True, text=True, check=True)  # fresh: completed
-    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) == resumed_history
-    for key, value in load_checkpoint(paths.MODEL_FILE)["state_dict"].items():
-        assert torch.equal(resumed_weights[key], value), key

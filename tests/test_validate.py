@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import synthetic_digits
 from pipeline import download, paths, split, stats, validate
 from pipeline.config import parse_params
 from pipeline.datasets import TRAIN_LABELS
 from pipeline.errors import PipelineError
 from pipeline.idx import encode_idx, read_idx
+from tests.helpers import synthetic_digits
 
 PARAMS = parse_params({"split": {"stratify": True}})
 

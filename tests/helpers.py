@@ -1,0 +1,158 @@
+"""Code the tests share, imported one way: `from tests.helpers import ...`.
+
+Fixtures stay in conftest.py (pytest finds them there); plain functions, constants and classes
+live here, so that no test module imports conftest and nothing is loaded twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import socket
+import threading
+import urllib.parse
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.datasets import FILES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.idx import encode_idx
+
+# Small enough for seconds per stage on synthetic data; stratified so that 60 validation images
+# keep the class shares the validate stage checks.
+TINY_PIPELINE = {
+    "data": {"name": "custom"},
+    "split": {"stratify": True},
+    "model": {"hidden": [32]},
+    "train": {"epochs": 2, "threads": 1},
+    "report": {"tsne_samples": 50},
+}
+
+
+def synthetic_digits(count: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake digits: class k lights a band of rows and columns that depends on k, plus noise.
+
+    Every image is distinct and none is blank, so the data checks pass on it.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(count, size, size)).astype(np.int32)
+    band = max(size // 10, 1)
+    for k in range(10):
+        rows = slice(k * band * 3 // 4 + 2, k * band * 3 // 4 + 2 + band)
+        cols = slice(size - 2 - (k + 1) * band * 3 // 4 - band, size - 2 - (k + 1) * band * 3 // 4)
+        images[labels == k, rows, :] += 180
+        images[labels == k, :, cols] += 120
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
+    """The four canonical IDX files of a synthetic dataset in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = synthetic_digits(n_train, seed)
+    test_x, test_y = synthetic_digits(n_test, seed + 1)
+    arrays = [(TRAIN_IMAGES, train_x), (TRAIN_LABELS, train_y), (TEST_IMAGES, test_x), (TEST_LABELS, test_y)]
+    for name, array in arrays:
+        (folder / name).write_bytes(encode_idx(array))
+    return folder
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now: for a server to start on, or to be refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    """reports/train_history.csv without `seconds`: wall time is the one column that legitimately
+    differs between identical runs."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in read_rows(path)]
+
+
+# What the "auth" mode of MirrorServer asks for; the '@' makes the URL carry it percent-encoded.
+MIRROR_USER, MIRROR_PASSWORD = "alice", "s3cr3t@42"
+
+
+class MirrorServer:
+    """Serves the four files under /<mode>/<file name>; counts every request per (mode, file).
+
+    Each mode misbehaves in its own way (see do_GET); "auth" serves only with MIRROR_USER and
+    MIRROR_PASSWORD as HTTP basic auth.
+    """
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.hits: Counter[tuple[str, str]] = Counter()
+        self.release = threading.Event()  # ends stalled responses at teardown
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+
+    @classmethod
+    def of(cls, folder: Path) -> MirrorServer:
+        """A server for the four files in `folder`."""
+        return cls({f: (folder / f).read_bytes() for f in FILES})
+
+    def url(self, mode: str, credentials: bool = False) -> str:
+        """The mirror URL of `mode`; with credentials, the user and password of the "auth" mode in it."""
+        userinfo = f"{MIRROR_USER}:{urllib.parse.quote(MIRROR_PASSWORD, safe='')}@" if credentials else ""
+        return f"http://{userinfo}127.0.0.1:{self.httpd.server_address[1]}/{mode}/"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+        token = base64.b64encode(f"{MIRROR_USER}:{MIRROR_PASSWORD}".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, body: bytes, length: int | None = None) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def do_GET(self) -> None:
+                _, mode, fname = self.path.split("/", 2)
+                server.hits[mode, fname] += 1
+                body = server.files.get(fname)
+                if body is None or mode == "404":
+                    self.send_error(404)
+                elif mode == "500" or (mode == "flaky" and server.hits[mode, fname] == 1):
+                    self.send_error(500)
+                elif mode == "wrong":  # a valid IDX file, but not the one asked for
+                    self._send(server.files[FILES[3] if fname != FILES[3] else FILES[2]])
+                elif mode == "junk":  # an HTML error page served with status 200
+                    self._send(b"<html>mirror moved</html>")
+                elif mode == "truncated":
+                    self._send(body[: len(body) // 2], length=len(body))
+                elif mode == "stall":
+                    self._send(body[:100], length=len(body))
+                    server.release.wait(20)
+                elif mode == "silent":
+                    server.release.wait(20)
+                elif mode == "auth" and self.headers.get("Authorization") != f"Basic {token}":
+                    self.send_error(401)
+                else:
+                    self._send(body)
+
+        return Handler
+
+    def __enter__(self) -> MirrorServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
