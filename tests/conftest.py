@@ -179,3 +179,13 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
                     ["git", "commit", "-q", "-m", "pipeline"]):
         subprocess.run(command, check=True, capture_output=True, timeout=120)
     return root
+
+
+SLOW_TIMEOUT_S = 1800  # above the slow tests' own subprocess limits (scripts/retrain.sh: 1200 s)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """@slow tests run whole pipelines: they get SLOW_TIMEOUT_S instead of pyproject's `timeout`."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
