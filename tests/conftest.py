@@ -54,20 +54,42 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     from pipeline.losses import loss_fn
     from pipeline.model import MLP, Architecture, save_checkpoint
 
-    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
+    download.download(
+        parse_params({"data": {"name": "custom"}}),
+        paths.RAW_DIR,
+        {"MNIST_MIRROR": str(synthetic_mirror)},
+    )
     data = load_dataset(paths.RAW_DIR, 28)
     pixels = data.train_images.float() / 255
-    paths.STATS_FILE.write_text(json.dumps({"mean": pixels.mean().item(), "std": pixels.std(correction=0).item(),
-                                            "image_size": 28, "count": len(pixels)}))
+    paths.STATS_FILE.write_text(
+        json.dumps(
+            {
+                "mean": pixels.mean().item(),
+                "std": pixels.std(correction=0).item(),
+                "image_size": 28,
+                "count": len(pixels),
+            }
+        )
+    )
     order = np.random.default_rng(0).permutation(len(pixels))
     valid_idx, train_idx = np.sort(order[: len(order) // 10]), np.sort(order[len(order) // 10 :])
     paths.SPLIT_DIR.mkdir(parents=True)
     np.save(paths.TRAIN_INDEX_FILE, train_idx.astype(np.int64))
     np.save(paths.VALID_INDEX_FILE, valid_idx.astype(np.int64))
     paths.REPORTS_DIR.mkdir()
-    paths.DATA_VALIDATION_FILE.write_text(json.dumps({
-        "success": True, "counts": {"train": len(train_idx), "valid": len(valid_idx), "test": len(data.test_labels)},
-        "expectations": [{"name": "pixels_in_range", "table": "images", "success": True}]}))
+    paths.DATA_VALIDATION_FILE.write_text(
+        json.dumps(
+            {
+                "success": True,
+                "counts": {
+                    "train": len(train_idx),
+                    "valid": len(valid_idx),
+                    "test": len(data.test_labels),
+                },
+                "expectations": [{"name": "pixels_in_range", "table": "images", "success": True}],
+            }
+        )
+    )
 
     torch.manual_seed(0)
     model = MLP(Architecture(28, (32, 16)), pixels.mean().item(), pixels.std(correction=0).item())
@@ -82,18 +104,35 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
         optimizer.zero_grad()
         loss(model(x), y).backward()
         optimizer.step()
-        norms.append({"epoch": epoch, **{n: m.weight.grad.norm().item() for n, m in layers.items()}})
+        norms.append(
+            {"epoch": epoch, **{n: m.weight.grad.norm().item() for n, m in layers.items()}}
+        )
         model.eval()
         with torch.no_grad():
             out, vout = model(x), model(vx)
-        history.append({"epoch": epoch, "train_loss": loss(out, y).item(),
-                        "train_acc": (out.argmax(1) == y).float().mean().item(),
-                        "valid_loss": loss(vout, vy).item(), "valid_acc": (vout.argmax(1) == vy).float().mean().item(),
-                        "seconds": 1.5, "lr": 0.003})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss(out, y).item(),
+                "train_acc": (out.argmax(1) == y).float().mean().item(),
+                "valid_loss": loss(vout, vy).item(),
+                "valid_acc": (vout.argmax(1) == vy).float().mean().item(),
+                "seconds": 1.5,
+                "lr": 0.003,
+            }
+        )
     pd.DataFrame(history).to_csv(paths.TRAIN_HISTORY_FILE, index=False)
     pd.DataFrame(norms).to_csv(paths.GRAD_NORMS_FILE, index=False)
-    save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3, "valid_loss": history[-1]["valid_loss"],
-                                              "valid_accuracy": history[-1]["valid_acc"], "loss": "cross_entropy"})
+    save_checkpoint(
+        paths.MODEL_FILE,
+        model,
+        {
+            "epoch": 3,
+            "valid_loss": history[-1]["valid_loss"],
+            "valid_accuracy": history[-1]["valid_acc"],
+            "loss": "cross_entropy",
+        },
+    )
     mlflow.set_tracking_uri(tracking.tracking_uri())
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
@@ -104,7 +143,8 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow sqlite store whose schema is created once per session (seconds per fresh store)."""
+    """An empty MLflow sqlite store whose schema is created once per session (seconds per fresh
+    store)."""
     import mlflow
 
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
@@ -159,7 +199,9 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
     source = Path(__file__).resolve().parents[1]
     root = tmp_path / "repo"
     for folder in ("pipeline", "scripts"):
-        shutil.copytree(source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(source / name, root / name)
     params = yaml.safe_load((source / "params.yaml").read_text())
@@ -175,8 +217,12 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv(f"GIT_{role}_NAME", "test")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
     monkeypatch.chdir(root)
-    for command in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "commit", "-q", "-m", "pipeline"]):
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "pipeline"],
+    ):
         subprocess.run(command, check=True, capture_output=True, timeout=120)
     return root
 

@@ -32,7 +32,8 @@ TINY_PIPELINE = {
 
 
 def synthetic_digits(count: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable fake digits: class k lights a band of rows and columns that depends on k, plus noise.
+    """Learnable fake digits: class k lights a band of rows and columns that depends on k, plus
+    noise.
 
     Every image is distinct and none is blank, so the data checks pass on it.
     """
@@ -54,14 +55,19 @@ def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, seed: int
     folder.mkdir(parents=True, exist_ok=True)
     train_x, train_y = synthetic_digits(n_train, seed)
     test_x, test_y = synthetic_digits(n_test, seed + 1)
-    arrays = [(TRAIN_IMAGES, train_x), (TRAIN_LABELS, train_y), (TEST_IMAGES, test_x), (TEST_LABELS, test_y)]
+    arrays = [
+        (TRAIN_IMAGES, train_x),
+        (TRAIN_LABELS, train_y),
+        (TEST_IMAGES, test_x),
+        (TEST_LABELS, test_y),
+    ]
     for name, array in arrays:
         (folder / name).write_bytes(encode_idx(array))
     return folder
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now: for a server to start on, or to be refused."""
+    """A port on 127.0.0.1 that nothing listens on now: for a server to start on, or be refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -103,8 +109,11 @@ class MirrorServer:
         return cls({f: (folder / f).read_bytes() for f in FILES})
 
     def url(self, mode: str, credentials: bool = False) -> str:
-        """The mirror URL of `mode`; with credentials, the user and password of the "auth" mode in it."""
-        userinfo = f"{MIRROR_USER}:{urllib.parse.quote(MIRROR_PASSWORD, safe='')}@" if credentials else ""
+        """The mirror URL of `mode`; with credentials, it carries the "auth" mode's user and
+        password."""
+        userinfo = (
+            f"{MIRROR_USER}:{urllib.parse.quote(MIRROR_PASSWORD, safe='')}@" if credentials else ""
+        )
         return f"http://{userinfo}127.0.0.1:{self.httpd.server_address[1]}/{mode}/"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -1,4 +1,5 @@
-"""Batched augmentation: shapes, value range, per-image randomness, and the exact padded-crop semantics."""
+"""Batched augmentation: shapes, value range, per-image randomness, and the exact padded-crop
+semantics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import Augmentation, affine_matrices, augment, elastic_displacement, sampling_grid
+from pipeline.augment import (
+    Augmentation,
+    affine_matrices,
+    augment,
+    elastic_displacement,
+    sampling_grid,
+)
 from tests.helpers import synthetic_digits
 
 
@@ -20,7 +27,14 @@ def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-ALL_ON = Augmentation(rotation_deg=10, crop_padding=2, scale=0.1, elastic_alpha=8, elastic_sigma=3, interpolation="bilinear")
+ALL_ON = Augmentation(
+    rotation_deg=10,
+    crop_padding=2,
+    scale=0.1,
+    elastic_alpha=8,
+    elastic_sigma=3,
+    interpolation="bilinear",
+)
 
 
 @pytest.mark.parametrize("size", [28, 16])
@@ -47,12 +61,17 @@ def test_shift_equals_a_random_crop_of_the_zero_padded_image(interpolation: str)
     batch, pad = images(200), 2
     aug = Augmentation(rotation_deg=0, crop_padding=pad, interpolation=interpolation)
     out = augment(batch, aug, generator(7))
-    shifts = (affine_matrices(200, 28, aug, generator(7))[:, :, 2] * 14).round().long()  # same draws
+    shifts = (
+        (affine_matrices(200, 28, aug, generator(7))[:, :, 2] * 14).round().long()
+    )  # same draws
     assert shifts.min() == -pad and shifts.max() == pad
     padded = F.pad(batch.float() / 255, (pad, pad, pad, pad))
-    expected = torch.stack([
-        padded[i, pad + dy : pad + dy + 28, pad + dx : pad + dx + 28] for i, (dx, dy) in enumerate(shifts.tolist())
-    ])
+    expected = torch.stack(
+        [
+            padded[i, pad + dy : pad + dy + 28, pad + dx : pad + dx + 28]
+            for i, (dx, dy) in enumerate(shifts.tolist())
+        ]
+    )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
@@ -75,7 +94,9 @@ def test_rotation_turns_the_picture_by_at_most_the_given_angle() -> None:
 def test_same_generator_state_gives_the_same_batch() -> None:
     batch = images()
     assert torch.equal(augment(batch, ALL_ON, generator(5)), augment(batch, ALL_ON, generator(5)))
-    assert not torch.equal(augment(batch, ALL_ON, generator(5)), augment(batch, ALL_ON, generator(6)))
+    assert not torch.equal(
+        augment(batch, ALL_ON, generator(5)), augment(batch, ALL_ON, generator(6))
+    )
 
 
 def test_sampling_grid_equals_affine_grid() -> None:
@@ -89,7 +110,10 @@ def test_elastic_field_is_smooth_and_scaled_by_alpha() -> None:
     field = elastic_displacement(8, 28, aug, generator(2)) * 14  # in pixels
     step = (field[:, 1:] - field[:, :-1]).abs().mean()
     assert step < 0.2 * field.abs().mean()  # neighbours move together: smoothed, not white noise
-    doubled = elastic_displacement(8, 28, Augmentation(elastic_alpha=20, elastic_sigma=4), generator(2)) * 14
+    doubled = (
+        elastic_displacement(8, 28, Augmentation(elastic_alpha=20, elastic_sigma=4), generator(2))
+        * 14
+    )
     torch.testing.assert_close(doubled, 2 * field)
 
     batch = images(16)

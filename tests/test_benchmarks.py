@@ -1,4 +1,4 @@
-"""benchmarks/run.py: the arithmetic and bookkeeping behind its numbers (the timings need real runs)."""
+"""benchmarks/run.py: the arithmetic and bookkeeping behind its numbers (timings need real runs)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def test_hardware_limit_is_flops_over_measured_speed():
     limits = run.hardware_limit([64], ARCH, 54_000, min_seconds=0.01, repeats=1)
     entry = limits[64]
     assert entry["gflops"] > 0
-    assert entry["limit_epoch_seconds"] == pytest.approx(run.training_flops(54_000, ARCH) / (entry["gflops"] * 1e9))
+    assert entry["limit_epoch_seconds"] == pytest.approx(
+        run.training_flops(54_000, ARCH) / (entry["gflops"] * 1e9)
+    )
 
 
 def test_seconds_to_accuracy_counts_until_the_first_epoch_at_target():
@@ -77,7 +79,9 @@ def test_batch_lr_scales_with_the_square_root():
 
 
 def test_with_overrides_keeps_other_keys_and_validates():
-    params = run.with_overrides(parse_params({"train": {"epochs": 3}}), {"train": {"batch_size": 128}})
+    params = run.with_overrides(
+        parse_params({"train": {"epochs": 3}}), {"train": {"batch_size": 128}}
+    )
     assert (params.train.epochs, params.train.batch_size) == (3, 128)
     with pytest.raises(Exception, match="train.batch_size"):
         run.with_overrides(params, {"train": {"batch_size": 0}})
@@ -87,7 +91,9 @@ def test_update_page_replaces_only_the_marked_block(tmp_path: Path):
     page = tmp_path / "benchmarks.md"
     page.write_text(f"# x\n\nbefore\n{run.TABLE_START}\nold table\n{run.TABLE_END}\nafter\n")
     run.update_page(page, "| new |")
-    assert page.read_text() == f"# x\n\nbefore\n{run.TABLE_START}\n| new |\n{run.TABLE_END}\nafter\n"
+    assert (
+        page.read_text() == f"# x\n\nbefore\n{run.TABLE_START}\n| new |\n{run.TABLE_END}\nafter\n"
+    )
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         run.update_page(page, "| new |")
@@ -128,6 +134,12 @@ def test_run_measured_reports_the_child_peak_rss_not_ours(tmp_path: Path):
 
 def test_run_measured_reports_the_last_error_line(tmp_path: Path):
     _, _, code, error = run.run_measured(
-        [sys.executable, "-c", "import sys; print('noise', file=sys.stderr); sys.exit('error: bad input')"], tmp_path, {}
+        [
+            sys.executable,
+            "-c",
+            "import sys; print('noise', file=sys.stderr); sys.exit('error: bad input')",
+        ],
+        tmp_path,
+        {},
     )
     assert code == 1 and error == "error: bad input"

@@ -17,7 +17,11 @@ def cli(*args: str, mirror: Path | None = None) -> subprocess.CompletedProcess[s
     if mirror is not None:
         env["MNIST_MIRROR"] = str(mirror)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -36,7 +40,9 @@ def test_bad_params_file_prints_one_error_line_and_exits_1(workdir):
 
 def test_download_through_the_cli(workdir, synthetic_mirror):
     md5 = {f: hashlib.md5((synthetic_mirror / f).read_bytes()).hexdigest() for f in FILES}
-    Path("params.yaml").write_text(json.dumps({"data": {"name": "custom", "md5": md5}}))  # JSON is YAML
+    Path("params.yaml").write_text(
+        json.dumps({"data": {"name": "custom", "md5": md5}})
+    )  # JSON is YAML
     result = cli("download", mirror=synthetic_mirror)
     assert result.returncode == 0, result.stderr
     recorded = json.loads(Path("data/raw/checksums.json").read_text())
@@ -44,4 +50,3 @@ def test_download_through_the_cli(workdir, synthetic_mirror):
     result = cli("download", mirror=synthetic_mirror / "gone")
     assert result.returncode == 0  # everything already verified: no source needed
     assert result.stderr.count("already present and verified") == 4
-

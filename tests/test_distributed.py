@@ -36,17 +36,27 @@ EPOCHS = 3
 PARAMS = {
     "model": {"hidden": [32, 16]},
     "augment": {"scale": 0.1, "elastic_alpha": 8.0, "interpolation": "bilinear"},
-    "train": {"batch_size": 33, "lr": 0.003, "epochs": EPOCHS, "lr_schedule": "onecycle", "threads": 1},
+    "train": {
+        "batch_size": 33,
+        "lr": 0.003,
+        "epochs": EPOCHS,
+        "lr_schedule": "onecycle",
+        "threads": 1,
+    },
 }
 
 
 def device_or_skip(name: str, processes: int = 1) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
-            pytest.skip("CUDA variant: torch.cuda.is_available() is False on this machine (CPU-only CI)")
+            pytest.skip(
+                "CUDA variant: torch.cuda.is_available() is False on this machine (CPU-only CI)"
+            )
         if torch.cuda.device_count() < processes:
-            pytest.skip(f"CUDA variant needs {processes} GPUs, one per nccl rank; "
-                        f"torch sees {torch.cuda.device_count()}")
+            pytest.skip(
+                f"CUDA variant needs {processes} GPUs, one per nccl rank; "
+                f"torch sees {torch.cuda.device_count()}"
+            )
     return torch.device(name)
 
 
@@ -64,13 +74,22 @@ def fit(world: World, device: torch.device) -> dict:
     history = []
     for epoch in range(1, EPOCHS + 1):
         r = trainer.run_epoch(train, valid, epoch)
-        history.append([r.train_loss, r.train_acc, r.valid_loss, r.valid_acc, r.lr, *r.grad_norms.values()])
+        history.append(
+            [r.train_loss, r.train_acc, r.valid_loss, r.valid_acc, r.lr, *r.grad_norms.values()]
+        )
     return {"history": history, "weights": {k: v.cpu() for k, v in model.state_dict().items()}}
 
 
 def worker(rank: int, size: int, port: int, device_name: str, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(size), "LOCAL_RANK": str(rank)})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(size),
+            "LOCAL_RANK": str(rank),
+        }
+    )
     torch.set_num_threads(1)
     world = World.from_env()
     device = distributed.device_for(world, torch.device(device_name))
@@ -100,7 +119,9 @@ def test_two_processes_train_like_one(device_name: str, tmp_path: Path) -> None:
 
     single = fit(World(), device)
     assert compare(single, ranks[0]) < TOLERANCE
-    assert single["history"][-1][0] < 0.8 * single["history"][0][0]  # it did learn: the match means something
+    assert (
+        single["history"][-1][0] < 0.8 * single["history"][0][0]
+    )  # it did learn: the match means something
 
 
 def test_rows_give_each_rank_its_share_of_every_batch() -> None:
@@ -119,7 +140,9 @@ def test_world_comes_from_torchruns_variables() -> None:
     assert World.from_env({}) == World(0, 1, 0)
     assert World.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == World(3, 4, 1)
     assert World.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}).main is False
-    with pytest.raises(PipelineError, match="RANK=4 does not fit WORLD_SIZE=4; launch with torchrun"):
+    with pytest.raises(
+        PipelineError, match="RANK=4 does not fit WORLD_SIZE=4; launch with torchrun"
+    ):
         World.from_env({"RANK": "4", "WORLD_SIZE": "4"})
     with pytest.raises(PipelineError, match="must be integers"):
         World.from_env({"WORLD_SIZE": "two"})
@@ -154,8 +177,13 @@ def test_torchrun_train_stage_matches_one_process_and_only_rank_0_writes(
     Path("params.yaml").write_text(yaml.safe_dump(params))
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    launched = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline", "train"],
-                              env=env, capture_output=True, text=True, timeout=600)
+    launched = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "pipeline", "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     for epoch in range(1, EPOCHS + 1):  # one line per epoch: only rank 0 logs
         assert launched.stderr.count(f"epoch {epoch}/{EPOCHS}:") == 1, launched.stderr
@@ -164,20 +192,29 @@ def test_torchrun_train_stage_matches_one_process_and_only_rank_0_writes(
     ddp_run = json.loads(MLFLOW_RUN_FILE.read_text())["run_id"]
     shutil.copy(LAST_CHECKPOINT_FILE, "ddp-last.pt")
 
-    single = subprocess.run([sys.executable, "-m", "pipeline", "train"], env=env, capture_output=True, text=True,
-                            timeout=600)
+    single = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     history = read_history(TRAIN_HISTORY_FILE)
     assert [row["epoch"] for row in history] == [row["epoch"] for row in ddp_history]
-    for ours, theirs in zip(history, ddp_history):
+    for ours, theirs in zip(history, ddp_history, strict=True):
         for column in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr"):
-            assert float(ours[column]) == pytest.approx(float(theirs[column]), abs=TOLERANCE), column
+            assert float(ours[column]) == pytest.approx(float(theirs[column]), abs=TOLERANCE), (
+                column
+            )
     for key, value in load_checkpoint(MODEL_FILE)["state_dict"].items():
         assert torch.allclose(value, ddp_weights[key], atol=TOLERANCE), key
 
     client = mlflow.MlflowClient(tracking.tracking_uri())
     experiment = client.get_experiment_by_name(parse_params(params).mlflow.experiment)
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2 and ddp_run in {r.info.run_id for r in runs}  # one per training, none per rank
+    assert len(runs) == 2 and ddp_run in {
+        r.info.run_id for r in runs
+    }  # one per training, none per rank
     assert all(r.info.status == "FINISHED" for r in runs)
     assert torch.load("ddp-last.pt", weights_only=True)["completed"] is True

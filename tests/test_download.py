@@ -100,7 +100,9 @@ def test_bad_mirror_is_skipped_for_the_next(workdir, server, md5s, mode, sleeps)
     assert server.hits[mode, TRAIN_IMAGES] == 1
     # A silent server is given up for the remaining files; one that answers is asked again.
     assert server.hits[mode, FILES[1]] == (0 if mode in ("stall", "silent") else 1)
-    assert {entry["source"] for entry in result["files"].values()} == {server.url("ok") + f for f in FILES}
+    assert {entry["source"] for entry in result["files"].values()} == {
+        server.url("ok") + f for f in FILES
+    }
     assert raw_listing() == COMPLETE
 
 
@@ -115,7 +117,9 @@ def test_bad_mirror_alone_fails_naming_mirror_and_reason(workdir, server, md5s, 
 
 
 def test_unknown_checksums_still_require_an_idx_file(workdir, server, sleeps):
-    with pytest.raises(PipelineError, match="junk/: not a valid IDX file: train-images-idx3-ubyte.gz: not an IDX"):
+    with pytest.raises(
+        PipelineError, match="junk/: not a valid IDX file: train-images-idx3-ubyte.gz: not an IDX"
+    ):
         run(workdir, **custom([server.url("junk")]))
 
 
@@ -123,7 +127,9 @@ def test_server_error_is_retried_with_backoff(workdir, server, md5s, sleeps):
     result = run(workdir, **custom([server.url("flaky")], md5s, retries=2))
     assert all(server.hits["flaky", f] == 2 for f in FILES)
     assert sleeps == [download.BACKOFF_S] * 4
-    assert {entry["source"] for entry in result["files"].values()} == {server.url("flaky") + f for f in FILES}
+    assert {entry["source"] for entry in result["files"].values()} == {
+        server.url("flaky") + f for f in FILES
+    }
 
 
 def test_retries_back_off_exponentially_then_give_up(workdir, server, md5s, sleeps):
@@ -151,7 +157,9 @@ def test_verified_files_are_not_fetched_again(workdir, server, md5s):
 def test_custom_without_md5_records_observed_checksums(workdir, server, source, md5s):
     result = run(workdir, **custom([server.url("ok")]))
     assert {f: e["md5"] for f, e in result["files"].items()} == md5s
-    assert {e["checked_against"] for e in result["files"].values()} == {"none (observed checksums recorded)"}
+    assert {e["checked_against"] for e in result["files"].values()} == {
+        "none (observed checksums recorded)"
+    }
     run(workdir, **custom([server.url("ok")]))
     assert all(server.hits["ok", f] == 1 for f in FILES)  # kept: recorded checksums still match
 
@@ -166,17 +174,24 @@ def test_custom_without_md5_refetches_when_the_source_changes(workdir, server, t
 
 
 def test_custom_md5_must_name_canonical_files(workdir, server, md5s):
-    with pytest.raises(PipelineError, match=r"data.md5 names unknown file\(s\) train.gz \(allowed: train-images"):
+    with pytest.raises(
+        PipelineError, match=r"data.md5 names unknown file\(s\) train.gz \(allowed: train-images"
+    ):
         run(workdir, **custom([server.url("ok")], {"train.gz": md5s[TRAIN_IMAGES]}))
     assert not server.hits and not RAW.exists()
 
 
 @pytest.mark.parametrize(
     "env, mirrors, named",
-    [({}, ["/ok", "ftp://h/m/"], "data.mirrors[1]"), ({"MNIST_MIRROR": "s3://b/m"}, [], "MNIST_MIRROR")],
+    [
+        ({}, ["/ok", "ftp://h/m/"], "data.mirrors[1]"),
+        ({"MNIST_MIRROR": "s3://b/m"}, [], "MNIST_MIRROR"),
+    ],
 )
 def test_unsupported_url_schemes_are_rejected_before_any_work(workdir, env, mirrors, named):
-    expected = rf"^{re.escape(named)} is '\w+://[^']+'; use a folder, a file:// URL or an http\(s\)://"
+    expected = (
+        rf"^{re.escape(named)} is '\w+://[^']+'; use a folder, a file:// URL or an http\(s\)://"
+    )
     with pytest.raises(PipelineError, match=expected):
         run(workdir, env, **custom(mirrors))
     assert not RAW.exists()
@@ -220,21 +235,29 @@ def test_mnist_mirror_env_is_tried_first(workdir, server, source, md5s):
 
 def test_mnist_mirror_env_goes_first_and_duplicates_are_dropped():
     params = parse_params({"data": {"name": "kmnist"}})
-    assert download.sources_for(params, {"MNIST_MIRROR": " /m "}) == ["/m", *DATASETS["kmnist"].mirrors]
+    assert download.sources_for(params, {"MNIST_MIRROR": " /m "}) == [
+        "/m",
+        *DATASETS["kmnist"].mirrors,
+    ]
     assert download.sources_for(params, {"MNIST_MIRROR": DATASETS["kmnist"].mirrors[0]}) == list(
         DATASETS["kmnist"].mirrors
     )
 
 
 def test_unreachable_source_is_not_retried_for_later_files(workdir, server, md5s, sleeps):
-    result = run(workdir, **custom([f"http://127.0.0.1:{free_port()}/mnist/", server.url("ok")], md5s, retries=2))
+    result = run(
+        workdir,
+        **custom([f"http://127.0.0.1:{free_port()}/mnist/", server.url("ok")], md5s, retries=2),
+    )
     assert sleeps == [download.BACKOFF_S, 2 * download.BACKOFF_S]  # first file only
     assert raw_listing() == COMPLETE and result["dataset"] == "custom"
 
 
 def test_credentials_in_url_become_basic_auth_and_are_not_recorded(workdir, server, md5s):
     # Only $MNIST_MIRROR may carry credentials: params.yaml refuses them (tests/test_faults.py).
-    result = run(workdir, {"MNIST_MIRROR": server.url("auth", credentials=True)}, **custom([], md5s))
+    result = run(
+        workdir, {"MNIST_MIRROR": server.url("auth", credentials=True)}, **custom([], md5s)
+    )
     text = (RAW / "checksums.json").read_text()
     assert "s3cr3t" not in text and MIRROR_USER not in text  # neither raw nor percent-encoded
     assert result["files"][TRAIN_IMAGES]["source"] == server.url("auth") + TRAIN_IMAGES
@@ -242,12 +265,17 @@ def test_credentials_in_url_become_basic_auth_and_are_not_recorded(workdir, serv
 
 def test_named_dataset_is_checked_against_official_checksums(workdir, server, sleeps):
     official = DATASETS["mnist"].md5[TRAIN_IMAGES]
-    with pytest.raises(PipelineError, match=f"wrong bytes: MD5 [0-9a-f]{{32}} != expected {official}"):
+    with pytest.raises(
+        PipelineError, match=f"wrong bytes: MD5 [0-9a-f]{{32}} != expected {official}"
+    ):
         run(workdir, name="mnist", mirrors=[server.url("ok")])
     assert raw_listing() == []
 
 
-@pytest.mark.parametrize("name, class_name", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+@pytest.mark.parametrize(
+    "name, class_name",
+    [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"), ("kmnist", "KMNIST")],
+)
 def test_official_checksums_and_mirrors_are_torchvisions(name, class_name):
     import torchvision.datasets  # imported here: it takes seconds, and only this test needs it
 
@@ -284,7 +312,7 @@ def test_progress_bar_counts_bytes(workdir, server, source, md5s, monkeypatch):
     monkeypatch.setattr(download, "bar", lambda **kw: bars.append(RecordingBar(**kw)) or bars[-1])
     run(workdir, **custom([server.url("ok")], md5s))
     assert [b.kwargs["desc"] for b in bars] == list(FILES)
-    for b, fname in zip(bars, FILES):
+    for b, fname in zip(bars, FILES, strict=True):
         size = (source / fname).stat().st_size
         assert b.kwargs["unit"] == "B" and b.kwargs["total"] == size and sum(b.updates) == size
 
@@ -304,9 +332,13 @@ def test_interrupt_mid_download_leaves_no_temp_file(workdir, server, md5s, monke
 
 
 def test_sigterm_mid_download_leaves_no_temp_file(workdir, server):
-    Path("params.yaml").write_text(f"data:\n  name: custom\n  mirrors: ['{server.url('stall')}']\n  timeout_s: 60\n")
+    Path("params.yaml").write_text(
+        f"data:\n  name: custom\n  mirrors: ['{server.url('stall')}']\n  timeout_s: 60\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "MNIST_MIRROR"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "download"], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "download"], env=env, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 30
         while not any(n.endswith(".tmp") for n in raw_listing()):

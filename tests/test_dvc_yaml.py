@@ -1,4 +1,5 @@
-"""dvc.yaml's deps of each `python -m pipeline <stage>` stage are exactly the pipeline modules it imports.
+"""dvc.yaml's deps of each `python -m pipeline <stage>` stage are exactly the pipeline modules it
+imports.
 
 Found by static analysis (transitively, imports inside functions included), so that DVC reruns a
 stage when, and only when, code it runs has changed.
@@ -18,11 +19,14 @@ CMD = re.compile(r"python -m pipeline (\w+)")
 
 
 def direct_imports(path: Path, package: Path) -> set[str]:
-    """Modules of `package` that `path` imports: import pipeline.x / from pipeline import x / from pipeline.x import y."""
+    """Modules of `package` that `path` imports: import pipeline.x / from pipeline import x /
+    from pipeline.x import y."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(f"{package.name}.")}
+            found |= {
+                a.name.split(".")[1] for a in node.names if a.name.startswith(f"{package.name}.")
+            }
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import inside the package
                 module = node.module or ""
@@ -84,11 +88,14 @@ def test_import_scanner_sees_every_form(tmp_path):
         (package / f"{name}.py").write_text("")
     (package / "__init__.py").write_text("VERSION = 1\n")
     (package / "stage.py").write_text(
-        "import os\nimport pipeline.a\nfrom pipeline import b, VERSION\nfrom pipeline.c import thing\n"
+        "import os\nimport pipeline.a\nfrom pipeline import b, VERSION\n"
+        "from pipeline.c import thing\n"
         "from . import d\nfrom .e import other\n"
         "def lazy():\n    import pipeline.f as f\n"
     )
-    (package / "a.py").write_text("from pipeline.g import x\nfrom pipeline.stage import y  # a cycle\n")
+    (package / "a.py").write_text(
+        "from pipeline.g import x\nfrom pipeline.stage import y  # a cycle\n"
+    )
     assert direct_imports(package / "stage.py", package) == {"a", "b", "c", "d", "e", "f"}
     assert closure("stage", package) == {"stage", "a", "b", "c", "d", "e", "f", "g"}
     (package / "b.py").write_text("import pipeline.missing\n")

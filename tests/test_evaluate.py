@@ -1,4 +1,5 @@
-"""Stage evaluate on a tiny trained model: outputs, their consistency, the loss kind, MLflow logging."""
+"""Stage evaluate on a tiny trained model: outputs, their consistency, the loss kind, MLflow
+logging."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def test_writes_consistent_outputs(trained_workdir: Path) -> None:
     run = mlflow.get_run(run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert run.data.metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
-    confusion_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/confusion_matrix.json")
+    confusion_path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="evaluation/confusion_matrix.json"
+    )
     counts = np.array(json.loads(Path(confusion_path).read_text())["counts"])
     assert counts.shape == (10, 10) and counts.sum() == N_TEST
     assert np.trace(counts) == N_TEST - metrics["test_errors"]
@@ -62,19 +65,30 @@ def test_confusion_matrix_counts_every_test_image(trained_workdir: Path) -> None
     model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
     data = load_dataset(paths.RAW_DIR, 28)
     valid = (data.train_images[:50], data.train_labels[:50])
-    result = evaluate.evaluate(model, "cross_entropy", (data.test_images, data.test_labels), valid, batch_size=7)
+    result = evaluate.evaluate(
+        model, "cross_entropy", (data.test_images, data.test_labels), valid, batch_size=7
+    )
     assert result.confusion.sum() == N_TEST
-    assert (result.confusion.sum(axis=1) == np.bincount(data.test_labels.numpy(), minlength=10)).all()
+    assert (
+        result.confusion.sum(axis=1) == np.bincount(data.test_labels.numpy(), minlength=10)
+    ).all()
     # Batching does not change the numbers.
-    whole = evaluate.evaluate(model, "cross_entropy", (data.test_images, data.test_labels), valid, batch_size=10_000)
+    whole = evaluate.evaluate(
+        model, "cross_entropy", (data.test_images, data.test_labels), valid, batch_size=10_000
+    )
     assert whole.metrics == pytest.approx(result.metrics)
 
 
 def _numpy_outputs(payload: dict, images: np.ndarray) -> np.ndarray:
     """An independent forward pass in numpy, straight from the state dict."""
     state = {k: v.double().numpy() for k, v in payload["state_dict"].items()}
-    x = (images.reshape(len(images), -1) / 255.0 - payload["preprocess"]["mean"]) / payload["preprocess"]["std"]
-    hidden = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("hidden.")}, key=lambda k: int(k.split(".")[1]))
+    x = (images.reshape(len(images), -1) / 255.0 - payload["preprocess"]["mean"]) / payload[
+        "preprocess"
+    ]["std"]
+    hidden = sorted(
+        {k.rsplit(".", 1)[0] for k in state if k.startswith("hidden.")},
+        key=lambda k: int(k.split(".")[1]),
+    )
     for layer in hidden:
         x = np.maximum(x @ state[f"{layer}.weight"].T + state[f"{layer}.bias"], 0)
     z = x @ state["output.weight"].T + state["output.bias"]
@@ -82,16 +96,24 @@ def _numpy_outputs(payload: dict, images: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("loss_name", ["mse", "cross_entropy"])
-def test_loss_follows_checkpoint_with_sigmoid_outputs(trained_workdir: Path, loss_name: str) -> None:
+def test_loss_follows_checkpoint_with_sigmoid_outputs(
+    trained_workdir: Path, loss_name: str
+) -> None:
     payload = load_checkpoint(paths.MODEL_FILE)
     payload["arch"]["output_activation"] = "sigmoid"
     model = model_from_checkpoint(payload)
-    save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3, "valid_loss": 0.0, "valid_accuracy": 0.0, "loss": loss_name})
+    save_checkpoint(
+        paths.MODEL_FILE,
+        model,
+        {"epoch": 3, "valid_loss": 0.0, "valid_accuracy": 0.0, "loss": loss_name},
+    )
     evaluate.main(parse_params({}))
 
     metrics = json.loads(paths.METRICS_FILE.read_text())
     data = load_dataset(paths.RAW_DIR, 28)
-    scores = _numpy_outputs(load_checkpoint(paths.MODEL_FILE), data.test_images.numpy().astype(np.float64))
+    scores = _numpy_outputs(
+        load_checkpoint(paths.MODEL_FILE), data.test_images.numpy().astype(np.float64)
+    )
     labels = data.test_labels.numpy()
     if loss_name == "mse":
         expected = np.mean((scores - np.eye(10)[labels]) ** 2)
@@ -130,7 +152,9 @@ def test_run_missing_from_the_store_fails_before_work(
 ) -> None:
     shutil.copy(migrated_mlflow_db, trained_workdir / "other.db")  # a valid store without the run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_workdir / 'other.db'}")
-    with pytest.raises(PipelineError, match="is not in the tracking store .*other.db.*MLFLOW_TRACKING_URI"):
+    with pytest.raises(
+        PipelineError, match="is not in the tracking store .*other.db.*MLFLOW_TRACKING_URI"
+    ):
         evaluate.main(parse_params({}))
     assert not paths.PREDICTIONS_FILE.exists()
 

@@ -1,4 +1,5 @@
-"""DVC experiments: each one is also an MLflow run in the repository's store, queued ones included."""
+"""DVC experiments: each one is also an MLflow run in the repository's store, queued ones
+included."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def test_default_store_is_the_main_repositorys_even_in_a_queued_experiment(
 
 def dvc(*args: str, timeout: float = 900) -> str:
     result = subprocess.run(["dvc", *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
@@ -42,13 +45,17 @@ def experiments() -> dict[str, dict]:
                 data = rev["data"]
                 found[rev["name"]] = {
                     "params": data["params"]["params.yaml"]["data"],
-                    "test_accuracy": data["metrics"]["reports/metrics.json"]["data"]["test_accuracy"],
+                    "test_accuracy": data["metrics"]["reports/metrics.json"]["data"][
+                        "test_accuracy"
+                    ],
                 }
     return found
 
 
 @pytest.mark.slow
-def test_queued_sweep_and_a_workspace_experiment_are_tracked_in_the_main_store(dvc_project: Path) -> None:
+def test_queued_sweep_and_a_workspace_experiment_are_tracked_in_the_main_store(
+    dvc_project: Path,
+) -> None:
     import mlflow
 
     # Queued first, in a repository that has never run: the MLflow experiment itself is created
@@ -64,19 +71,30 @@ def test_queued_sweep_and_a_workspace_experiment_are_tracked_in_the_main_store(d
 
     shown = experiments()
     assert len(shown) == 3
-    hidden = sorted((e["params"]["model"]["hidden"], e["params"]["model"]["activation"]) for e in shown.values())
+    hidden = sorted(
+        (e["params"]["model"]["hidden"], e["params"]["model"]["activation"]) for e in shown.values()
+    )
     assert hidden == [([16], "tanh"), ([32], "relu"), ([48], "tanh")]
     assert shown["faster-lr"]["params"]["train"]["lr"] == 0.003
     assert all(0 <= e["test_accuracy"] <= 1 for e in shown.values())
 
-    assert not list(Path(".dvc/tmp/exps").rglob("mlflow.db")), "a store was left in the queue's temp workspace"
+    assert not list(Path(".dvc/tmp/exps").rglob("mlflow.db")), (
+        "a store was left in the queue's temp workspace"
+    )
     client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
     runs = client.search_runs(client.get_experiment_by_name("mnist-mlp").experiment_id)
     by_name = {run.data.tags.get("dvc_experiment"): run for run in runs}
     assert set(by_name) == set(shown)
     for name, run in by_name.items():
         assert run.data.metrics["test_accuracy"] == pytest.approx(shown[name]["test_accuracy"])
-        figures = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "report/figures")]
+        figures = [
+            Path(a.path).name for a in client.list_artifacts(run.info.run_id, "report/figures")
+        ]
         assert "learning_curves.png" in figures, name
-        local = Path(run.info.artifact_uri.removeprefix("file://")) / "report" / "figures" / "learning_curves.png"
+        local = (
+            Path(run.info.artifact_uri.removeprefix("file://"))
+            / "report"
+            / "figures"
+            / "learning_curves.png"
+        )
         assert local.is_file() and dvc_project in local.parents, local

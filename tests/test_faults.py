@@ -9,7 +9,8 @@ Faults covered elsewhere, so not repeated here:
   and through the CLI tests/test_cli.py::test_bad_params_file_prints_one_error_line_and_exits_1;
 - a NaN loss: tests/test_train.py::test_divergence_stops_with_one_clear_message and
   ::test_divergence_never_replaces_the_saved_state;
-- a tracking server on a closed port: tests/test_train.py::test_unreachable_tracking_server_fails_before_training;
+- a tracking server on a closed port:
+  tests/test_train.py::test_unreachable_tracking_server_fails_before_training;
 - corrupt pictures and IDX files, and a pickled --model, given to predict:
   tests/test_predict.py::test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted and
   ::test_missing_or_pickled_model_is_a_clear_error.
@@ -44,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tree_bytes(*roots: Path) -> dict[str, bytes]:
-    """Every file under the given folders (or the files themselves), by path: to prove nothing changed."""
+    """Every file under the given folders (or the files themselves), by path: to prove nothing
+    changed."""
     out = {}
     for root in roots:
         for path in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
@@ -65,14 +67,21 @@ def test_no_network_fails_in_seconds_naming_every_source(workdir: Path, tmp_path
     Path("params.yaml").write_text(yaml.safe_dump({"data": {"name": "custom", "mirrors": mirrors}}))
     env = {**os.environ, "MNIST_MIRROR": str(tmp_path / "gone")}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pipeline", "download"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "download"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 1 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: could not fetch train-images-idx3-ubyte.gz from any source (")
     assert f"{tmp_path / 'gone'}: no folder" in line  # MNIST_MIRROR, tried first
-    assert f"{refused}: connection refused (3 tries)" in line  # retried with backoff: it may come back
+    assert (
+        f"{refused}: connection refused (3 tries)" in line
+    )  # retried with backoff: it may come back
     assert f"{unresolvable}: host not found" in line
     assert "file://elsewhere/mnist/: no such file" in line
     assert "http:///mnist/: unusable URL (no host given)" in line
@@ -95,15 +104,22 @@ def test_unwritable_reports_fails_with_one_line_and_keeps_everything(
     reports = paths.REPORTS_DIR
     if blocker.startswith("read-only"):
         if os.geteuid() == 0:
-            pytest.skip("running as root, which writes through chmod 0o555; "
-                        "the file-in-the-way case covers this error path")
+            pytest.skip(
+                "running as root, which writes through chmod 0o555; "
+                "the file-in-the-way case covers this error path"
+            )
         assert cli_main(["evaluate"]) == 0  # existing outputs that a failed rerun must leave alone
         reports.chmod(0o555)
-        expected = f"error: cannot write {paths.METRICS_FILE}: reports is not writable (Permission denied)"
+        expected = (
+            f"error: cannot write {paths.METRICS_FILE}: reports is not writable (Permission denied)"
+        )
     else:
         reports.rename("reports.moved")
         reports.write_text("a file a user left here\n")
-        expected = f"error: cannot write {paths.METRICS_FILE}: reports is a file, not a folder; move it away"
+        expected = (
+            f"error: cannot write {paths.METRICS_FILE}: reports is a file, not a folder; "
+            "move it away"
+        )
     run_id = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
     before_metrics = mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics
     before = tree_bytes(reports, paths.MODELS_DIR)
@@ -166,7 +182,9 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickled_checkpoint_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pickled_checkpoint_is_refused_and_never_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "pwned"
     model = MLP(Architecture(28, (8,)), 0.1, 0.3)
     evil = tmp_path / "model.pt"
@@ -175,7 +193,9 @@ def test_pickled_checkpoint_is_refused_and_never_run(tmp_path: Path, capsys: pyt
     with pytest.raises(PipelineError) as caught:
         load_checkpoint(evil)
     message = str(caught.value)
-    assert message.startswith(f"{evil} holds pickled Python objects that weights_only loading refuses (")
+    assert message.startswith(
+        f"{evil} holds pickled Python objects that weights_only loading refuses ("
+    )
     assert "\n" not in message and not marker.exists()
 
     # A booby-trapped models/last.pt is not resumed from either; training starts fresh.
@@ -192,14 +212,21 @@ def test_pipeline_never_unpickles_what_it_reads() -> None:
     problems = []
     for path in sorted((ROOT / "pipeline").glob("*.py")):
         text = path.read_text()
-        for pattern in (r"weights_only\s*=\s*False", r"allow_pickle\s*=\s*True", r"\bpickle\.loads?\(",
-                        r"yaml\.(unsafe_load|full_load)\(", r"Loader\s*=\s*yaml\.(Loader|FullLoader|UnsafeLoader)"):
+        for pattern in (
+            r"weights_only\s*=\s*False",
+            r"allow_pickle\s*=\s*True",
+            r"\bpickle\.loads?\(",
+            r"yaml\.(unsafe_load|full_load)\(",
+            r"Loader\s*=\s*yaml\.(Loader|FullLoader|UnsafeLoader)",
+        ):
             problems += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
         for call in re.finditer(r"torch\.load\(([^()]|\([^()]*\))*\)", text):
             if not re.search(r"weights_only\s*=\s*True", call.group(0)):
                 problems.append(f"{path.name}: {call.group(0)}")
     assert problems == []
-    loads = sum(len(re.findall(r"torch\.load\(", p.read_text())) for p in (ROOT / "pipeline").glob("*.py"))
+    loads = sum(
+        len(re.findall(r"torch\.load\(", p.read_text())) for p in (ROOT / "pipeline").glob("*.py")
+    )
     assert loads >= 2  # model.load_checkpoint and train's resume state: the scan does see them
 
 
@@ -208,14 +235,17 @@ def test_pipeline_never_unpickles_what_it_reads() -> None:
 
 def test_params_refuse_mirror_urls_with_credentials() -> None:
     with pytest.raises(PipelineError) as caught:
-        parse_params({"data": {"mirrors": ["/data/mnist", "https://alice:s3cr3t@mirror.example/mnist/"]}})
+        parse_params(
+            {"data": {"mirrors": ["/data/mnist", "https://alice:s3cr3t@mirror.example/mnist/"]}}
+        )
     message = str(caught.value)
     assert message.startswith("invalid params: data.mirrors entry 1 carries credentials")
     assert "MNIST_MIRROR" in message and "s3cr3t" not in message and "alice" not in message
 
 
 def test_documented_mlflow_servers_bind_to_localhost() -> None:
-    """A tracking server has no authentication: the README and docs never tell anyone to expose one."""
+    """A tracking server has no authentication: the README and docs never tell anyone to expose
+    one."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     commands = [
         (page.name, line.strip())
@@ -228,11 +258,14 @@ def test_documented_mlflow_servers_bind_to_localhost() -> None:
         assert re.search(r"--host 127\.0\.0\.1\b", command), f"{page}: {command}"
 
 
-def test_a_file_matching_md5_but_not_sha256_is_refused(workdir: Path, synthetic_mirror: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_matching_md5_but_not_sha256_is_refused(
+    workdir: Path, synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     md5 = {f: hashlib.md5((synthetic_mirror / f).read_bytes()).hexdigest() for f in FILES}
     forged = {f: "0" * 64 for f in FILES}  # as if someone forged an MD5 collision
-    monkeypatch.setitem(download.DATASETS, "mnist", DatasetSpec((str(synthetic_mirror),), md5, forged))
+    monkeypatch.setitem(
+        download.DATASETS, "mnist", DatasetSpec((str(synthetic_mirror),), md5, forged)
+    )
     with pytest.raises(PipelineError, match=r"wrong bytes: SHA-256 [0-9a-f]{64} != expected 0{64}"):
         download.download(parse_params({}), paths.RAW_DIR, {})
     assert os.listdir(paths.RAW_DIR) == []
@@ -240,7 +273,10 @@ def test_a_file_matching_md5_but_not_sha256_is_refused(workdir: Path, synthetic_
 
 @pytest.mark.slow
 def test_mirror_password_reaches_no_log_file_or_mlflow_record(
-    run_stages, synthetic_mirror: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    run_stages,
+    synthetic_mirror: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     import mlflow
 
@@ -250,7 +286,9 @@ def test_mirror_password_reaches_no_log_file_or_mlflow_record(
     logs = "".join(capfd.readouterr())
     assert "127.0.0.1" in logs  # the download lines do name the source...
     assert "s3cr3t" not in logs and MIRROR_USER not in logs  # ...without the credentials
-    run = mlflow.MlflowClient(tracking.tracking_uri()).get_run(json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"])
+    run = mlflow.MlflowClient(tracking.tracking_uri()).get_run(
+        json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
+    )
     recorded = json.dumps([run.data.params, run.data.tags])
     assert "dataset.md5.train-images-idx3-ubyte.gz" in recorded and "s3cr3t" not in recorded
     leaks = [str(p) for p in Path.cwd().rglob("*") if p.is_file() and b"s3cr3t" in p.read_bytes()]
@@ -275,8 +313,14 @@ def test_signal_mid_training_stops_it_and_the_rerun_resumes_to_the_same_result(
     run_stages("download", "stats", "split")
     monkeypatch.delenv("MNIST_MIRROR")
     epochs = 10  # ample room: the signal lands well before the last epoch
-    params = {**TINY_PIPELINE, "model": {"hidden": [512, 512]}, "train": {"epochs": epochs, "threads": 1}}
-    Path("params.yaml").write_text(yaml.safe_dump(params))  # 512-wide layers: an epoch takes a moment
+    params = {
+        **TINY_PIPELINE,
+        "model": {"hidden": [512, 512]},
+        "train": {"epochs": epochs, "threads": 1},
+    }
+    Path("params.yaml").write_text(
+        yaml.safe_dump(params)
+    )  # 512-wide layers: an epoch takes a moment
     command = [sys.executable, "-m", "pipeline", "train"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
@@ -298,10 +342,17 @@ def test_signal_mid_training_stops_it_and_the_rerun_resumes_to_the_same_result(
     assert took < 10, f"{signum.name} took {took:.1f} s to stop training"
     assert "Traceback" not in rest
     if signum == signal.SIGTERM:  # the handler's cleanup; SIGKILL allows none
-        leftovers = [p for d in (paths.MODELS_DIR, paths.REPORTS_DIR) for p in d.iterdir() if p.suffix == ".tmp"]
+        leftovers = [
+            p
+            for d in (paths.MODELS_DIR, paths.REPORTS_DIR)
+            for p in d.iterdir()
+            if p.suffix == ".tmp"
+        ]
         assert leftovers == []
     saved = torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)
-    assert 1 <= saved["epoch"] < epochs and not saved["completed"], "the signal should land mid-training"
+    assert 1 <= saved["epoch"] < epochs and not saved["completed"], (
+        "the signal should land mid-training"
+    )
     assert not paths.MODEL_FILE.exists()
     assert len(read_history(paths.TRAIN_HISTORY_FILE)) == saved["epoch"]
 
@@ -311,7 +362,9 @@ def test_signal_mid_training_stops_it_and_the_rerun_resumes_to_the_same_result(
     history = read_history(paths.TRAIN_HISTORY_FILE)
     weights = load_checkpoint(paths.MODEL_FILE)["state_dict"]
 
-    fresh = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # last.pt completed
+    fresh = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300
+    )  # last.pt completed
     assert fresh.returncode == 0 and "resuming" not in fresh.stderr, fresh.stderr
     assert read_history(paths.TRAIN_HISTORY_FILE) == history
     for key, value in load_checkpoint(paths.MODEL_FILE)["state_dict"].items():
@@ -325,18 +378,33 @@ def test_signal_mid_training_stops_it_and_the_rerun_resumes_to_the_same_result(
 def test_two_dvc_repro_at_once_one_waits_out_the_lock_and_fails_cleanly(dvc_project: Path) -> None:
     import mlflow
 
-    runs = [subprocess.Popen(["dvc", "repro"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            ["dvc", "repro"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [proc.communicate(timeout=900)[0] for proc in runs]
     codes = [proc.returncode for proc in runs]
     assert sorted(codes) == [0, 255], outputs
     winner, loser = (outputs[0], outputs[1]) if codes[0] == 0 else (outputs[1], outputs[0])
     lock_lines = [line for line in loser.splitlines() if line.startswith("ERROR:")]
-    assert lock_lines and re.search(r"Unable to acquire lock|is busy, it is being blocked by", lock_lines[0]), loser
+    assert lock_lines and re.search(
+        r"Unable to acquire lock|is busy, it is being blocked by", lock_lines[0]
+    ), loser
     assert "Running stage 'train'" in winner and "Running stage 'train'" not in loser
 
     lock = yaml.safe_load(Path("dvc.lock").read_text())
-    assert list(lock["stages"]) == ["download", "stats", "split", "validate", "train", "evaluate", "report", "promote"]
+    assert list(lock["stages"]) == [
+        "download",
+        "stats",
+        "split",
+        "validate",
+        "train",
+        "evaluate",
+        "report",
+        "promote",
+    ]
     status = subprocess.run(["dvc", "status"], capture_output=True, text=True, timeout=300)
     assert status.returncode == 0, status.stderr
     assert "Data and pipelines are up to date" in status.stdout, status.stdout

@@ -1,4 +1,5 @@
-"""IDX reader on tiny synthetic files: round trips, and a clear error naming the file for each defect."""
+"""IDX reader on tiny synthetic files: round trips, and a clear error naming the file for each
+defect."""
 
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def test_header_layout_matches_the_format():
     assert data[:4] == bytes([0, 0, 0x0C, 2])
     assert struct.unpack(">2I", data[4:12]) == (2, 3)
     assert len(data) == 12 + 2 * 3 * 4
-    assert encode_idx(np.array([1, 256], dtype=np.int32), compress=False)[8:] == b"\x00\x00\x00\x01\x00\x00\x01\x00"
+    assert (
+        encode_idx(np.array([1, 256], dtype=np.int32), compress=False)[8:]
+        == b"\x00\x00\x00\x01\x00\x00\x01\x00"
+    )
 
 
 def test_gzip_output_is_deterministic():
@@ -58,7 +62,10 @@ def test_unsupported_dtype_cannot_be_encoded():
 RAW = encode_idx(np.arange(24, dtype=np.uint8).reshape(2, 3, 4), compress=False)
 DEFECTS = {
     "truncated data": (RAW[:-5], r"truncated: header \(2, 3, 4\) needs 24 data bytes, found 19"),
-    "trailing bytes": (RAW + b"\x00\x00", r"has trailing bytes: header \(2, 3, 4\) needs 24 data bytes, found 26"),
+    "trailing bytes": (
+        RAW + b"\x00\x00",
+        r"has trailing bytes: header \(2, 3, 4\) needs 24 data bytes, found 26",
+    ),
     "bad magic": (b"\x01\x02" + RAW[2:], r"not an IDX file \(bad magic number 01020803\)"),
     "empty": (b"", r"not an IDX file \(bad magic number empty\)"),
     "unknown dtype": (RAW[:2] + b"\x07" + RAW[3:], r"unknown IDX data type code 0x07"),
@@ -88,7 +95,10 @@ def test_parse_names_the_given_source_without_a_fix():
 
 
 def test_unreadable_file_is_named(tmp_path):
-    with pytest.raises(PipelineError, match=rf"^{re.escape(str(tmp_path / 'missing.gz'))}: cannot read \(No such file"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"^{re.escape(str(tmp_path / 'missing.gz'))}: cannot read \(No such file",
+    ):
         read_idx(tmp_path / "missing.gz")
 
 

@@ -17,10 +17,16 @@ from tests.helpers import synthetic_digits
 
 
 def test_reference_architecture_has_222360_parameters() -> None:
-    assert parameter_count(784, [250, 100]) == (784 + 1) * 250 + (250 + 1) * 100 + (100 + 1) * 10 == 222_360
+    assert (
+        parameter_count(784, [250, 100])
+        == (784 + 1) * 250 + (250 + 1) * 100 + (100 + 1) * 10
+        == 222_360
+    )
     model = MLP(Architecture(28, (250, 100)), 0.1307, 0.3081)
     assert sum(p.numel() for p in model.parameters()) == 222_360
-    assert parameter_count(256, [250, 100]) == sum(p.numel() for p in MLP(Architecture(16, (250, 100)), 0, 1).parameters())
+    assert parameter_count(256, [250, 100]) == sum(
+        p.numel() for p in MLP(Architecture(16, (250, 100)), 0, 1).parameters()
+    )
 
 
 def test_normalisation_is_inside_the_model() -> None:
@@ -38,7 +44,11 @@ def test_sigmoid_output_lies_in_0_1() -> None:
     assert out.shape == (5, 10) and out.min() >= 0 and out.max() <= 1
 
 
-COMBINATIONS = list(itertools.product(["relu", "sigmoid", "tanh"], ["none", "sigmoid"], ["cross_entropy", "mse"], [28, 16]))
+COMBINATIONS = list(
+    itertools.product(
+        ["relu", "sigmoid", "tanh"], ["none", "sigmoid"], ["cross_entropy", "mse"], [28, 16]
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +59,27 @@ def digits() -> dict[int, Split]:
 
 
 @pytest.mark.parametrize("activation,output,loss,size", COMBINATIONS)
-def test_every_configuration_lowers_its_loss(digits: dict[int, Split], activation: str, output: str, loss: str, size: int) -> None:
-    params = parse_params({
-        "data": {"image_size": size},
-        "model": {"hidden": [32, 16], "activation": activation, "output_activation": output, "dropout": 0.1},
-        "train": {"loss": loss, "lr": 0.01, "lr_schedule": "none", "batch_size": 32, "epochs": 2},
-    })
+def test_every_configuration_lowers_its_loss(
+    digits: dict[int, Split], activation: str, output: str, loss: str, size: int
+) -> None:
+    params = parse_params(
+        {
+            "data": {"image_size": size},
+            "model": {
+                "hidden": [32, 16],
+                "activation": activation,
+                "output_activation": output,
+                "dropout": 0.1,
+            },
+            "train": {
+                "loss": loss,
+                "lr": 0.01,
+                "lr_schedule": "none",
+                "batch_size": 32,
+                "epochs": 2,
+            },
+        }
+    )
     data = digits[size]
     pixels = data.images.float() / 255
     torch.manual_seed(0)
@@ -64,14 +89,18 @@ def test_every_configuration_lowers_its_loss(digits: dict[int, Split], activatio
     for epoch in (1, 2):
         trainer.train_epoch(data, epoch)
     after, _ = trainer.evaluate(data)
-    assert after < 0.98 * before  # CE on sigmoid outputs is bounded below by ~1.46, so it moves slowly
+    assert (
+        after < 0.98 * before
+    )  # CE on sigmoid outputs is bounded below by ~1.46, so it moves slowly
 
 
 def test_checkpoint_loads_with_weights_only_and_predicts_the_same(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = MLP(Architecture(16, (12, 8), "tanh", "sigmoid", 0.2), 0.12, 0.3).eval()
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model, {"epoch": 3, "valid_loss": 0.5, "valid_accuracy": 0.9, "loss": "mse"})
+    save_checkpoint(
+        path, model, {"epoch": 3, "valid_loss": 0.5, "valid_accuracy": 0.9, "loss": "mse"}
+    )
     payload = torch.load(path, weights_only=True)
     assert payload["epoch"] == 3 and payload["loss"] == "mse"
     restored = load_model(path)

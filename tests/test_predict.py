@@ -21,7 +21,7 @@ from tests.helpers import synthetic_digits, write_dataset
 
 
 def train_tiny(size: int, seed: int = 0) -> MLP:
-    """A small MLP fitted to synthetic digits, so that its predictions differ from image to image."""
+    """A small MLP fitted to synthetic digits, so that its predictions vary from image to image."""
     images, labels = synthetic_digits(600, seed)
     pixels = resize(torch.from_numpy(images), size).float() / 255
     torch.manual_seed(seed)
@@ -56,7 +56,9 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, l
     return code, out.splitlines(), err
 
 
-def expected_predictions(model_path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[list[int], list[float]]:
+def expected_predictions(
+    model_path: Path, images: np.ndarray, labels: np.ndarray
+) -> tuple[list[int], list[float]]:
     """What the evaluate stage reports for these test images."""
     payload = torch.load(model_path, weights_only=True)
     from pipeline.model import model_from_checkpoint
@@ -70,7 +72,11 @@ def expected_predictions(model_path: Path, images: np.ndarray, labels: np.ndarra
 
 @pytest.mark.parametrize("size", [28, 16])
 def test_pngs_cut_from_the_test_set_get_the_labels_evaluate_gives(
-    size: int, models: dict[int, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    size: int,
+    models: dict[int, Path],
+    test_set: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     images, labels = read_idx(test_set / TEST_IMAGES)[:12], read_idx(test_set / TEST_LABELS)[:12]
     predicted, confidence = expected_predictions(models[size], images, labels)
@@ -78,7 +84,11 @@ def test_pngs_cut_from_the_test_set_get_the_labels_evaluate_gives(
     paths = []
     for i, image in enumerate(images):
         # Three encodings of the same digit: plain, RGB and ink on paper (inverted) must all agree.
-        variant = [Image.fromarray(image), Image.fromarray(image).convert("RGB"), Image.fromarray(255 - image)][i % 3]
+        variant = [
+            Image.fromarray(image),
+            Image.fromarray(image).convert("RGB"),
+            Image.fromarray(255 - image),
+        ][i % 3]
         paths.append(tmp_path / f"digit{i}.png")
         variant.save(paths[-1])
     code, lines, err = run_cli([*map(str, paths), "--model", str(models[size]), "--json"], capsys)
@@ -100,7 +110,7 @@ def test_idx_file_gives_one_prediction_per_image(
     assert len(lines) == len(images) == 60
     expected = [
         f"{test_set / TEST_IMAGES}[{i}]: {label} (confidence {conf:.4f})"
-        for i, (label, conf) in enumerate(zip(predicted, confidence))
+        for i, (label, conf) in enumerate(zip(predicted, confidence, strict=True))
     ]
     assert lines == expected
 
@@ -116,7 +126,10 @@ def test_a_large_photo_like_digit_is_cropped_scaled_and_centred() -> None:
     width = cols.max() - cols.min() + 1
     assert 7 <= width <= 9, f"aspect 80:30 kept, got width {width}"
     weights = frame.astype(float)
-    centre = ((weights.sum(1) @ np.arange(28)) / weights.sum(), (weights.sum(0) @ np.arange(28)) / weights.sum())
+    centre = (
+        (weights.sum(1) @ np.arange(28)) / weights.sum(),
+        (weights.sum(0) @ np.arange(28)) / weights.sum(),
+    )
     assert centre == pytest.approx((13.5, 13.5), abs=0.6)
     assert frame[0].max() == 0 and frame[:, 0].max() == 0, "the paper becomes black background"
 
@@ -171,14 +184,19 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
         (labels_file, "not uint8 images"),
         (broken_idx, "truncated"),
     ]:
-        assert any(line.startswith(f"error: {path}: ") and words in line for line in errors), (path, err)
+        assert any(line.startswith(f"error: {path}: ") and words in line for line in errors), (
+            path,
+            err,
+        )
     assert errors[-1] == "error: 6 of 8 inputs could not be predicted (see above)"
 
 
 def test_missing_or_pickled_model_is_a_clear_error(
     tmp_path: Path, test_set: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, lines, err = run_cli([str(test_set / TEST_IMAGES), "--model", str(tmp_path / "none.pt")], capsys)
+    code, lines, err = run_cli(
+        [str(test_set / TEST_IMAGES), "--model", str(tmp_path / "none.pt")], capsys
+    )
     assert (code, lines) == (1, [])
     assert err.startswith(f"error: {tmp_path / 'none.pt'} not found")
     evil = tmp_path / "evil.pt"
@@ -202,7 +220,9 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     with mlflow.start_run() as run:
         mlflow.log_param("train.loss", "cross_entropy")
         info = tracking.log_model(load_model(models[16]), example, "mnist-mlp")
-    mlflow.MlflowClient().set_registered_model_alias("mnist-mlp", "champion", str(info.registered_model_version))
+    mlflow.MlflowClient().set_registered_model_alias(
+        "mnist-mlp", "champion", str(info.registered_model_version)
+    )
     return run.info.run_id
 
 
@@ -212,10 +232,14 @@ def test_registered_champion_predicts_like_the_checkpoint(
     images = str(test_set / TEST_IMAGES)
     code, from_file, err = run_cli([images, "--model", str(models[16]), "--json"], capsys)
     assert code == 0, err
-    code, from_registry, err = run_cli([images, "--model", "models:/mnist-mlp@champion", "--json"], capsys)
+    code, from_registry, err = run_cli(
+        [images, "--model", "models:/mnist-mlp@champion", "--json"], capsys
+    )
     assert code == 0, err
     assert len(from_registry) == 60
-    assert [json.loads(r)["label"] for r in from_registry] == [json.loads(r)["label"] for r in from_file]
+    assert [json.loads(r)["label"] for r in from_registry] == [
+        json.loads(r)["label"] for r in from_file
+    ]
     assert [json.loads(r)["confidence"] for r in from_registry] == pytest.approx(
         [json.loads(r)["confidence"] for r in from_file], abs=1e-5
     )
@@ -231,17 +255,24 @@ def test_unknown_alias_and_pickled_logged_models_are_refused(
     images = str(test_set / TEST_IMAGES)
     code, lines, err = run_cli([images, "--model", "models:/mnist-mlp@nobody"], capsys)
     assert (code, lines) == (1, [])
-    assert err.startswith("error: cannot find models:/mnist-mlp@nobody") and len(err.splitlines()) == 1
+    assert (
+        err.startswith("error: cannot find models:/mnist-mlp@nobody") and len(err.splitlines()) == 1
+    )
     with mlflow.start_run():
         mlflow.log_param("train.loss", "cross_entropy")
         mlflow.pytorch.log_model(
-            load_model(models[16]), name="model", registered_model_name="pickled",
-            serialization_format="pickle", pip_requirements=["torch"],
+            load_model(models[16]),
+            name="model",
+            registered_model_name="pickled",
+            serialization_format="pickle",
+            pip_requirements=["torch"],
         )
     capsys.readouterr()
     code, lines, err = run_cli([images, "--model", "models:/pickled/1"], capsys)
     assert (code, lines) == (1, [])
-    assert err.startswith("error: cannot load models:/pickled/1 (Deserializing model using pickle is disallowed")
+    assert err.startswith(
+        "error: cannot load models:/pickled/1 (Deserializing model using pickle is disallowed"
+    )
     assert len(err.splitlines()) == 1
 
 
@@ -249,7 +280,8 @@ def test_unknown_alias_and_pickled_logged_models_are_refused(
 def test_after_a_real_pipeline_run_pngs_get_the_labels_in_predictions_csv(
     run_stages, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Real stages on synthetic data; both the checkpoint and the registry's champion must agree with evaluate."""
+    """Real stages on synthetic data; both the checkpoint and the registry's champion must agree
+    with evaluate."""
     import pandas as pd
 
     from pipeline.paths import PREDICTIONS_FILE, RAW_DIR
@@ -266,4 +298,6 @@ def test_after_a_real_pipeline_run_pngs_get_the_labels_in_predictions_csv(
         assert code == 0, err
         rows = [json.loads(line) for line in lines]
         assert [row["label"] for row in rows] == table["predicted"].tolist(), model
-        assert [row["confidence"] for row in rows] == pytest.approx(table["confidence"].tolist(), abs=2e-6), model
+        assert [row["confidence"] for row in rows] == pytest.approx(
+            table["confidence"].tolist(), abs=2e-6
+        ), model

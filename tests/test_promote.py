@@ -23,19 +23,28 @@ NAME = "mnist-mlp"
         (0.97, Champion(2, 0.97, "r"), 0.0, False, "(+0.0000): the gain must be more than 0"),
         (0.9701, Champion(2, 0.97, "r"), 0.0, True, "beats it by at least min_delta 0.0"),
         (0.96, Champion(2, 0.97, "r"), 0.0, False, "(-0.0100)"),
-        (0.981, Champion(2, 0.980, "r"), 0.001, True, "beats it"),  # 0.981 - 0.980 < 0.001 in floats
+        (
+            0.981,
+            Champion(2, 0.980, "r"),
+            0.001,
+            True,
+            "beats it",
+        ),  # 0.981 - 0.980 < 0.001 in floats
         (0.9809, Champion(2, 0.980, "r"), 0.001, False, "must be at least 0.001"),
         (0.5, Champion(3, 0.9, "r"), 0.0, False, "version 3 is already the champion"),
     ],
 )
-def test_decide(accuracy: float, champion: Champion | None, min_delta: float, promoted: bool, words: str) -> None:
+def test_decide(
+    accuracy: float, champion: Champion | None, min_delta: float, promoted: bool, words: str
+) -> None:
     decision = decide(3, accuracy, champion, min_delta)
     assert decision.promote is promoted
     assert words in decision.reason
 
 
 def finished_run(accuracy: float | None, register: bool = True) -> str:
-    """What train and evaluate leave: a run with test_accuracy, its registered version, the local files."""
+    """What train and evaluate leave: a run with test_accuracy, its registered version, the local
+    files."""
     import mlflow
 
     tracking.configure()
@@ -95,7 +104,10 @@ def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: 
     second = finished_run(0.95)
     record = promote_stage()
     assert (record["decision"], record["version"], record["champion_version"]) == ("kept", 2, 1)
-    assert (record["previous_champion_version"], record["previous_champion_test_accuracy"]) == (1, 0.95)
+    assert (record["previous_champion_version"], record["previous_champion_test_accuracy"]) == (
+        1,
+        0.95,
+    )
     assert "version 2 test accuracy 0.9500 vs champion version 1 0.9500" in record["reason"]
     assert champion_version() == 1
     tags = run_tags(second)
@@ -110,7 +122,11 @@ def test_min_delta_decides_between_better_models(mlflow_workdir: Path) -> None:
     assert champion_version() == 1
     finished_run(0.92)
     record = promote_stage(min_delta=0.01)
-    assert (record["decision"], record["champion_version"], record["previous_champion_version"]) == ("promoted", 3, 1)
+    assert (
+        record["decision"],
+        record["champion_version"],
+        record["previous_champion_version"],
+    ) == ("promoted", 3, 1)
     assert champion_version() == 3
     # Promoting the same run again changes nothing and says so.
     record = promote_stage(min_delta=0.01)
@@ -127,10 +143,16 @@ def test_champion_accuracy_comes_from_the_registry_not_local_files(mlflow_workdi
 
 
 def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
-    with pytest.raises(PipelineError, match=r"reports/metrics.json is missing or unreadable; run the evaluate stage"):
+    with pytest.raises(
+        PipelineError,
+        match=r"reports/metrics.json is missing or unreadable; run the evaluate stage",
+    ):
         promote_stage()
     finished_run(0.9, register=False)
-    with pytest.raises(PipelineError, match=r"has no version of registered model 'mnist-mlp'.*rerun the train stage"):
+    with pytest.raises(
+        PipelineError,
+        match=r"has no version of registered model 'mnist-mlp'.*rerun the train stage",
+    ):
         promote_stage()
     finished_run(None)
     with pytest.raises(PipelineError, match=r"has no numeric test_accuracy"):
@@ -140,20 +162,27 @@ def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
 
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
     finished_run(0.9)
-    with pytest.raises(PipelineError, match=r"champion version 1 of 'mnist-mlp' has no test_accuracy metric"):
+    with pytest.raises(
+        PipelineError, match=r"champion version 1 of 'mnist-mlp' has no test_accuracy metric"
+    ):
         promote_stage()
     assert not PROMOTION_FILE.exists()
 
 
 @pytest.mark.slow
-def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(dvc_project: Path) -> None:
-    """scripts/retrain.sh twice on unchanged data: both retrain, the identical second model is kept."""
+def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(
+    dvc_project: Path,
+) -> None:
+    """scripts/retrain.sh twice on unchanged data: both retrain; the identical second model is
+    kept."""
     import subprocess
 
     import mlflow
 
     def retrain() -> tuple[str, dict, dict]:
-        result = subprocess.run(["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200)
+        result = subprocess.run(
+            ["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         record = json.loads(PROMOTION_FILE.read_text())
         assert f"== promotion: {record['decision']}: {record['reason']}" in result.stdout
@@ -167,9 +196,11 @@ def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(dvc_pr
     assert second_metrics == first_metrics, "same data, params and seed must give the same model"
     assert second["decision"] == "kept" and second["champion_version"] == 1
     assert second["reason"] == (
-        "version 2 test accuracy {0:.4f} vs champion version 1 {0:.4f} (+0.0000): the gain must be more than 0 "
-        "to promote".format(first_metrics["test_accuracy"])
+        "version 2 test accuracy {0:.4f} vs champion version 1 {0:.4f} (+0.0000): "
+        "the gain must be more than 0 to promote".format(first_metrics["test_accuracy"])
     )
     client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
-    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": 1}
+    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
+        "champion": 1
+    }
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2

@@ -1,4 +1,5 @@
-"""Stage report on a tiny trained model: every declared output, a self-contained HTML, MLflow artifacts."""
+"""Stage report on a tiny trained model: every declared output, a self-contained HTML, MLflow
+artifacts."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ class References(HTMLParser):
         if tag == "script":
             self.scripts.append(found)
         self._in_style = tag == "style"
-        self.urls += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "data", "poster", "action")]
+        self.urls += [
+            v or "" for k, v in attrs if k in ("src", "href", "srcset", "data", "poster", "action")
+        ]
 
     def handle_endtag(self, tag: str) -> None:
         self._in_style = False
@@ -105,7 +108,10 @@ def test_writes_every_output_and_logs_them(evaluated: Path) -> None:
     run_id = tracking.read_run_reference(paths.MLFLOW_RUN_FILE)["run_id"]
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "report")}
     assert logged == {"report/figures", "report/report.html", "report/report.md"}
-    figures = {a.path.rsplit("/", 1)[1] for a in mlflow.MlflowClient().list_artifacts(run_id, "report/figures")}
+    figures = {
+        a.path.rsplit("/", 1)[1]
+        for a in mlflow.MlflowClient().list_artifacts(run_id, "report/figures")
+    }
     assert figures == set(FIGURES)
 
 
@@ -130,14 +136,18 @@ def test_tsne_sample_is_seeded_and_bounded() -> None:
 
 
 def test_perplexity_too_large_for_the_sample_is_refused() -> None:
-    with pytest.raises(PipelineError, match="tsne_perplexity.*lower it or raise report.tsne_samples"):
+    with pytest.raises(
+        PipelineError, match="tsne_perplexity.*lower it or raise report.tsne_samples"
+    ):
         report.tsne_2d(np.zeros((20, 8), dtype=np.float32), perplexity=30.0, seed=0)
 
 
 def test_stale_predictions_are_refused(evaluated: Path) -> None:
     predictions = pd.read_csv(paths.PREDICTIONS_FILE)
     predictions.head(10).to_csv(paths.PREDICTIONS_FILE, index=False)
-    with pytest.raises(PipelineError, match="predictions.csv has 10 rows.*rerun dvc repro evaluate"):
+    with pytest.raises(
+        PipelineError, match="predictions.csv has 10 rows.*rerun dvc repro evaluate"
+    ):
         report.main(parse_params(SMALL))
     assert not paths.REPORT_HTML_FILE.exists()
 
@@ -150,7 +160,7 @@ def test_missing_history_names_the_stage(evaluated: Path) -> None:
 
 @pytest.mark.slow
 def test_runs_on_the_real_upstream_stages(run_stages) -> None:
-    """The contracts hold against what the real stages write, not only against the fixture's files."""
+    """The contracts hold against what the real stages write, not only the fixture's files."""
     run_stages("download", "stats", "split", "validate", "train", "evaluate", "report")
     assert sorted(p.name for p in paths.FIGURES_DIR.iterdir()) == sorted(FIGURES)
     md = paths.REPORT_MD_FILE.read_text()

@@ -42,7 +42,7 @@ def test_same_seed_same_split_other_seed_other_split(stratify):
     first = split.split_indices(labels, 0.1, 12345, stratify)
     again = split.split_indices(labels, 0.1, 12345, stratify)
     other = split.split_indices(labels, 0.1, 12346, stratify)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[1], other[1])
 
 
@@ -69,7 +69,9 @@ def test_stratify_keeps_every_class_share_within_a_tenth_of_a_point():
 
 
 def test_stratify_with_uneven_quotas_still_gives_exact_sizes():
-    labels = np.array([0] * 7 + [1] * 5 + [2] * 3 + [3] * 1, dtype=np.uint8)  # 16 images, 5 to valid
+    labels = np.array(
+        [0] * 7 + [1] * 5 + [2] * 3 + [3] * 1, dtype=np.uint8
+    )  # 16 images, 5 to valid
     train, valid = split.split_indices(labels, 0.3, 0, stratify=True)
     assert (len(train), len(valid)) == (11, 5)
     assert sorted(np.bincount(labels[valid], minlength=4).tolist()) == [0, 1, 2, 2]
@@ -88,12 +90,19 @@ def test_valid_count_matches_the_documented_formula():
 
 
 def run_stage(workdir, mirror, **split_params):
-    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
+    download.download(
+        parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)}
+    )
     split.main(parse_params({"split": split_params}))
-    return {p.name: p.read_bytes() for p in (paths.TRAIN_INDEX_FILE, paths.VALID_INDEX_FILE, paths.SPLIT_SUMMARY_FILE)}
+    return {
+        p.name: p.read_bytes()
+        for p in (paths.TRAIN_INDEX_FILE, paths.VALID_INDEX_FILE, paths.SPLIT_SUMMARY_FILE)
+    }
 
 
-def test_stage_output_is_byte_identical_for_the_same_params(workdir, synthetic_mirror, tmp_path, monkeypatch):
+def test_stage_output_is_byte_identical_for_the_same_params(
+    workdir, synthetic_mirror, tmp_path, monkeypatch
+):
     first = run_stage(workdir, synthetic_mirror, seed=5)
     other = tmp_path / "other"
     other.mkdir()
@@ -103,17 +112,22 @@ def test_stage_output_is_byte_identical_for_the_same_params(workdir, synthetic_m
 
 
 def test_stage_pins_the_generator_stream(workdir, tmp_path):
-    """Same params give the same bytes on any machine: a change in numpy's stream would show here."""
+    """Same params give the same bytes on any machine: a change in numpy's stream shows here."""
     mirror = write_dataset(tmp_path / "labels", n_train=10, n_test=10)
-    (mirror / "train-labels-idx1-ubyte.gz").write_bytes(encode_idx((np.arange(60000) % 10).astype(np.uint8)))
-    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
+    (mirror / "train-labels-idx1-ubyte.gz").write_bytes(
+        encode_idx((np.arange(60000) % 10).astype(np.uint8))
+    )
+    download.download(
+        parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)}
+    )
     split.main(parse_params({}))
     valid = np.load(paths.VALID_INDEX_FILE)
     assert valid[:5].tolist() == PINNED_FIRST_VALID
     assert hashlib.sha256(paths.VALID_INDEX_FILE.read_bytes()).hexdigest() == PINNED_VALID_SHA256
 
 
-# Without stratify only the image count matters, so these are also real MNIST's data/split/valid.npy.
+# Without stratify only the image count matters, so these are also real MNIST's
+# data/split/valid.npy.
 PINNED_FIRST_VALID = [9, 60, 62, 63, 72]
 PINNED_VALID_SHA256 = "e737bd5f8a7f04d663a0e177f0cf8377e86e4df630d29e79d07d382bbb4a2d35"
 
@@ -122,7 +136,13 @@ def test_stage_writes_summary_with_counts_per_split_and_class(workdir, synthetic
     run_stage(workdir, synthetic_mirror, stratify=True, valid_fraction=0.2, seed=3)
     summary = json.loads(paths.SPLIT_SUMMARY_FILE.read_text())
     train, valid = np.load(paths.TRAIN_INDEX_FILE), np.load(paths.VALID_INDEX_FILE)
-    assert summary["counts"] == {"train": 480, "valid": 120} == {"train": len(train), "valid": len(valid)}
+    assert (
+        summary["counts"]
+        == {"train": 480, "valid": 120}
+        == {"train": len(train), "valid": len(valid)}
+    )
     assert (summary["valid_fraction"], summary["seed"], summary["stratify"]) == (0.2, 3, True)
-    assert summary["per_class"]["valid"] == {str(k): 12 for k in range(10)}  # 60 per class, stratified
+    assert summary["per_class"]["valid"] == {
+        str(k): 12 for k in range(10)
+    }  # 60 per class, stratified
     assert summary["per_class"]["train"] == {str(k): 48 for k in range(10)}

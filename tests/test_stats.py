@@ -32,7 +32,10 @@ def test_pixel_stats_match_numpy_float64():
 
 def test_pixel_stats_extremes():
     assert stats.pixel_stats(torch.zeros(3, 4, 4, dtype=torch.uint8)) == {"mean": 0.0, "std": 0.0}
-    assert stats.pixel_stats(torch.full((3, 4, 4), 255, dtype=torch.uint8)) == {"mean": 1.0, "std": 0.0}
+    assert stats.pixel_stats(torch.full((3, 4, 4), 255, dtype=torch.uint8)) == {
+        "mean": 1.0,
+        "std": 0.0,
+    }
     half = torch.tensor([[[0, 255]]], dtype=torch.uint8)
     assert stats.pixel_stats(half) == {"mean": 0.5, "std": 0.5}
 
@@ -46,14 +49,22 @@ def test_pixel_stats_reject_bad_input():
 
 @pytest.mark.parametrize("size", [28, 16])
 def test_stage_writes_stats_of_images_as_the_model_sees_them(workdir, synthetic_mirror, size):
-    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
+    download.download(
+        parse_params({"data": {"name": "custom"}}),
+        paths.RAW_DIR,
+        {"MNIST_MIRROR": str(synthetic_mirror)},
+    )
     stats.main(parse_params({"data": {"name": "custom", "image_size": size}}))
     written = json.loads(paths.STATS_FILE.read_text())
     images = load_dataset(paths.RAW_DIR, size).train_images
     assert images.shape[1:] == (size, size)
     mean, std = reference(images)
-    assert written == {"mean": pytest.approx(mean, rel=1e-13), "std": pytest.approx(std, rel=1e-13),
-                       "image_size": size, "count": 600}
+    assert written == {
+        "mean": pytest.approx(mean, rel=1e-13),
+        "std": pytest.approx(std, rel=1e-13),
+        "image_size": size,
+        "count": 600,
+    }
     if size == 16:  # resizing changes the statistics, so they must be taken after it
         _, full_std = reference(load_dataset(paths.RAW_DIR, 28).train_images)
         assert abs(written["std"] - full_std) > 1e-3
@@ -65,7 +76,9 @@ def test_real_mnist_statistics(tmp_path, monkeypatch):
     if not mirror:
         pytest.skip("set MNIST_MIRROR to a folder with the official MNIST files")
     monkeypatch.chdir(tmp_path)
-    download.download(parse_params({}), paths.RAW_DIR, {"MNIST_MIRROR": mirror})  # MD5-verified MNIST
+    download.download(
+        parse_params({}), paths.RAW_DIR, {"MNIST_MIRROR": mirror}
+    )  # MD5-verified MNIST
     stats.main(parse_params({}))
     written = json.loads(paths.STATS_FILE.read_text())
     assert written["count"] == 60000 and written["image_size"] == 28

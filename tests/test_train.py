@@ -18,7 +18,10 @@ from pipeline.model import MLP, Architecture, load_checkpoint, model_from_checkp
 from pipeline.trainer import Split, Trainer
 from tests.helpers import read_history, read_rows, synthetic_digits
 
-SMALL = {"model": {"hidden": [32, 16]}, "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "threads": 1}}
+SMALL = {
+    "model": {"hidden": [32, 16]},
+    "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "threads": 1},
+}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -36,9 +39,18 @@ def small_params(**sections: dict):
 def inputs(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     """mlflow_workdir with data/raw (real download stage), data/stats.json and data/split as the
     contracts say."""
-    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
+    download.download(
+        parse_params({"data": {"name": "custom"}}),
+        paths.RAW_DIR,
+        {"MNIST_MIRROR": str(synthetic_mirror)},
+    )
     pixels = load_dataset(paths.RAW_DIR, 28).train_images.double() / 255
-    stats = {"mean": pixels.mean().item(), "std": pixels.std(correction=0).item(), "image_size": 28, "count": len(pixels)}
+    stats = {
+        "mean": pixels.mean().item(),
+        "std": pixels.std(correction=0).item(),
+        "image_size": 28,
+        "count": len(pixels),
+    }
     paths.STATS_FILE.write_text(json.dumps(stats))
     order = np.random.default_rng(0).permutation(len(pixels))
     paths.SPLIT_DIR.mkdir(parents=True)
@@ -130,7 +142,9 @@ def test_changed_params_start_fresh(inputs: Path, capsys: pytest.CaptureFixture)
     assert state.mlflow_run_id and len(state.history) == 3
 
 
-def test_unreadable_last_checkpoint_starts_fresh(inputs: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unreadable_last_checkpoint_starts_fresh(
+    inputs: Path, capsys: pytest.CaptureFixture
+) -> None:
     paths.LAST_CHECKPOINT_FILE.parent.mkdir()
     paths.LAST_CHECKPOINT_FILE.write_bytes(b"half a file")
     state = train.train(small_params(train={"epochs": 1}))
@@ -139,14 +153,26 @@ def test_unreadable_last_checkpoint_starts_fresh(inputs: Path, capsys: pytest.Ca
 
 def test_divergence_stops_with_one_clear_message(inputs: Path) -> None:
     with pytest.raises(PipelineError) as error:
-        train.train(small_params(train={"lr": 10.0, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 10.0, "epochs": 2}))
+        train.train(
+            small_params(
+                train={
+                    "lr": 10.0,
+                    "optimizer": "sgd",
+                    "momentum": 0.9,
+                    "weight_decay": 10.0,
+                    "epochs": 2,
+                }
+            )
+        )
     message = str(error.value)
     assert "non-finite loss at epoch 1, step" in message and "lower train.lr" in message
     assert "\n" not in message
     assert not paths.MODEL_FILE.exists()
 
 
-def test_divergence_never_replaces_the_saved_state(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_divergence_never_replaces_the_saved_state(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A NaN after a good epoch leaves last.pt at that epoch, with finite weights."""
     original = train.Trainer.train_epoch
 
@@ -164,7 +190,9 @@ def test_divergence_never_replaces_the_saved_state(inputs: Path, monkeypatch: py
     assert all(torch.isfinite(v).all() for v in saved["best"]["state_dict"].values())
 
 
-def test_mlflow_run_holds_params_metrics_tags_and_model(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_run_holds_params_metrics_tags_and_model(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -178,21 +206,31 @@ def test_mlflow_run_holds_params_metrics_tags_and_model(inputs: Path, monkeypatc
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.hidden"] == "[32, 16]"
     assert set(params.flat()) <= set(run.data.params)
     md5 = json.loads(paths.CHECKSUMS_FILE.read_text())["files"]
-    assert run.data.tags["dataset.md5.train-images-idx3-ubyte.gz"] == md5["train-images-idx3-ubyte.gz"]["md5"]
+    assert (
+        run.data.tags["dataset.md5.train-images-idx3-ubyte.gz"]
+        == md5["train-images-idx3-ubyte.gz"]["md5"]
+    )
     assert run.data.tags["dvc_experiment"] == "try-1" and run.info.run_name == "try-1"
     assert "git_commit" in run.data.tags
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [1, 2]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/hidden.0")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/hidden.0")] == [
+        1,
+        2,
+    ]
 
     (version,) = client.search_model_versions(f"name='{params.mlflow.registered_model}'")
     assert version.run_id == run.info.run_id
     served = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}/{version.version}")
     pixels = np.random.default_rng(0).random((7, 784), dtype=np.float32)
     expected = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))(torch.from_numpy(pixels))
-    np.testing.assert_allclose(served.predict(pixels), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        served.predict(pixels), expected.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
-def test_unreachable_tracking_server_fails_before_training(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_tracking_server_fails_before_training(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     with pytest.raises(PipelineError, match="unreachable"):
         train.train(small_params())
@@ -227,9 +265,15 @@ def test_optimisers_schedules_and_amp_learn(train_params: dict) -> None:
     assert results[-1].valid_loss < 0.5 * before
     lrs = [r.lr for r in results]
     if params.train.lr_schedule == "cosine":
-        assert lrs[0] == params.train.lr and lrs == sorted(lrs, reverse=True) and trainer.lr() < 1e-6
+        assert (
+            lrs[0] == params.train.lr and lrs == sorted(lrs, reverse=True) and trainer.lr() < 1e-6
+        )
     if params.train.lr_schedule == "onecycle":
-        assert lrs[0] == pytest.approx(params.train.lr / 25) and max(lrs) > lrs[0] and trainer.lr() < lrs[0]
+        assert (
+            lrs[0] == pytest.approx(params.train.lr / 25)
+            and max(lrs) > lrs[0]
+            and trainer.lr() < lrs[0]
+        )
 
 
 def test_momentum_with_adam_is_refused(inputs: Path) -> None:
@@ -239,7 +283,8 @@ def test_momentum_with_adam_is_refused(inputs: Path) -> None:
 
 def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
     if torch.cuda.is_available():
-        pytest.skip("checks the refusal of train.device=cuda, which only happens where CUDA is absent")
+        pytest.skip(
+            "checks the refusal of train.device=cuda, which only happens where CUDA is absent"
+        )
     with pytest.raises(PipelineError, match="no CUDA device"):
         train.train(small_params(train={"device": "cuda"}))
-

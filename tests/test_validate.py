@@ -34,11 +34,16 @@ def clean() -> tuple[validate.RawData, np.ndarray, np.ndarray]:
     return validate.RawData(train_x, train_y, test_x, test_y), train_index, valid_index
 
 
-def check(raw, train_index, valid_index, params=PARAMS, stats_override=None, images=None, docs_dir=None):
+def check(
+    raw, train_index, valid_index, params=PARAMS, stats_override=None, images=None, docs_dir=None
+):
     """Run every check like the stage does; returns the report."""
     if images is None:
         images = validate.image_table(raw, train_index, valid_index)
-    pixel_stats = {**stats.pixel_stats(torch.from_numpy(raw.train_images.astype(np.uint8))), "count": len(raw.train_labels)}
+    pixel_stats = {
+        **stats.pixel_stats(torch.from_numpy(raw.train_images.astype(np.uint8))),
+        "count": len(raw.train_labels),
+    }
     pixel_stats.update(stats_override or {})
     expected = validate.expected_for(params, len(raw.train_labels), len(raw.test_labels))
     return validate.validate(images, raw.train_labels, pixel_stats, expected, docs_dir)
@@ -71,7 +76,11 @@ def test_out_of_range_label(clean):
     assert failed(report) == {"labels_in_range"}
     entry = next(e for e in report["expectations"] if e["name"] == "labels_in_range")
     assert entry["observed"]["unexpected_count"] == 1
-    assert entry["observed"]["examples"][0] == {"label": 11, "split": "train", "index": int(train_index[0])}
+    assert entry["observed"]["examples"][0] == {
+        "label": 11,
+        "split": "train",
+        "index": int(train_index[0]),
+    }
 
 
 def test_missing_class(clean):
@@ -90,7 +99,11 @@ def test_index_in_both_train_and_valid(clean):
     valid = np.sort(np.append(valid_index[1:], same_label))
     report = check(raw, train_index, valid)
     # The moved index leaves its old one unassigned, and its image now sits in both splits.
-    assert failed(report) == {"no_index_in_train_and_valid", "train_valid_cover_training_set", "no_shared_content_train_valid"}
+    assert failed(report) == {
+        "no_index_in_train_and_valid",
+        "train_valid_cover_training_set",
+        "no_shared_content_train_valid",
+    }
 
 
 def test_union_of_train_and_valid_must_be_the_whole_training_set(clean):
@@ -104,7 +117,9 @@ def test_index_outside_the_training_set(clean):
     valid = valid_index.copy()
     valid[-1] = 600
     report = check(raw, train_index, valid)
-    assert {"train_valid_cover_training_set", "no_nulls_label", "no_nulls_content_hash"} <= failed(report)
+    assert {"train_valid_cover_training_set", "no_nulls_label", "no_nulls_content_hash"} <= failed(
+        report
+    )
 
 
 def test_index_twice_in_one_split(clean):
@@ -118,7 +133,9 @@ def test_index_twice_in_one_split(clean):
 
 def test_wrong_count(clean):
     raw, train_index, valid_index = clean
-    report = check(raw, train_index, valid_index, params=parse_params({"split": {"valid_fraction": 0.2}}))
+    report = check(
+        raw, train_index, valid_index, params=parse_params({"split": {"valid_fraction": 0.2}})
+    )
     assert failed(report) == {"rows_train", "rows_valid"}
     assert report["expected_counts"] == {"train": 480, "valid": 120, "test": 200}
     assert report["counts"] == {"train": 540, "valid": 60, "test": 200}
@@ -168,14 +185,22 @@ def test_class_share_out_of_tolerance(clean):
     report = check(labels_changed(raw, ones_in_valid[:3], 2), train_index, valid_index)
     assert failed(report) == {"class_share_within_tolerance"}
     entry = next(e for e in report["expectations"] if e["name"] == "class_share_within_tolerance")
-    assert {(row["split"], row["label"]) for row in entry["observed"]["examples"]} == {("valid", 1), ("valid", 2)}
+    assert {(row["split"], row["label"]) for row in entry["observed"]["examples"]} == {
+        ("valid", 1),
+        ("valid", 2),
+    }
 
 
 def test_class_share_tolerance_comes_from_params(clean):
     raw, train_index, valid_index = clean
     ones_in_valid = valid_index[raw.train_labels[valid_index] == 1]
     loose = parse_params({"split": {"stratify": True}, "validate": {"class_share_tolerance": 0.1}})
-    assert failed(check(labels_changed(raw, ones_in_valid[:3], 2), train_index, valid_index, params=loose)) == set()
+    assert (
+        failed(
+            check(labels_changed(raw, ones_in_valid[:3], 2), train_index, valid_index, params=loose)
+        )
+        == set()
+    )
 
 
 @pytest.mark.parametrize("column", ["label", "pixel_mean", "content_hash", "nonzero_pixels"])
@@ -211,7 +236,12 @@ def test_checks_hold_for_other_ten_class_datasets(clean):
     """Nothing is digit-specific: inverted images with shuffled class ids pass the same checks."""
     raw, train_index, valid_index = clean
     relabel = np.array([3, 7, 0, 9, 1, 5, 2, 8, 4, 6], dtype=np.uint8)
-    other = validate.RawData(255 - raw.train_images, relabel[raw.train_labels], 255 - raw.test_images, relabel[raw.test_labels])
+    other = validate.RawData(
+        255 - raw.train_images,
+        relabel[raw.train_labels],
+        255 - raw.test_images,
+        relabel[raw.test_labels],
+    )
     assert failed(check(other, train_index, valid_index)) == set()
 
 
@@ -225,7 +255,9 @@ def prepare(workdir: Path, mirror: Path) -> None:
     split.main(params)
 
 
-def test_stage_passes_and_writes_report_and_data_docs(workdir, synthetic_mirror, capfd, monkeypatch):
+def test_stage_passes_and_writes_report_and_data_docs(
+    workdir, synthetic_mirror, capfd, monkeypatch
+):
     prepare(workdir, synthetic_mirror)
 
     def no_network(*args, **kwargs):
@@ -239,20 +271,32 @@ def test_stage_passes_and_writes_report_and_data_docs(workdir, synthetic_mirror,
     assert "Calculating Metrics" not in err and "%|" not in err  # no GX progress bars in CI logs
     assert "29/29 expectations passed on 540 train, 60 valid, 200 test" in err
     report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
-    assert report["success"] is True and report["counts"] == {"train": 540, "valid": 60, "test": 200}
+    assert report["success"] is True and report["counts"] == {
+        "train": 540,
+        "valid": 60,
+        "test": 200,
+    }
     index = paths.DATA_DOCS_DIR / "index.html"
     offline = paths.DATA_DOCS_DIR / "offline.html"
     assert report["data_docs"] == {"index": str(index), "offline_index": str(offline)}
     html, offline_html = index.read_text(), offline.read_text()
     assert "<script" not in offline_html
     for table in ("images", "class_shares", "training_indices", "stats"):
-        assert f"expectations/{table}.html" in html and f'href="expectations/{table}.html"' in offline_html
+        assert (
+            f"expectations/{table}.html" in html
+            and f'href="expectations/{table}.html"' in offline_html
+        )
         pages = list((paths.DATA_DOCS_DIR / "validations" / table).rglob("*.html"))
         relative = pages[0].relative_to(paths.DATA_DOCS_DIR).as_posix()
         assert len(pages) == 1 and relative in html and f'href="{relative}"' in offline_html
     assert offline_html.count("passed:") == 4
-    assert "rows_train: train has exactly 540 images" in (paths.DATA_DOCS_DIR / "expectations" / "images.html").read_text()
-    assert [p.name for p in paths.REPORTS_DIR.iterdir() if p.name.startswith(".")] == []  # no staging left
+    assert (
+        "rows_train: train has exactly 540 images"
+        in (paths.DATA_DOCS_DIR / "expectations" / "images.html").read_text()
+    )
+    assert [
+        p.name for p in paths.REPORTS_DIR.iterdir() if p.name.startswith(".")
+    ] == []  # no staging left
 
     # train depends on this file, so the same data must give the same bytes (no GX run times in it).
     first = paths.DATA_VALIDATION_FILE.read_bytes()
@@ -270,7 +314,9 @@ def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthet
         validate.main(parse_params({"data": {"name": "custom"}, "split": {"stratify": True}}))
     message = str(raised.value)
     assert "labels_in_range" in message and "\n" not in message
-    err_lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("failed: ")]
+    err_lines = [
+        line for line in capfd.readouterr().err.splitlines() if line.startswith("failed: ")
+    ]
     assert len(err_lines) == 1 and err_lines[0].startswith("failed: labels_in_range ")
     report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
     assert report["success"] is False  # the report and docs are written for a person to inspect
@@ -279,6 +325,10 @@ def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthet
 
 
 def test_stage_reports_missing_inputs_with_the_fix(workdir, synthetic_mirror):
-    download.download(parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(synthetic_mirror)})
+    download.download(
+        parse_params({"data": {"name": "custom"}}),
+        paths.RAW_DIR,
+        {"MNIST_MIRROR": str(synthetic_mirror)},
+    )
     with pytest.raises(PipelineError, match=r"data/split/train.npy not found; run the split stage"):
         validate.main(parse_params({"data": {"name": "custom"}}))

@@ -1,4 +1,5 @@
-"""The GitHub workflows: valid against GitHub's schema, clean under zizmor, wired to the right scripts."""
+"""The GitHub workflows: valid against GitHub's schema, clean under zizmor, wired to the right
+scripts."""
 
 from __future__ import annotations
 
@@ -27,8 +28,19 @@ def tool(name: str) -> str:
 
 def zizmor_findings(*paths: Path) -> list[dict]:
     result = subprocess.run(
-        [tool("zizmor"), "--offline", "--no-config", "--format", "json", "--min-severity", "medium", *map(str, paths)],
-        capture_output=True, text=True, timeout=120,
+        [
+            tool("zizmor"),
+            "--offline",
+            "--no-config",
+            "--format",
+            "json",
+            "--min-severity",
+            "medium",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode in (0, 11, 12, 13, 14), result.stderr  # 1x: findings of some severity
     return json.loads(result.stdout)
@@ -48,8 +60,15 @@ def test_both_workflows_exist() -> None:
 
 def test_workflows_match_githubs_schema() -> None:
     result = subprocess.run(
-        [tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
-        capture_output=True, text=True, timeout=120,
+        [
+            tool("check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, WORKFLOWS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -60,7 +79,8 @@ def test_zizmor_finds_nothing_of_medium_or_higher_severity() -> None:
 
 
 def test_zizmor_does_flag_an_unsafe_workflow(tmp_path: Path) -> None:
-    """The check above can fail: the same call reports injection, unpinned actions and leaked credentials."""
+    """The check above can fail: the same call reports injection, unpinned actions and leaked
+    credentials."""
     bad = tmp_path / "bad.yml"
     bad.write_text(
         "on: pull_request_target\n"
@@ -79,11 +99,15 @@ def test_actions_pinned_credentials_dropped_permissions_minimal(path: Path) -> N
     workflow = yaml.safe_load(text)
     assert workflow["permissions"] == {}, "grant permissions per job, none at the top"
     for line in re.findall(r"uses: (.*)", text):
-        assert PINNED.fullmatch(line.strip()), f"{line!r}: pin by full commit SHA with a '  # vX.Y.Z' comment"
+        assert PINNED.fullmatch(line.strip()), (
+            f"{line!r}: pin by full commit SHA with a '  # vX.Y.Z' comment"
+        )
     for step in steps(workflow):
         if step.get("uses", "").startswith("actions/checkout@"):
             assert step["with"]["persist-credentials"] is False
-        assert "${{" not in step.get("run", ""), f"pass expressions through env, not into the script: {step}"
+        assert "${{" not in step.get("run", ""), (
+            f"pass expressions through env, not into the script: {step}"
+        )
 
 
 def test_retrain_runs_on_schedule_and_by_hand_through_one_script() -> None:
@@ -95,7 +119,11 @@ def test_retrain_runs_on_schedule_and_by_hand_through_one_script() -> None:
     assert len(pipeline) == 1 and pipeline[0]["run"].strip() == "scripts/retrain.sh"
     assert pipeline[0]["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
     assert not any("dvc " in step["run"] for step in runs if step is not pipeline[0])
-    upload = [step for step in steps(workflow) if step.get("uses", "").startswith("actions/upload-artifact@")]
+    upload = [
+        step
+        for step in steps(workflow)
+        if step.get("uses", "").startswith("actions/upload-artifact@")
+    ]
     assert "reports/" in upload[0]["with"]["path"] and upload[0]["if"] == "always()"
     assert workflow["jobs"]["retrain"]["permissions"] == {"contents": "read"}
 
@@ -104,10 +132,18 @@ def test_pull_request_workflow_tests_reproduces_and_comments_the_diffs() -> None
     workflow = load("pr.yml")
     assert "pull_request" in workflow[True]
     script = "\n".join(step.get("run", "") for step in steps(workflow))
-    for command in ("python -m pytest -q", "dvc repro", 'dvc metrics diff "origin/$BASE_REF" --md',
-                    'dvc params diff "origin/$BASE_REF" --md', "gh pr comment \"$PR_NUMBER\" --body-file comparison.md"):
+    for command in (
+        "python -m pytest -q",
+        "dvc repro",
+        'dvc metrics diff "origin/$BASE_REF" --md',
+        'dvc params diff "origin/$BASE_REF" --md',
+        'gh pr comment "$PR_NUMBER" --body-file comparison.md',
+    ):
         assert command in script, command
-    assert workflow["jobs"]["check"]["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert workflow["jobs"]["check"]["permissions"] == {
+        "contents": "read",
+        "pull-requests": "write",
+    }
 
 
 def test_retrain_script_is_valid_bash_and_executable() -> None:
