@@ -1,4 +1,5 @@
-"""models/last.pt keeps its on-disk format: a plain dict, read into TrainState and written back unchanged."""
+"""models/last.pt keeps its on-disk format: a plain dict, read into TrainState and written back
+unchanged."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ def last_pt() -> dict:
         "fingerprint": "abc",
         "completed": False,
         "epoch": 2,
-        "history": [{"epoch": 1, "train_loss": 0.5, "valid_loss": 0.4}, {"epoch": 2, "train_loss": 0.3, "valid_loss": 0.45}],
+        "history": [
+            {"epoch": 1, "train_loss": 0.5, "valid_loss": 0.4},
+            {"epoch": 2, "train_loss": 0.3, "valid_loss": 0.45},
+        ],
         "grad_norms": [{"epoch": 1, "output": 0.25}, {"epoch": 2, "output": 0.125}],
-        "best": {"epoch": 1, "valid_loss": 0.4, "valid_accuracy": 0.875, "state_dict": {"w": torch.arange(3.0)}},
+        "best": {
+            "epoch": 1,
+            "valid_loss": 0.4,
+            "valid_accuracy": 0.875,
+            "state_dict": {"w": torch.arange(3.0)},
+        },
         "mlflow_run_id": "run-1",
         "trainer": {"model": {"w": torch.ones(3)}, "generator": torch.zeros(4, dtype=torch.uint8)},
     }
@@ -32,8 +41,7 @@ def assert_same(a: object, b: object) -> None:
         for key in a:
             assert_same(a[key], b[key])
     elif isinstance(a, list):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert_same(x, y)
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
@@ -55,4 +63,9 @@ def test_saved_state_loads_into_train_state_and_saves_back_unchanged(tmp_path: P
 def test_fresh_state_has_the_same_keys() -> None:
     fresh = resume.TrainState("abc").to_dict()
     assert list(fresh) == list(last_pt())
-    assert (fresh["epoch"], fresh["best"], fresh["completed"], fresh["history"]) == (0, None, False, [])
+    assert (fresh["epoch"], fresh["best"], fresh["completed"], fresh["history"]) == (
+        0,
+        None,
+        False,
+        [],
+    )

@@ -1,4 +1,5 @@
-"""pipeline/scoring.py: train's validation and the evaluate stage score a model with one function."""
+"""pipeline/scoring.py: train's validation and the evaluate stage score a model with one
+function."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pipeline.config import parse_params
 from pipeline.losses import loss_fn
 from pipeline.model import MLP, Architecture
 from pipeline.scoring import score
-from tests.conftest import synthetic_digits
+from tests.helpers import synthetic_digits
 
 
 def _model_and_data() -> tuple[MLP, torch.Tensor, torch.Tensor]:
@@ -21,14 +22,17 @@ def _model_and_data() -> tuple[MLP, torch.Tensor, torch.Tensor]:
 
 
 def test_evaluate_scores_like_train_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """At the same batch size evaluate's loss and accuracy are exactly the ones train picks the best epoch by."""
+    """At the same batch size evaluate's loss and accuracy are exactly the ones train picks the best
+    epoch by."""
     model, images, labels = _model_and_data()
     params = parse_params({})
     monkeypatch.setattr(trainer, "EVAL_BATCH", 7)  # several batches, the last one short
     expected = trainer.Trainer(model, params.train, Augmentation.from_params(params), 1).evaluate(
         trainer.Split(images, labels)
     )
-    result = evaluate.evaluate(model, "cross_entropy", (images, labels), (images, labels), batch_size=7)
+    result = evaluate.evaluate(
+        model, "cross_entropy", (images, labels), (images, labels), batch_size=7
+    )
     assert (result.metrics["valid_loss"], result.metrics["valid_accuracy"]) == expected
     assert (result.metrics["test_loss"], result.metrics["test_accuracy"]) == expected
 
@@ -38,9 +42,15 @@ def test_score_weights_batch_means_by_batch_size() -> None:
     loss = loss_fn("cross_entropy")
     whole = score(model, images, labels, loss, batch_size=50)
     batched = score(model, images, labels, loss, batch_size=7)
-    assert batched.loss == pytest.approx(whole.loss, rel=1e-6)  # not a plain mean of the 8 batch means
+    assert batched.loss == pytest.approx(
+        whole.loss, rel=1e-6
+    )  # not a plain mean of the 8 batch means
     assert batched.accuracy == whole.accuracy
-    torch.testing.assert_close(batched.outputs, whole.outputs)  # batched matmuls differ in the last bits
+    torch.testing.assert_close(
+        batched.outputs, whole.outputs
+    )  # batched matmuls differ in the last bits
     assert batched.outputs.dtype == torch.float32 and batched.outputs.shape == (50, 10)
     with torch.no_grad():
-        assert whole.loss == pytest.approx(float(loss(model(images.float() / 255), labels)), rel=1e-6)
+        assert whole.loss == pytest.approx(
+            float(loss(model(images.float() / 255), labels)), rel=1e-6
+        )
