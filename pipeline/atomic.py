@@ -1,4 +1,9 @@
-"""Write files so that readers see the old content or the new, never half of either."""
+"""Write files so that readers see the old content or the new, never half of either.
+
+Also after a power loss: the temp file is fsynced before the rename (else the rename can reach
+the disk before the data, leaving an empty file), and the folder after it (else the rename
+itself can be lost).
+"""
 
 from __future__ import annotations
 
@@ -29,12 +34,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.close(fd)
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         yield tmp_path
+        _fsync(tmp_path)
         try:
             os.replace(tmp_path, path)
         except OSError as exc:
             raise _unwritable(path, exc) from None
+        _fsync(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's contents to the disk (a read-only descriptor suffices on Linux)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unwritable(path: Path, exc: OSError) -> PipelineError:
