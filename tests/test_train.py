@@ -105,7 +105,7 @@ def stop_after(stop_epoch: int):
     return hook
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path) -> None:
+def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path, capsys: pytest.CaptureFixture) -> None:
     # Dropout and a one-cycle schedule: the global RNG and the scheduler must be restored too.
     params = small_params(model={"dropout": 0.1}, train={"lr_schedule": "onecycle"})
     whole = train.train(params)
@@ -116,9 +116,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path) -> Non
 
     with pytest.raises(Interrupt):
         train.train(params, after_epoch=stop_after(1))
-    assert torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    interrupted = torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)
+    assert interrupted["epoch"] == 1 and interrupted["mlflow_run_id"] not in (None, whole_run)
     assert not paths.MODEL_FILE.exists()
+    capsys.readouterr()
     resumed = train.train(params)
+    # A fresh start would give the same weights too (same seed): these two lines tell resuming apart.
+    assert "resuming from models/last.pt after epoch 1\n" in capsys.readouterr().err
+    assert resumed["mlflow_run_id"] == interrupted["mlflow_run_id"]
 
     assert read_history(paths.TRAIN_HISTORY_FILE) == whole_history
     for key, value in whole.trainer["model"].items():
