@@ -93,6 +93,42 @@ def test_two_runs_give_identical_results(inputs: Path) -> None:
         assert torch.equal(second.trainer["model"][key], value)
 
 
+def test_train_seed_changes_the_result(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same seed repeats a run (test above); another seed gives other initial weights, weights and metrics."""
+    initial = []
+
+    class Recording(train.Trainer):
+        def __init__(self, model: MLP, *args, **kwargs) -> None:
+            initial.append(model.output.weight.detach().clone())
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Recording)
+    first = train.train(small_params(train={"epochs": 1, "seed": 1}))
+    history = without_seconds(read_csv(paths.TRAIN_HISTORY_FILE))
+    second = train.train(small_params(train={"epochs": 1, "seed": 2}))
+    assert not torch.equal(*initial)
+    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) != history
+    assert not torch.equal(first["trainer"]["model"]["output.weight"], second["trainer"]["model"]["output.weight"])
+
+
+def test_train_seed_drives_shuffling_augmentation_and_dropout() -> None:
+    """From the same initial weights, one epoch with another seed ends elsewhere; the same seed, bit for bit the same."""
+    x, y = synthetic_digits(200, seed=4)
+    data = Split(torch.from_numpy(x), torch.from_numpy(y).long())
+
+    def one_epoch(seed: int) -> dict[str, torch.Tensor]:
+        params = small_params(model={"dropout": 0.2}, augment={"scale": 0.1}, train={"seed": seed})
+        torch.manual_seed(0)
+        model = MLP(Architecture.from_params(params), 0.2, 0.3)
+        trainer = Trainer(model, params.train, Augmentation.from_params(params), -(-200 // 32))
+        trainer.train_epoch(data, 1)
+        return model.state_dict()
+
+    first, again, other = one_epoch(1), one_epoch(1), one_epoch(2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["output.weight"], other["output.weight"])
+
+
 class Interrupt(Exception):
     pass
 
