@@ -1,6 +1,8 @@
-"""Known datasets in MNIST's IDX layout: canonical file names, official checksums and mirrors.
+"""Known datasets in MNIST's IDX layout: canonical file names, official checksums, sizes and mirrors.
 
-The MD5s are the ones torchvision verifies; SHA-256s are given where they are published.
+The MD5s are the ones torchvision verifies; SHA-256s are given where they are published. The
+image counts are each dataset's published training and test sizes: validate checks the data
+against them, not against what it happens to find.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 class DatasetSpec:
     mirrors: tuple[str, ...]
     md5: dict[str, str]
+    train_rows: int
+    test_rows: int
     sha256: dict[str, str] = field(default_factory=dict)
 
 
@@ -30,6 +34,8 @@ DATASETS: dict[str, DatasetSpec] = {
             TEST_IMAGES: "9fb629c4189551a2d022fa330f9573f3",
             TEST_LABELS: "ec29112dd5afa0611ce80d1b7f02629c",
         },
+        train_rows=60_000,
+        test_rows=10_000,
         sha256={
             TRAIN_IMAGES: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
             TRAIN_LABELS: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
@@ -45,6 +51,8 @@ DATASETS: dict[str, DatasetSpec] = {
             TEST_IMAGES: "bef4ecab320f06d8554ea6380940ec79",
             TEST_LABELS: "bb300cfdad3c16e7a12a480ee83cd310",
         },
+        train_rows=60_000,
+        test_rows=10_000,
     ),
     "kmnist": DatasetSpec(
         mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
@@ -54,5 +62,7 @@ DATASETS: dict[str, DatasetSpec] = {
             TEST_IMAGES: "5c965bf0a639b31b8f53240b1b52f4d7",
             TEST_LABELS: "7320c461ea6c1c855c0b718fb2a4b134",
         },
+        train_rows=60_000,
+        test_rows=10_000,
     ),
 }

@@ -18,7 +18,7 @@ import torch
 
 from pipeline import download, paths, split, stats, validate
 from pipeline.config import parse_params
-from pipeline.datasets import TRAIN_LABELS
+from pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from pipeline.errors import PipelineError
 from pipeline.idx import encode_idx, read_idx
 from tests.helpers import synthetic_digits
@@ -139,6 +139,13 @@ def test_wrong_count(clean):
     assert failed(report) == {"rows_train", "rows_valid"}
     assert report["expected_counts"] == {"train": 480, "valid": 120, "test": 200}
     assert report["counts"] == {"train": 540, "valid": 60, "test": 200}
+
+
+def test_named_datasets_have_their_published_sizes_custom_data_its_headers(clean):
+    raw = clean[0]
+    assert {name: validate.official_sizes(name, raw) for name in DATASETS} == {
+        "mnist": (60_000, 10_000), "fashion-mnist": (60_000, 10_000), "kmnist": (60_000, 10_000)}
+    assert validate.official_sizes("custom", raw) == (600, 200)
 
 
 def test_blank_image(clean):
@@ -322,6 +329,24 @@ def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthet
     assert report["success"] is False  # the report and docs are written for a person to inspect
     assert (paths.DATA_DOCS_DIR / "index.html").is_file()
     assert "<td>images</td><td>FAILED: " in (paths.DATA_DOCS_DIR / "offline.html").read_text()
+
+
+def test_stage_fails_a_truncated_named_dataset_on_the_row_counts(workdir, synthetic_mirror):
+    """600 training and 200 test images called mnist: a truncated copy, however consistent in itself."""
+    prepare(workdir, synthetic_mirror)
+    with pytest.raises(PipelineError, match="data validation failed: rows_train, rows_valid, rows_test, "):
+        validate.main(parse_params({"data": {"name": "mnist"}, "split": {"stratify": True}}))
+    report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
+    assert report["expected_counts"] == {"train": 54_000, "valid": 6_000, "test": 10_000}
+    assert {"train_valid_cover_training_set", "stats_count_matches"} <= failed(report)
+
+
+def test_stage_refuses_custom_images_and_labels_that_disagree(workdir, synthetic_mirror):
+    prepare(workdir, synthetic_mirror)
+    images = read_idx(paths.RAW_DIR / TRAIN_IMAGES)
+    (paths.RAW_DIR / TRAIN_IMAGES).write_bytes(encode_idx(images[:-1]))
+    with pytest.raises(PipelineError, match=r"\(599, 28, 28\) and train-labels-idx1-ubyte.gz \(600,\) are not N images"):
+        validate.main(parse_params({"data": {"name": "custom"}, "split": {"stratify": True}}))
 
 
 def test_stage_reports_missing_inputs_with_the_fix(workdir, synthetic_mirror):
