@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from pipeline.paths import (  # noqa: E402
     TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
 )
+import pipeline.trainer  # noqa: E402
 from pipeline.trainer import Split, Trainer  # noqa: E402
 
 TARGET_ACCURACY = 0.98
@@ -166,6 +169,32 @@ def stage_memory(folder: Path, env: dict[str, str]) -> list[StageRun]:
         if runs[-1].returncode:
             break
     return runs
+
+
+def startup_seconds(folder: Path, stage: str, env: dict[str, str], repeats: int) -> tuple[float, float]:
+    """Best-of-`repeats` wall and CPU seconds of `python -c 'import pipeline.<stage>'`: the
+    interpreter start and imports every `python -m pipeline <stage>` pays before any work."""
+    best = (math.inf, math.inf)
+    for _ in range(repeats):
+        before, started = os.times(), time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import pipeline.config, pipeline.{stage}"], cwd=folder, env=env,
+                       check=True)
+        wall, after = time.perf_counter() - started, os.times()
+        cpu = after.children_user - before.children_user + after.children_system - before.children_system
+        best = min(best, (wall, cpu))
+    return best
+
+
+def startup_vs_work(folder: Path, env: dict[str, str], stages: list[StageRun], repeats: int) -> list[dict[str, Any]]:
+    """Per stage: its run as `python -m pipeline <stage>` (what `dvc repro` runs), split into
+    start-up (interpreter and imports) and work (the rest)."""
+    rows = []
+    for run in stages:
+        wall, cpu = startup_seconds(folder, run.stage, env, repeats)
+        rows.append({"stage": run.stage, "seconds": run.seconds, "startup_seconds": wall,
+                     "startup_cpu_seconds": cpu, "work_seconds": run.seconds - wall})
+        print(f"  {run.stage}: start-up {wall:.2f} s ({cpu:.2f} s CPU) of {run.seconds:.1f} s", file=sys.stderr)
+    return rows
 
 
 def dvc_stage_names(folder: Path, env: dict[str, str]) -> list[str]:
@@ -282,6 +311,45 @@ def epoch_seconds(data: Split, params: Params, mean: float, std: float, repeats:
     return best
 
 
+PHASES = ("data_augmentation", "forward_backward", "optimizer")
+
+
+def epoch_breakdown(data: Split, params: Params, mean: float, std: float) -> dict[str, float]:
+    """One Trainer.train_epoch with timers around its parts: data_augmentation (each chunk's
+    pipeline.augment.augment call), forward_backward (model, loss, backward), optimizer
+    (zero_grad, step, lr schedule); other: indexing, gradient norms, bookkeeping, the loop."""
+    phases = dict.fromkeys(PHASES, 0.0)
+
+    def timed(phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[phase] += time.perf_counter() - started
+        return wrapper
+
+    torch.manual_seed(params.train.seed)
+    model = MLP(Architecture.from_params(params), mean, std)
+    trainer = Trainer(model, params.train, Augmentation.from_params(params), -(-len(data.labels) // params.train.batch_size))
+    trainer.net, trainer.loss = timed("forward_backward", trainer.net), timed("forward_backward", trainer.loss)
+    for owner, name in ((trainer.optimizer, "step"), (trainer.optimizer, "zero_grad"), (trainer.scheduler, "step")):
+        if owner is not None:
+            setattr(owner, name, timed("optimizer", getattr(owner, name)))
+    backward, augment = torch.Tensor.backward, pipeline.trainer.augment
+    torch.Tensor.backward = timed("forward_backward", backward)
+    pipeline.trainer.augment = timed("data_augmentation", augment)
+    try:
+        with warnings.catch_warnings():  # the scheduler notices that optimizer.step is wrapped
+            warnings.simplefilter("ignore", UserWarning)
+            started = time.perf_counter()
+            trainer.train_epoch(data, 1)
+            total = time.perf_counter() - started
+    finally:
+        torch.Tensor.backward, pipeline.trainer.augment = backward, augment
+    return {**phases, "other": total - sum(phases.values()), "total": total}
+
+
 def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean: float, std: float,
                batches: int, repeats: int) -> dict[str, Any]:
     """Reference loop vs ours at batch 64 on the same number of images, alternating so that
@@ -289,16 +357,22 @@ def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean:
     idle core) are kept beside the wall times, as they hardly depend on that load."""
     images = min(batches * 64, len(train.labels))
     data = Split(train.images[:images], train.labels[:images])
-    seed_s, seed_cpu, ours_s, ours_cpu = [], [], [], []
+    seed_s, seed_cpu, ours_s, ours_cpu, seed_parts, ours_parts = [], [], [], [], [], []
     root = torchvision_root(raw_dir, scratch)
     for repeat in range(repeats):
         cpu = time.process_time()
-        seed_s.append(seed_loop(root, -(-images // 64), mean, std, repeat))
+        seconds, parts = seed_loop(root, -(-images // 64), mean, std, repeat)
+        seed_s.append(seconds)
+        seed_parts.append(parts)
         seed_cpu.append(time.process_time() - cpu)  # includes reading the IDX files, ~0.1 s
         wall, cpu = epoch_seconds(data, params, mean, std)
         ours_s.append(wall)
         ours_cpu.append(cpu)
+        ours_parts.append(epoch_breakdown(data, params, mean, std))
         print(f"  repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s", file=sys.stderr)
+    # The breakdowns of the fastest timed runs (timers add a little: their totals sit beside).
+    breakdown = {"reference": min(seed_parts, key=lambda p: p["total"]),
+                 "ours": min(ours_parts, key=lambda p: p["total"])}
     return {
         "images": images,
         "seed_seconds": seed_s,
@@ -309,6 +383,7 @@ def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean:
         "ours_images_per_s": images / min(ours_s),
         "speedup_vs_seed": min(seed_s) / min(ours_s),
         "speedup_vs_seed_cpu": min(seed_cpu) / min(ours_cpu),
+        "breakdown_seconds": breakdown,
     }
 
 
@@ -381,6 +456,45 @@ def hardware_limit(batches: list[int], arch: Architecture, images: int, min_seco
     return out
 
 
+def peak_gemm(threads: int, size: int, min_seconds: float, repeats: int) -> dict[str, float]:
+    """The machine's float32 matmul peak: large square products on `threads` threads, best of
+    `repeats` (the other hardware limit, beside the one-thread rate at our shapes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b  # warm up
+        best = math.inf
+        for _ in range(repeats):
+            loops, started = 0, time.perf_counter()
+            while time.perf_counter() - started < min_seconds:
+                a @ b
+                loops += 1
+            best = min(best, (time.perf_counter() - started) / loops)
+    finally:
+        torch.set_num_threads(previous)
+    gflops = 2 * size**3 / best / 1e9
+    print(f"  peak matmul on {threads} threads ({size}x{size}): {gflops:.0f} GFLOP/s", file=sys.stderr)
+    return {"threads": threads, "size": size, "gflops": gflops}
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and feature flags (AVX-512, AMX, ...): they decide both loops' speed, so the ratio."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return {
+        "model": fields.get("model name") or platform.processor() or platform.machine(),
+        "flags": fields.get("flags", "").split(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def sklearn_seconds_to(train: Split, valid: Split, mean: float, std: float, threads: int,
                        max_epochs: int, seed: int, target: float) -> dict[str, Any]:
     """MLPClassifier (250, 100), Adam, batch 64, one partial_fit epoch at a time until the
@@ -439,6 +553,9 @@ def markdown_table(r: dict[str, Any]) -> str:
         (f"Matmul lower bound on an epoch at batch {best}, s", fmt(r["limit_epoch_seconds"], 2, missing="n/a")),
         (f"Ours at batch {best} / lower bound, wall (CPU) time", f"{fmt(r['ratio_to_limit'], 1, 'x', 'n/a')} "
                                                                 f"({fmt(r['ratio_to_limit_cpu'], 1, 'x', 'n/a')})"),
+        (f"Matmul peak, all {r['peak_matmul_all_cores']['threads']} cores ({r['peak_matmul_all_cores']['size']}² "
+         "float32), GFLOP/s; epoch bound at that rate, s",
+         f"{fmt(r['peak_matmul_all_cores']['gflops'], 0)}; {fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}"),
         ("`dvc repro` from raw files ({0}), s".format(", ".join(r["dvc_repro"]["stages"]) or "no stages"),
          fmt(r["dvc_repro"]["seconds"], 0)),
     ]
@@ -453,13 +570,41 @@ def markdown_table(r: dict[str, Any]) -> str:
             f"| {run['epoch_seconds']:.2f} ({run['epoch_cpu_seconds']:.2f}) "
             f"| {limit['limit_epoch_seconds']:.2f} ({limit['limit_epoch_cpu_seconds']:.2f}) | {limit['gflops']:.0f} |"
         )
+    lines += ["", *breakdown_table(r["throughput"]), "", *startup_table(r["dvc_repro"])]
     machine = r["machine"]
+    load = machine["loadavg"]
     lines += ["", (
-        f"Measured by `{r['command']}` on {machine['cpu_count']} CPU cores ({machine['cpu']}), torch "
-        f"{machine['torch']}, {r['threads']} thread(s), {r['finished']}; load average "
-        f"{machine['loadavg_start']:.1f} at the start, {machine['loadavg_end']:.1f} at the end."
+        f"Measured by `{r['command']}` on {machine['cpu_count']} CPU cores ({machine['model']}; torch CPU "
+        f"capability {machine['torch_cpu_capability']}), torch {machine['torch']}, {r['threads']} thread(s), "
+        f"{r['finished']}; 1-minute load average {load['start']:.1f} at the start, "
+        f"{max(load.values()):.1f} at most, {load['end']:.1f} at the end."
     )]
     return "\n".join(lines)
+
+
+def breakdown_table(speed: dict[str, Any]) -> list[str]:
+    """Where an epoch of each loop goes (the fastest timed repeat; timers add a little)."""
+    parts = speed["breakdown_seconds"]
+    lines = [f"| part of an epoch ({speed['images']:,} images, batch 64), s (share) | reference loop | ours |",
+             "| --- | --- | --- |"]
+    for phase in (*PHASES, "other", "total"):
+        cells = [f"{parts[loop][phase]:.2f} ({parts[loop][phase] / parts[loop]['total']:.0%})" for loop in ("reference", "ours")]
+        lines.append(f"| {phase.replace('_', ' + ')} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def startup_table(repro: dict[str, Any]) -> list[str]:
+    """`python -m pipeline <stage>` runs split into start-up and work, and what `dvc repro` adds."""
+    rows = repro.get("per_stage", [])
+    lines = ["| stage | run alone, s | start-up (imports), s (CPU s) | work, s |", "| --- | --- | --- | --- |"]
+    lines += [f"| {row['stage']} | {row['seconds']:.1f} | {row['startup_seconds']:.2f} ({row['startup_cpu_seconds']:.2f}) "
+              f"| {row['work_seconds']:.1f} |" for row in rows]
+    if rows and repro.get("seconds"):
+        total = sum(row["seconds"] for row in rows)
+        startup = sum(row["startup_seconds"] for row in rows)
+        lines.append(f"| all, run alone (`dvc repro`: {repro['seconds']:.0f}) | {total:.1f} | {startup:.1f} | "
+                     f"{total - startup:.1f} |")
+    return lines
 
 
 def update_page(page: Path, table: str) -> None:
@@ -485,7 +630,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "") + (
         f" --threads {args.threads}" if args.threads != 1 else "")
-    load_start = os.getloadavg()[0]
+    load = {"start": os.getloadavg()[0]}  # 1-minute load average as each part begins
 
     base = with_overrides(load_params(REPO / "params.yaml"), {"train": {"threads": args.threads}})
     if args.quick:
@@ -504,8 +649,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ran = {s.stage for s in stages if s.returncode == 0}
         if not {"download", "stats", "split"} <= ran:
             raise SystemExit("error: download, stats and split must succeed for the benchmarks; see the lines above")
+        print("== start-up (interpreter and imports) of each stage", file=sys.stderr)
+        load["startup"] = os.getloadavg()[0]
+        startup = startup_vs_work(stages_dir, env, [s for s in stages if s.returncode == 0], repeats)
 
         print("== reference loop vs ours at batch 64", file=sys.stderr)
+        load["throughput"] = os.getloadavg()[0]
         train, valid, mean, std = load_split(stages_dir)
         speed = throughput(stages_dir / RAW_DIR, scratch / "torchvision", train, base, mean, std,
                            batches=60 if args.quick else SEED_BATCHES_PER_EPOCH, repeats=repeats)
@@ -533,13 +682,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         print("== matmul lower bound", file=sys.stderr)
         arch = Architecture.from_params(base)
+        load["matmul"] = os.getloadavg()[0]
         limits = hardware_limit(batches, arch, len(train.labels), min_seconds=0.2 if args.quick else 1.0,
                                 repeats=2 if args.quick else 5)
+        peak = peak_gemm(os.cpu_count() or 1, 2048, min_seconds=0.5 if args.quick else 2.0, repeats=2 if args.quick else 3)
+        peak["limit_epoch_seconds"] = training_flops(len(train.labels), arch) / (peak["gflops"] * 1e9)
 
         print("== dvc repro from raw files", file=sys.stderr)
         scratch_copy(REPO, dvc_dir)
         write_params(dvc_dir, base)
+        load["dvc_repro"] = os.getloadavg()[0]
         repro = dvc_repro(dvc_dir, stage_env(dvc_dir, args.threads))
+        repro["per_stage"] = startup
     finally:
         if args.keep is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -551,11 +705,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": args.threads,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            **cpu_info(),
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg()[0],
+            "loadavg": {**load, "end": os.getloadavg()[0]},
         },
         "seed_images_per_s": speed["seed_images_per_s"],
         "ours_images_per_s": speed["ours_images_per_s"],
@@ -577,6 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sklearn": sk,
         "batch_runs": batch_runs,
         "limits": {str(b): v for b, v in limits.items()},
+        "peak_matmul_all_cores": peak,
         "stages": [asdict(s) for s in stages],
         "missing_stage_modules": [s for s in STAGES if s not in {x.stage for x in stages}],
         "dvc_repro": repro,

@@ -45,8 +45,10 @@ def torchvision_root(raw_dir: Path, root: Path) -> Path:
     return root
 
 
-def seed_loop(root: Path, batches: int, mean: float, std: float, seed: int) -> float:
-    """The reference notebook's epoch, cut after `batches` batches; returns seconds."""
+def seed_loop(root: Path, batches: int, mean: float, std: float, seed: int) -> tuple[float, dict[str, float]]:
+    """The reference notebook's epoch, cut after `batches` batches: seconds, and where they went
+    (data: the DataLoader's PIL transforms and collation; forward_backward; optimizer: zero_grad
+    and step; other: the rest of the loop)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -63,15 +65,28 @@ def seed_loop(root: Path, batches: int, mean: float, std: float, seed: int) -> f
     optimizer = torch.optim.Adam(model.parameters())
     criterion = nn.CrossEntropyLoss()
     model.train()
-    started = time.perf_counter()
-    for step, (images, labels) in enumerate(loader):
-        if step == batches:
+    phases = dict.fromkeys(("data_augmentation", "forward_backward", "optimizer"), 0.0)
+    clock = time.perf_counter
+    started = clock()
+    batches_left = iter(loader)
+    for _ in range(batches):
+        t0 = clock()
+        batch = next(batches_left, None)
+        t1 = clock()
+        if batch is None:
             break
-        optimizer.zero_grad()
+        images, labels = batch
         loss = criterion(model(images.view(images.shape[0], -1)), labels)
         loss.backward()
+        t2 = clock()
         optimizer.step()
-    return time.perf_counter() - started
+        optimizer.zero_grad()
+        t3 = clock()
+        phases["data_augmentation"] += t1 - t0
+        phases["forward_backward"] += t2 - t1
+        phases["optimizer"] += t3 - t2
+    total = clock() - started
+    return total, {**phases, "other": total - sum(phases.values()), "total": total}
 
 
 def our_loop(data: Split, mean: float, std: float, seed: int) -> float:
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = torchvision_root(args.raw, Path(tmp))
         for repeat in range(args.repeats):
-            seed_s.append(seed_loop(root, args.batches, mean, std, repeat))
+            seed_s.append(seed_loop(root, args.batches, mean, std, repeat)[0])
             ours_s.append(our_loop(ours_data, mean, std, repeat))
             print(f"repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s", file=sys.stderr)
 

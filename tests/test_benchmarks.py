@@ -143,3 +143,36 @@ def test_run_measured_reports_the_last_error_line(tmp_path: Path):
         {},
     )
     assert code == 1 and error == "error: bad input"
+
+
+def test_epoch_breakdown_times_every_part_and_leaves_training_unchanged():
+    import torch
+
+    from pipeline.trainer import Split
+    from tests.conftest import synthetic_digits
+
+    x, y = synthetic_digits(300, seed=3)
+    data = Split(torch.from_numpy(x), torch.from_numpy(y).long())
+    params = parse_params({"model": {"hidden": [32]}, "train": {"epochs": 1}})
+    backward = torch.Tensor.backward
+    parts = run.epoch_breakdown(data, params, 0.2, 0.3)
+    assert torch.Tensor.backward is backward  # the timers are gone again
+    assert all(parts[p] > 0 for p in (*run.PHASES, "total"))
+    assert sum(parts[p] for p in (*run.PHASES, "other")) == pytest.approx(parts["total"])
+    table = run.breakdown_table({"images": 300, "breakdown_seconds": {"reference": parts, "ours": parts}})
+    assert len(table) == 2 + len(run.PHASES) + 2 and table[-1].startswith("| total |")
+
+
+def test_cpu_info_names_the_model_and_its_flags():
+    info = run.cpu_info()
+    assert info["model"] and info["torch_cpu_capability"]
+    if Path("/proc/cpuinfo").exists():
+        assert "sse2" in info["flags"] or "fp" in info["flags"]  # x86 or arm
+
+
+def test_peak_gemm_restores_the_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    peak = run.peak_gemm(2, 128, min_seconds=0.01, repeats=1)
+    assert peak["gflops"] > 0 and peak["threads"] == 2 and torch.get_num_threads() == before
