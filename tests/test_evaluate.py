@@ -164,3 +164,20 @@ def test_missing_run_reference_fails_before_work(trained_workdir: Path) -> None:
     with pytest.raises(PipelineError, match="mlflow_run.json is missing.*train"):
         evaluate.main(parse_params({}))
     assert not paths.PREDICTIONS_FILE.exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_numbers_are_sklearns_bit_for_bit(seed: int) -> None:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    actual = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.8, actual, rng.integers(0, 10, 500))
+    predicted[predicted == 3] = 4  # a class never predicted: precision 0, not NaN
+    actual[actual == 7] = 8  # a class that never occurs: recall 0
+    confusion = evaluate.confusion_counts(actual, predicted)
+    assert np.array_equal(confusion, confusion_matrix(actual, predicted, labels=evaluate.CLASSES))
+    table = evaluate.per_class_table(confusion)
+    expected = precision_recall_fscore_support(actual, predicted, labels=evaluate.CLASSES, zero_division=0)
+    for column, values in zip(("precision", "recall", "f1", "support"), expected):
+        assert table[column].to_numpy().tobytes() == values.tobytes(), column
