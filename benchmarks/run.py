@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from train_throughput import seed_loop, torchvision_root  # noqa: E402
 
+import pipeline.trainer  # noqa: E402
 from pipeline import atomic  # noqa: E402
 from pipeline.__main__ import STAGES  # noqa: E402
 from pipeline.augment import Augmentation  # noqa: E402
@@ -55,7 +56,6 @@ from pipeline.paths import (  # noqa: E402
     TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
 )
-import pipeline.trainer  # noqa: E402
 from pipeline.trainer import Split, Trainer  # noqa: E402
 
 TARGET_ACCURACY = 0.98

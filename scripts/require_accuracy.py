@@ -1,6 +1,6 @@
 """Exit 1 when the test accuracy in reports/metrics.json is below a floor: CI fails on a bad model.
 
-    python scripts/require_accuracy.py 0.983 [reports/metrics.json]
+python scripts/require_accuracy.py 0.983 [reports/metrics.json]
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ def main(argv: list[str]) -> int:
     path = Path(argv[1] if len(argv) > 1 else "reports/metrics.json")
     accuracy = json.loads(path.read_text())["test_accuracy"]
     if accuracy < floor:
-        print(f"test accuracy {accuracy:.4f} in {path} is below {floor}: the retrained model is worse than "
-              "the defaults reach; see reports/train_history.csv and the params changed since the last commit")
+        print(
+            f"test accuracy {accuracy:.4f} in {path} is below {floor}: the retrained model is "
+            "worse than the defaults reach; see reports/train_history.csv and the params changed "
+            "since the last commit"
+        )
         return 1
     print(f"test accuracy {accuracy:.4f} in {path} (floor {floor})")
     return 0

@@ -10,7 +10,9 @@ import pytest
 from pipeline import atomic
 
 
-def test_file_then_folder_are_synced_around_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_then_folder_are_synced_around_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "out" / "metrics.json"
     target.parent.mkdir()
     target.write_text("old")
@@ -21,7 +23,8 @@ def test_file_then_folder_are_synced_around_the_rename(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(atomic.os, "fsync", record)
     atomic.write_text(target, "new")
-    # The temp file (renamed into place, so it has target's inode now) before the rename, the folder after it.
+    # The temp file (renamed into place: it has target's inode now) before the rename, the
+    # folder after it.
     assert synced == [(target.stat().st_ino, "old"), (target.parent.stat().st_ino, "new")]
 
 

@@ -159,7 +159,9 @@ def test_epoch_breakdown_times_every_part_and_leaves_training_unchanged():
     assert torch.Tensor.backward is backward  # the timers are gone again
     assert all(parts[p] > 0 for p in (*run.PHASES, "total"))
     assert sum(parts[p] for p in (*run.PHASES, "other")) == pytest.approx(parts["total"])
-    table = run.breakdown_table({"images": 300, "breakdown_seconds": {"reference": parts, "ours": parts}})
+    table = run.breakdown_table(
+        {"images": 300, "breakdown_seconds": {"reference": parts, "ours": parts}}
+    )
     assert len(table) == 2 + len(run.PHASES) + 2 and table[-1].startswith("| total |")
 
 

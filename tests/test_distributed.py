@@ -119,7 +119,9 @@ def test_two_processes_train_like_one(device_name: str, tmp_path: Path) -> None:
 
     single = fit(World(), device)
     worst = compare(single, ranks[0])
-    print(f"largest difference, two processes vs one: {worst:.1e}")  # docs/scaling.md quotes it (pytest -s)
+    print(
+        f"largest difference, two processes vs one: {worst:.1e}"
+    )  # docs/scaling.md quotes it (pytest -s)
     assert worst < TOLERANCE
     assert (
         single["history"][-1][0] < 0.8 * single["history"][0][0]

@@ -178,6 +178,8 @@ def test_per_class_numbers_are_sklearns_bit_for_bit(seed: int) -> None:
     confusion = evaluate.confusion_counts(actual, predicted)
     assert np.array_equal(confusion, confusion_matrix(actual, predicted, labels=evaluate.CLASSES))
     table = evaluate.per_class_table(confusion)
-    expected = precision_recall_fscore_support(actual, predicted, labels=evaluate.CLASSES, zero_division=0)
-    for column, values in zip(("precision", "recall", "f1", "support"), expected):
+    expected = precision_recall_fscore_support(
+        actual, predicted, labels=evaluate.CLASSES, zero_division=0
+    )
+    for column, values in zip(("precision", "recall", "f1", "support"), expected, strict=True):
         assert table[column].to_numpy().tobytes() == values.tobytes(), column

@@ -94,7 +94,8 @@ def test_two_runs_give_identical_results(inputs: Path) -> None:
 
 
 def test_train_seed_changes_the_result(inputs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same seed repeats a run (test above); another seed gives other initial weights, weights and metrics."""
+    """The same seed repeats a run (test above); another seed gives other initial weights,
+    final weights and metrics."""
     initial = []
 
     class Recording(train.Trainer):
@@ -104,15 +105,18 @@ def test_train_seed_changes_the_result(inputs: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(train, "Trainer", Recording)
     first = train.train(small_params(train={"epochs": 1, "seed": 1}))
-    history = without_seconds(read_csv(paths.TRAIN_HISTORY_FILE))
+    history = read_history(paths.TRAIN_HISTORY_FILE)
     second = train.train(small_params(train={"epochs": 1, "seed": 2}))
     assert not torch.equal(*initial)
-    assert without_seconds(read_csv(paths.TRAIN_HISTORY_FILE)) != history
-    assert not torch.equal(first["trainer"]["model"]["output.weight"], second["trainer"]["model"]["output.weight"])
+    assert read_history(paths.TRAIN_HISTORY_FILE) != history
+    assert not torch.equal(
+        first["trainer"]["model"]["output.weight"], second["trainer"]["model"]["output.weight"]
+    )
 
 
 def test_train_seed_drives_shuffling_augmentation_and_dropout() -> None:
-    """From the same initial weights, one epoch with another seed ends elsewhere; the same seed, bit for bit the same."""
+    """From the same initial weights, one epoch with another seed ends elsewhere; the same seed
+    gives the same weights, bit for bit."""
     x, y = synthetic_digits(200, seed=4)
     data = Split(torch.from_numpy(x), torch.from_numpy(y).long())
 
@@ -141,7 +145,9 @@ def stop_after(stop_epoch: int):
     return hook
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_after_interruption_equals_uninterrupted_run(
+    inputs: Path, capsys: pytest.CaptureFixture
+) -> None:
     # Dropout and a one-cycle schedule: the global RNG and the scheduler must be restored too.
     params = small_params(model={"dropout": 0.1}, train={"lr_schedule": "onecycle"})
     whole = train.train(params)
@@ -157,7 +163,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(inputs: Path, capsys
     assert not paths.MODEL_FILE.exists()
     capsys.readouterr()
     resumed = train.train(params)
-    # A fresh start would give the same weights too (same seed): these two lines tell resuming apart.
+    # A fresh start would give the same weights too (same seed): these lines tell resuming apart.
     assert "resuming from models/last.pt after epoch 1\n" in capsys.readouterr().err
     assert resumed["mlflow_run_id"] == interrupted["mlflow_run_id"]
 

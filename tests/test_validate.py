@@ -144,7 +144,10 @@ def test_wrong_count(clean):
 def test_named_datasets_have_their_published_sizes_custom_data_its_headers(clean):
     raw = clean[0]
     assert {name: validate.official_sizes(name, raw) for name in DATASETS} == {
-        "mnist": (60_000, 10_000), "fashion-mnist": (60_000, 10_000), "kmnist": (60_000, 10_000)}
+        "mnist": (60_000, 10_000),
+        "fashion-mnist": (60_000, 10_000),
+        "kmnist": (60_000, 10_000),
+    }
     assert validate.official_sizes("custom", raw) == (600, 200)
 
 
@@ -332,9 +335,11 @@ def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthet
 
 
 def test_stage_fails_a_truncated_named_dataset_on_the_row_counts(workdir, synthetic_mirror):
-    """600 training and 200 test images called mnist: a truncated copy, however consistent in itself."""
+    """600 training and 200 test images called mnist: a truncated copy, consistent in itself."""
     prepare(workdir, synthetic_mirror)
-    with pytest.raises(PipelineError, match="data validation failed: rows_train, rows_valid, rows_test, "):
+    with pytest.raises(
+        PipelineError, match="data validation failed: rows_train, rows_valid, rows_test, "
+    ):
         validate.main(parse_params({"data": {"name": "mnist"}, "split": {"stratify": True}}))
     report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
     assert report["expected_counts"] == {"train": 54_000, "valid": 6_000, "test": 10_000}
@@ -345,7 +350,10 @@ def test_stage_refuses_custom_images_and_labels_that_disagree(workdir, synthetic
     prepare(workdir, synthetic_mirror)
     images = read_idx(paths.RAW_DIR / TRAIN_IMAGES)
     (paths.RAW_DIR / TRAIN_IMAGES).write_bytes(encode_idx(images[:-1]))
-    with pytest.raises(PipelineError, match=r"\(599, 28, 28\) and train-labels-idx1-ubyte.gz \(600,\) are not N images"):
+    with pytest.raises(
+        PipelineError,
+        match=r"\(599, 28, 28\) and train-labels-idx1-ubyte.gz \(600,\) are not N images",
+    ):
         validate.main(parse_params({"data": {"name": "custom"}, "split": {"stratify": True}}))
 
 

@@ -154,17 +154,23 @@ def test_retrain_script_is_valid_bash_and_executable() -> None:
 
 
 @pytest.mark.parametrize("accuracy, code", [(0.9865, 0), (0.983, 0), (0.9829, 1), (0.5, 1)])
-def test_accuracy_floor_passes_good_models_and_fails_bad_ones(tmp_path: Path, accuracy: float, code: int) -> None:
+def test_accuracy_floor_passes_good_models_and_fails_bad_ones(
+    tmp_path: Path, accuracy: float, code: int
+) -> None:
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"test_accuracy": accuracy}))
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "require_accuracy.py"), "0.983", str(metrics)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "require_accuracy.py"), "0.983", str(metrics)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == code, result.stdout + result.stderr
     assert ("is below 0.983" in result.stdout) == bool(code)
 
 
 def test_ci_fails_when_the_retrained_model_is_below_the_floor() -> None:
-    """.ci/run (set -e) checks the real-MNIST accuracy after its last retrain, before it says done."""
+    """.ci/run (set -e) checks the real-MNIST accuracy after its last retrain, before "done"."""
     script = (REPO / ".ci" / "run").read_text()
     assert "set -euo pipefail" in script
     check = script.index("python scripts/require_accuracy.py 0.983\n")
