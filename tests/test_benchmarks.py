@@ -149,7 +149,7 @@ def test_epoch_breakdown_times_every_part_and_leaves_training_unchanged():
     import torch
 
     from pipeline.trainer import Split
-    from tests.conftest import synthetic_digits
+    from tests.helpers import synthetic_digits
 
     x, y = synthetic_digits(300, seed=3)
     data = Split(torch.from_numpy(x), torch.from_numpy(y).long())

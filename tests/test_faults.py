@@ -264,7 +264,9 @@ def test_a_file_matching_md5_but_not_sha256_is_refused(
     md5 = {f: hashlib.md5((synthetic_mirror / f).read_bytes()).hexdigest() for f in FILES}
     forged = {f: "0" * 64 for f in FILES}  # as if someone forged an MD5 collision
     monkeypatch.setitem(
-        download.DATASETS, "mnist", DatasetSpec((str(synthetic_mirror),), md5, forged)
+        download.DATASETS,
+        "mnist",
+        DatasetSpec((str(synthetic_mirror),), md5, train_rows=600, test_rows=200, sha256=forged),
     )
     with pytest.raises(PipelineError, match=r"wrong bytes: SHA-256 [0-9a-f]{64} != expected 0{64}"):
         download.download(parse_params({}), paths.RAW_DIR, {})

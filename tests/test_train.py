@@ -110,7 +110,7 @@ def test_train_seed_changes_the_result(inputs: Path, monkeypatch: pytest.MonkeyP
     assert not torch.equal(*initial)
     assert read_history(paths.TRAIN_HISTORY_FILE) != history
     assert not torch.equal(
-        first["trainer"]["model"]["output.weight"], second["trainer"]["model"]["output.weight"]
+        first.trainer["model"]["output.weight"], second.trainer["model"]["output.weight"]
     )
 
 
@@ -165,7 +165,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     resumed = train.train(params)
     # A fresh start would give the same weights too (same seed): these lines tell resuming apart.
     assert "resuming from models/last.pt after epoch 1\n" in capsys.readouterr().err
-    assert resumed["mlflow_run_id"] == interrupted["mlflow_run_id"]
+    assert resumed.mlflow_run_id == interrupted["mlflow_run_id"]
 
     assert read_history(paths.TRAIN_HISTORY_FILE) == whole_history
     for key, value in whole.trainer["model"].items():
