@@ -478,6 +478,16 @@ def peak_gemm(threads: int, size: int, min_seconds: float, repeats: int) -> dict
     return {"threads": threads, "size": size, "gflops": gflops}
 
 
+def source_commit() -> str:
+    """The commit measured, with `+changes` when the working tree differed from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
+
+
 def cpu_info() -> dict[str, Any]:
     """CPU model and feature flags (AVX-512, AMX, ...): they decide both loops' speed, so the ratio."""
     fields: dict[str, str] = {}
@@ -704,6 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quick": args.quick,
         "threads": args.threads,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": source_commit(),
         "machine": {
             **cpu_info(),
             "cpu_count": os.cpu_count(),

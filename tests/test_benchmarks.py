@@ -178,3 +178,12 @@ def test_peak_gemm_restores_the_thread_count():
     before = torch.get_num_threads()
     peak = run.peak_gemm(2, 128, min_seconds=0.01, repeats=1)
     assert peak["gflops"] > 0 and peak["threads"] == 2 and torch.get_num_threads() == before
+
+
+def test_startup_seconds_times_the_imports_of_a_stage():
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    wall, cpu = run.startup_seconds(ROOT, "split", env, repeats=1)
+    assert cpu > 0 and 0 < wall < 60
+    assert run.source_commit().split("+")[0]
