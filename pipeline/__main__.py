@@ -1,4 +1,7 @@
-"""`python -m pipeline <stage>`: load params.yaml once, run one stage, report errors as one line."""
+"""`python -m pipeline <stage>` and `python -m pipeline predict PATH...`: one subcommand each.
+
+A stage loads params.yaml once, runs, and reports bad input as one `error:` line (exit 1).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import argparse
 import importlib
 import signal
 import sys
+from pathlib import Path
 
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import PipelineError
+from pipeline.paths import MODEL_FILE
 
 STAGES = ("download", "stats", "split", "validate", "train", "evaluate", "report", "promote")
 
@@ -18,21 +23,37 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "predict":
-        from pipeline import predict
+def parser() -> argparse.ArgumentParser:
+    """`--params` goes before or after the subcommand; predict accepts it but needs no params."""
+    params = argparse.ArgumentParser(add_help=False)
+    params.add_argument(
+        "--params", type=Path, default=argparse.SUPPRESS, help=f"params file (default: {PARAMS_FILE})"
+    )
+    main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
+    commands = main.add_subparsers(dest="command", required=True, metavar="{stage,predict}")
+    for stage in STAGES:
+        commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
+    predict = commands.add_parser(
+        "predict",
+        parents=[params],
+        help="the digit in each picture or IDX image (pipeline/predict.py)",
+        description="Predict the digit in each image (PNG, JPEG, ...) or in each image of an IDX file.",
+    )
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="picture or IDX images file")
+    predict.add_argument(
+        "--model",
+        default=str(MODEL_FILE),
+        help=f"checkpoint file or MLflow URI such as models:/mnist-mlp@champion (default: {MODEL_FILE})",
+    )
+    predict.add_argument("--json", action="store_true", help="one JSON object per prediction per line (JSON Lines)")
+    return main
 
-        return predict.cli(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("stage", choices=STAGES + ("predict",))
-    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
+
+def run_stage(stage: str, params_file: Path) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        params = load_params(type(PARAMS_FILE)(args.params))
-        module = importlib.import_module(f"pipeline.{args.stage}")
-        module.main(params)
+        params = load_params(params_file)
+        importlib.import_module(f"pipeline.{stage}").main(params)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -40,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the stage again to finish", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "predict":
+        from pipeline import predict  # torch and Pillow load only for this command
+
+        return predict.run(args.paths, args.model, args.json)
+    return run_stage(args.command, getattr(args, "params", PARAMS_FILE))
 
 
 if __name__ == "__main__":

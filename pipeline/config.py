@@ -70,6 +70,10 @@ class SplitParams(Section):
     seed: int = Field(default=12345, ge=0)
     stratify: bool = False
 
+    def valid_count(self, n: int) -> int:
+        """Validation set size out of n training images: what split draws and validate expects."""
+        return round(n * self.valid_fraction)
+
 
 class ValidateParams(Section):
     class_share_tolerance: float = Field(default=0.02, gt=0, le=1)

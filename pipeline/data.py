@@ -32,23 +32,6 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return scaled[:, 0].round_().clamp_(0, 255).to(torch.uint8)
 
 
-def load_indices(path: Path, limit: int) -> torch.Tensor:
-    """A split's index array, checked to be valid positions in a set of `limit` images."""
-    try:
-        indices = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is missing or unreadable ({exc}); run the split stage (dvc repro split)") from None
-    if indices.ndim != 1 or indices.dtype.kind not in "iu" or len(indices) == 0:
-        raise PipelineError(
-            f"{path} must be a non-empty 1-D integer array, got {indices.dtype} {indices.shape}; rerun split"
-        )
-    if indices.min() < 0 or indices.max() >= limit:
-        raise PipelineError(
-            f"{path} holds indices outside 0..{limit - 1} (the training set size); rerun split on the current data"
-        )
-    return torch.from_numpy(indices.astype(np.int64))
-
-
 def _pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:

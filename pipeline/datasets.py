@@ -14,6 +14,8 @@ TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+CLASSES = tuple(range(10))  # every dataset in MNIST's IDX layout has ten classes, 0-9
+NUM_CLASSES = len(CLASSES)
 
 
 @dataclass(frozen=True)

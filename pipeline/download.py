@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import json
 import os
 import socket
 import ssl
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline import atomic
+from pipeline import artifacts, atomic
 from pipeline.config import Params
 from pipeline.datasets import DATASETS, FILES
 from pipeline.errors import PipelineError
@@ -276,7 +275,7 @@ def already_verified(path: Path, expected: Expected, recorded: dict, locations: 
     return None if mismatch(found, expected) else found
 
 
-def download(params: Params, raw_dir: Path, env: dict[str, str]) -> dict:
+def download(params: Params, raw_dir: Path, env: dict[str, str]) -> artifacts.Checksums:
     expected = expected_checksums(params)
     sources = sources_for(params, env)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +284,7 @@ def download(params: Params, raw_dir: Path, env: dict[str, str]) -> dict:
     checksums_path = raw_dir / CHECKSUMS_FILE.name
     previous = _read_previous(checksums_path, params.data.name)
     down: dict[str, str] = {}
-    record: dict[str, dict] = {}
+    record: dict[str, artifacts.FileChecksums] = {}
     for fname in FILES:
         recorded = previous.get(fname, {})
         locations = {redact(source_url(source, fname)) for source in sources}
@@ -305,20 +304,18 @@ def download(params: Params, raw_dir: Path, env: dict[str, str]) -> dict:
             "source": origin,
             "checked_against": expected[fname].basis,
         }
-    result = {"dataset": params.data.name, "files": record}
-    atomic.write_json(checksums_path, result)
+    result: artifacts.Checksums = {"dataset": params.data.name, "files": record}
+    artifacts.write_checksums(result, checksums_path)
     return result
 
 
 def _read_previous(path: Path, dataset: str) -> dict[str, dict]:
+    """What the last run recorded for this dataset; nothing if it is absent, damaged or for another."""
     try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
+        previous = artifacts.read_checksums(path)
+    except PipelineError:
         return {}
-    if not isinstance(previous, dict) or previous.get("dataset") != dataset:
-        return {}
-    files = previous.get("files")
-    return {k: v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
+    return dict(previous["files"]) if previous["dataset"] == dataset else {}
 
 
 def main(params: Params) -> None:

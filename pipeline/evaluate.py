@@ -13,25 +13,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import atomic, tracking
+from pipeline import artifacts, tracking
 from pipeline.config import Params
-from pipeline.data import load_dataset, load_indices
-from pipeline.errors import PipelineError
+from pipeline.data import load_dataset
+from pipeline.datasets import CLASSES, NUM_CLASSES
 from pipeline.losses import loss_fn, probabilities
-from pipeline.model import NUM_CLASSES, MLP, load_checkpoint, model_from_checkpoint
+from pipeline.model import MLP, checkpoint_field, load_checkpoint, model_from_checkpoint
 from pipeline.paths import (
     METRICS_FILE,
     MLFLOW_RUN_FILE,
     MODEL_FILE,
     PER_CLASS_FILE,
-    PREDICTIONS_FILE,
     RAW_DIR,
     VALID_INDEX_FILE,
 )
 from pipeline.progress import log
 from pipeline.scoring import score
-
-CLASSES = list(range(NUM_CLASSES))
 
 
 @dataclass(frozen=True)
@@ -103,9 +100,9 @@ def evaluate(
 
 
 def write_outputs(result: Evaluation) -> None:
-    atomic.write_json(METRICS_FILE, result.metrics)
-    atomic.write_text(PER_CLASS_FILE, result.per_class.to_csv(index=False, float_format="%.6f"))
-    atomic.write_text(PREDICTIONS_FILE, result.predictions.to_csv(index=False))
+    artifacts.write_metrics(result.metrics)
+    artifacts.write_per_class(result.per_class)
+    artifacts.write_predictions(result.predictions)
 
 
 def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
@@ -122,20 +119,14 @@ def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
         mlflow.log_artifact(str(METRICS_FILE), "evaluation")
 
 
-def checkpoint_field(payload: dict, key: str) -> object:
-    if key not in payload:
-        raise PipelineError(f"{MODEL_FILE} lacks the {key!r} entry train records; retrain it (dvc repro train)")
-    return payload[key]
-
-
 def main(params: Params) -> None:
     tracking.training_run_id(MLFLOW_RUN_FILE)  # fail before the work, not after it
     payload = load_checkpoint(MODEL_FILE)
     model = model_from_checkpoint(payload)
-    loss_name = str(checkpoint_field(payload, "loss"))
-    epoch = int(checkpoint_field(payload, "epoch"))
+    loss_name = str(checkpoint_field(payload, "loss", MODEL_FILE))
+    epoch = int(checkpoint_field(payload, "epoch", MODEL_FILE))
     data = load_dataset(RAW_DIR, model.arch.image_size)
-    valid_idx = load_indices(VALID_INDEX_FILE, len(data.train_labels))
+    valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, len(data.train_labels)))
     result = evaluate(
         model,
         loss_name,

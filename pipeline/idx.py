@@ -60,6 +60,12 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
+def is_idx(data: bytes) -> bool:
+    """gzip (how IDX files ship) or the IDX magic: two zero bytes, then a dtype code (0x08 up; parse_idx
+    names a bad one)."""
+    return data[:2] == _GZIP_MAGIC or (len(data) >= 4 and data[:2] == b"\x00\x00" and data[2] >= 0x08)
+
+
 def read_idx(path: Path) -> np.ndarray:
     try:
         data = Path(path).read_bytes()

@@ -16,9 +16,9 @@ from torch import nn
 
 from pipeline import atomic
 from pipeline.config import Params
+from pipeline.datasets import NUM_CLASSES
 from pipeline.errors import PipelineError
 
-NUM_CLASSES = 10
 CHECKPOINT_FORMAT = "mnist-mlp/1"
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
@@ -39,12 +39,6 @@ class Architecture:
     def from_params(cls, params: Params) -> Architecture:
         m = params.model
         return cls(params.data.image_size, tuple(m.hidden), m.activation, m.output_activation, m.dropout)
-
-
-def parameter_count(input_size: int, hidden: tuple[int, ...] | list[int], outputs: int = NUM_CLASSES) -> int:
-    """Weights plus biases of each fully connected layer: sum of (fan_in + 1) * fan_out."""
-    sizes = [input_size, *hidden, outputs]
-    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes, sizes[1:]))
 
 
 class MLP(nn.Module):
@@ -129,5 +123,8 @@ def model_from_checkpoint(payload: dict[str, Any]) -> MLP:
     return model.eval()
 
 
-def load_model(path: Path) -> MLP:
-    return model_from_checkpoint(load_checkpoint(path))
+def checkpoint_field(payload: dict[str, Any], key: str, path: Path) -> Any:
+    """An entry train records beside the weights (e.g. "loss", "epoch") of the checkpoint at `path`."""
+    if key not in payload:
+        raise PipelineError(f"{path} lacks the {key!r} entry train records; retrain it (dvc repro train)")
+    return payload[key]

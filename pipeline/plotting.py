@@ -18,6 +18,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from pipeline.datasets import CLASSES  # noqa: E402
+
 DPI = 110
 DIGIT_COLORS = matplotlib.colormaps["tab10"]
 
@@ -119,7 +121,7 @@ def embedding_scatter(points: np.ndarray, labels: np.ndarray, title: str, xlabel
     fig = Figure(figsize=(8, 7), layout="constrained")
     ax = fig.subplots()
     size = 4 if len(points) > 2000 else 12
-    for digit in range(10):
+    for digit in CLASSES:
         chosen = labels == digit
         ax.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.6, color=DIGIT_COLORS(digit),
                    label=str(digit), linewidths=0)

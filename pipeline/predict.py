@@ -14,7 +14,6 @@ MLflow models (train logs them as pt2 graphs) only after MLflow has checked them
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -22,7 +21,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -31,10 +29,9 @@ from torch import nn
 from pipeline import tracking
 from pipeline.data import resize
 from pipeline.errors import PipelineError
-from pipeline.idx import parse_idx
+from pipeline.idx import is_idx, parse_idx
 from pipeline.losses import probabilities
-from pipeline.model import load_checkpoint, model_from_checkpoint, model_outputs
-from pipeline.paths import MODEL_FILE
+from pipeline.model import checkpoint_field, load_checkpoint, model_from_checkpoint, model_outputs
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 MNIST_SIZE = 28
@@ -45,6 +42,9 @@ INK_THRESHOLD = 0.3
 # A picture whose brightest ink is within this many grey levels of its background holds no digit.
 MIN_CONTRAST = 24
 BATCH_SIZE = 4096
+# Set for the rest of the predict process before MLflow loads a model: with pickles disallowed
+# MLflow loads only pt2 archives it has checked to be pickle-free; and no download progress bars.
+MLFLOW_ENVIRONMENT = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,9 @@ def load_predictor(spec: str) -> Predictor:
     if spec.startswith(MLFLOW_SCHEMES):
         return load_logged(spec)
     payload = load_checkpoint(Path(spec))
-    if "loss" not in payload:
-        raise PipelineError(f"{spec} lacks the 'loss' entry train records; retrain it (dvc repro train)")
+    loss = str(checkpoint_field(payload, "loss", Path(spec)))
     model = model_from_checkpoint(payload)
-    return Predictor(model, model.arch.image_size, str(payload["loss"]))
+    return Predictor(model, model.arch.image_size, loss)
 
 
 class ExportedMLP(nn.Module):
@@ -110,23 +109,21 @@ def load_logged(uri: str) -> Predictor:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    os.environ.update(MLFLOW_ENVIRONMENT)
     tracking.configure()
-    # With pickles disallowed MLflow loads only pt2 archives it has checked to be pickle-free.
-    quiet_and_safe = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    with patch.dict(os.environ, quiet_and_safe):
-        try:
-            info = mlflow.models.get_model_info(uri)
-        except (MlflowException, OSError) as exc:
-            raise PipelineError(
-                f"cannot find {uri} in {tracking.tracking_uri()} ({first_line(exc)}); check the name and alias or "
-                "version (e.g. models:/mnist-mlp@champion) and MLFLOW_TRACKING_URI"
-            ) from None
-        try:
-            graph = mlflow.pytorch.load_model(uri, map_location="cpu")
-        except (MlflowException, OSError) as exc:
-            raise PipelineError(
-                f"cannot load {uri} ({first_line(exc)}); only models logged by this pipeline's train stage load"
-            ) from None
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(
+            f"cannot find {uri} in {tracking.tracking_uri()} ({first_line(exc)}); check the name and alias or "
+            "version (e.g. models:/mnist-mlp@champion) and MLFLOW_TRACKING_URI"
+        ) from None
+    try:
+        graph = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(
+            f"cannot load {uri} ({first_line(exc)}); only models logged by this pipeline's train stage load"
+        ) from None
     size = signature_image_size(info)
     if size is None:
         raise PipelineError(f"{uri} has no [-1, S*S] tensor signature, so it is not this pipeline's MLP; pick another version")
@@ -198,11 +195,6 @@ def picture_to_mnist(grey: np.ndarray) -> np.ndarray:
     return fit_digit(ink)
 
 
-def is_idx(data: bytes) -> bool:
-    """gzip (how IDX files ship) or the IDX magic: two zero bytes, then a dtype code."""
-    return data[:2] == b"\x1f\x8b" or (len(data) >= 4 and data[:2] == b"\x00\x00" and data[2] >= 0x08)
-
-
 def idx_images(data: bytes) -> np.ndarray:
     try:
         array = parse_idx(data, "IDX data")
@@ -269,32 +261,22 @@ def format_prediction(prediction: Prediction, as_json: bool) -> str:
     return f"{prediction.name}: {prediction.label} (confidence {prediction.confidence:.4f})"
 
 
-def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline predict",
-        description="Predict the digit in each image (PNG, JPEG, ...) or in each image of an IDX file.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="picture or IDX images file")
-    parser.add_argument(
-        "--model",
-        default=str(MODEL_FILE),
-        help=f"checkpoint file or MLflow URI such as models:/mnist-mlp@champion (default: {MODEL_FILE})",
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per prediction per line (JSON Lines)")
-    args = parser.parse_args(argv)
+def run(paths: list[str], model: str, as_json: bool) -> int:
+    """The command (pipeline/__main__.py parses its arguments): exit status 0 when every input
+    was predicted, else 1."""
     try:
-        predictor = load_predictor(args.model)
+        predictor = load_predictor(model)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        failed = predict_all(predictor, args.paths, args.json)
+        failed = predict_all(predictor, paths, as_json)
     except BrokenPipeError:
         # The reader (e.g. `| head`) stopped reading: stop quietly, without a traceback at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     if failed:
-        print(f"error: {failed} of {len(args.paths)} inputs could not be predicted (see above)", file=sys.stderr)
+        print(f"error: {failed} of {len(paths)} inputs could not be predicted (see above)", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -9,14 +9,12 @@ Either way the run is tagged with the decision and reports/promotion.json says w
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from pipeline import atomic, tracking
+from pipeline import artifacts, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.paths import METRICS_FILE, MLFLOW_RUN_FILE, PROMOTION_FILE
+from pipeline.paths import MLFLOW_RUN_FILE
 from pipeline.progress import log
 
 CHAMPION_ALIAS = "champion"
@@ -52,17 +50,6 @@ def decide(version: int, accuracy: float, champion: Champion | None, min_delta: 
         return Decision(True, f"{versus} beats it by at least min_delta {min_delta}")
     needed = "more than 0" if min_delta == 0 else f"at least {min_delta}"
     return Decision(False, f"{versus}: the gain must be {needed} to promote")
-
-
-def new_accuracy(metrics_path: Path = METRICS_FILE) -> float:
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        raise PipelineError(f"{metrics_path} is missing or unreadable; run the evaluate stage first (dvc repro evaluate)") from None
-    value = metrics.get(ACCURACY_METRIC) if isinstance(metrics, dict) else None
-    if not isinstance(value, (int, float)):
-        raise PipelineError(f"{metrics_path} has no numeric {ACCURACY_METRIC}; rerun the evaluate stage (dvc repro evaluate)")
-    return float(value)
 
 
 def registered_version(client, name: str, run_id: str) -> int:
@@ -119,8 +106,8 @@ def promote(client, name: str, run_id: str, accuracy: float, min_delta: float) -
 def main(params: Params) -> None:
     from mlflow import MlflowClient
 
-    accuracy = new_accuracy()
+    accuracy = float(artifacts.read_metrics()[ACCURACY_METRIC])
     run_id = tracking.training_run_id(MLFLOW_RUN_FILE)
     record = promote(MlflowClient(), params.mlflow.registered_model, run_id, accuracy, params.promote.min_delta)
-    atomic.write_json(PROMOTION_FILE, record)
+    artifacts.write_promotion(record)
     log(f"promote: {record['decision']}: {record['reason']}")

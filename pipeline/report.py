@@ -22,28 +22,22 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
 
-from pipeline import atomic, plotting, tracking
+from pipeline import artifacts, atomic, plotting, tracking
 from pipeline.augment import Augmentation, augment
 from pipeline.config import Params
-from pipeline.data import Dataset, load_dataset, load_indices
+from pipeline.data import Dataset, load_dataset
+from pipeline.datasets import CLASSES, NUM_CLASSES
 from pipeline.errors import PipelineError
-from pipeline.evaluate import CLASSES, checkpoint_field
 from pipeline.losses import probabilities
-from pipeline.model import MLP, load_checkpoint, model_from_checkpoint, model_outputs
+from pipeline.model import MLP, checkpoint_field, load_checkpoint, model_from_checkpoint, model_outputs
 from pipeline.paths import (
-    CHECKSUMS_FILE,
-    DATA_VALIDATION_FILE,
     FIGURES_DIR,
-    GRAD_NORMS_FILE,
-    METRICS_FILE,
     MLFLOW_RUN_FILE,
     MODEL_FILE,
-    PER_CLASS_FILE,
     PREDICTIONS_FILE,
     RAW_DIR,
     REPORT_HTML_FILE,
     REPORT_MD_FILE,
-    TRAIN_HISTORY_FILE,
     TRAIN_INDEX_FILE,
 )
 from pipeline.progress import log
@@ -52,7 +46,6 @@ from pipeline.report_render import FigureDoc, Section, Table, render_html, rende
 REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
 PARAM_SECTIONS = ("data", "split", "validate", "model", "augment", "train", "report")  # dvc.yaml: report params
 BATCH = 2000
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds")
 GRID_DIGITS = 32
 MISTAKES = 25
 WEIGHT_UNITS = 100
@@ -77,64 +70,29 @@ class Inputs:
     validation: dict[str, Any]
 
 
-def _stage_of(path: Path) -> str:
-    return {
-        CHECKSUMS_FILE: "download",
-        DATA_VALIDATION_FILE: "validate",
-        TRAIN_HISTORY_FILE: "train",
-        GRAD_NORMS_FILE: "train",
-    }.get(path, "evaluate")
-
-
-def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro {_stage_of(path)}") from None
-    missing = [key for key in keys if not isinstance(content, dict) or key not in content]
-    if missing:
-        raise PipelineError(f"{path} lacks {', '.join(missing)}; rerun dvc repro {_stage_of(path)}")
-    return content
-
-
-def read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro {_stage_of(path)}") from None
-    missing = [c for c in columns if c not in table.columns]
-    if missing or table.empty:
-        what = f"lacks columns {', '.join(missing)}" if missing else "has no rows"
-        raise PipelineError(f"{path} {what}; rerun dvc repro {_stage_of(path)}")
-    return table
-
-
 def load_inputs() -> Inputs:
     payload = load_checkpoint(MODEL_FILE)
     model = model_from_checkpoint(payload)
     data = load_dataset(RAW_DIR, model.arch.image_size)
-    predictions = read_csv(PREDICTIONS_FILE, ("index", "actual", "predicted", "confidence"))
+    predictions = artifacts.read_predictions()
     if len(predictions) != len(data.test_labels):
         raise PipelineError(
             f"{PREDICTIONS_FILE} has {len(predictions)} rows but the test set {len(data.test_labels)} images; "
             "rerun dvc repro evaluate"
         )
-    grad_norms = read_csv(GRAD_NORMS_FILE, ("epoch",))
-    if grad_norms.shape[1] < 2:
-        raise PipelineError(f"{GRAD_NORMS_FILE} has no layer columns; rerun dvc repro train")
     return Inputs(
         model=model,
-        loss_name=str(checkpoint_field(payload, "loss")),
-        best_epoch=int(checkpoint_field(payload, "epoch")),
+        loss_name=str(checkpoint_field(payload, "loss", MODEL_FILE)),
+        best_epoch=int(checkpoint_field(payload, "epoch", MODEL_FILE)),
         data=data,
-        train_index=load_indices(TRAIN_INDEX_FILE, len(data.train_labels)),
-        metrics=read_json(METRICS_FILE, ("test_accuracy", "test_loss", "valid_accuracy", "valid_loss", "macro_f1")),
-        per_class=read_csv(PER_CLASS_FILE, ("class", "precision", "recall", "f1", "support")),
+        train_index=torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels))),
+        metrics=artifacts.read_metrics(),
+        per_class=artifacts.read_per_class(),
         predictions=predictions,
-        history=read_csv(TRAIN_HISTORY_FILE, HISTORY_COLUMNS),
-        grad_norms=grad_norms,
-        checksums=read_json(CHECKSUMS_FILE, ("dataset", "files")),
-        validation=read_json(DATA_VALIDATION_FILE, ("success", "counts", "expectations")),
+        history=artifacts.read_history(),
+        grad_norms=artifacts.read_grad_norms(),
+        checksums=artifacts.read_checksums(),
+        validation=artifacts.read_validation(),
     )
 
 
@@ -278,7 +236,7 @@ def mistakes_figure(d: FigureData) -> Figure:
     data = d.inputs.data
     worst = confident_mistakes(d.inputs.predictions, MISTAKES)
     index = torch.tensor(worst["index"].to_numpy(), dtype=torch.int64)
-    probs = np.zeros((0, 10))
+    probs = np.zeros((0, NUM_CLASSES))
     if len(worst):
         probs = probabilities(model_outputs(d.inputs.model, data.test_images[index], BATCH), d.inputs.loss_name).numpy()
     rows = np.arange(len(worst))

@@ -6,22 +6,15 @@ numpy's global state, so the same params give byte-identical index files on any 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from pipeline import atomic
-from pipeline.config import Params
+from pipeline import artifacts
+from pipeline.config import Params, SplitParams
 from pipeline.datasets import TRAIN_LABELS
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
-from pipeline.paths import RAW_DIR, SPLIT_SUMMARY_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE
+from pipeline.paths import RAW_DIR, TRAIN_INDEX_FILE, VALID_INDEX_FILE
 from pipeline.progress import log
-
-
-def valid_count(n: int, valid_fraction: float) -> int:
-    """Validation set size; the validate stage expects the same number."""
-    return round(n * valid_fraction)
 
 
 def _stratified_valid(labels: np.ndarray, n_valid: int, rng: np.random.Generator) -> np.ndarray:
@@ -39,19 +32,17 @@ def _stratified_valid(labels: np.ndarray, n_valid: int, rng: np.random.Generator
     return np.concatenate(chosen)
 
 
-def split_indices(
-    labels: np.ndarray, valid_fraction: float, seed: int, stratify: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(labels: np.ndarray, cfg: SplitParams) -> tuple[np.ndarray, np.ndarray]:
     """(train, valid): int64 indices into `labels`, each sorted ascending, disjoint, covering all."""
     n = len(labels)
-    n_valid = valid_count(n, valid_fraction)
+    n_valid = cfg.valid_count(n)
     if not 0 < n_valid < n:
         raise PipelineError(
-            f"split.valid_fraction {valid_fraction} of {n} training images leaves {n_valid} for validation "
+            f"split.valid_fraction {cfg.valid_fraction} of {n} training images leaves {n_valid} for validation "
             f"and {n - n_valid} for training; choose a fraction that leaves both non-empty"
         )
-    rng = np.random.default_rng(seed)
-    valid = _stratified_valid(labels, n_valid, rng) if stratify else rng.permutation(n)[:n_valid]
+    rng = np.random.default_rng(cfg.seed)
+    valid = _stratified_valid(labels, n_valid, rng) if cfg.stratify else rng.permutation(n)[:n_valid]
     in_valid = np.zeros(n, dtype=bool)
     in_valid[valid] = True
     return np.flatnonzero(~in_valid).astype(np.int64), np.flatnonzero(in_valid).astype(np.int64)
@@ -73,21 +64,15 @@ def summary(labels: np.ndarray, train: np.ndarray, valid: np.ndarray, params: Pa
     }
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def main(params: Params) -> None:
     labels = read_idx(RAW_DIR / TRAIN_LABELS)
     if labels.ndim != 1:
         raise PipelineError(f"{RAW_DIR / TRAIN_LABELS}: expected a 1-D label array, got shape {labels.shape}")
     cfg = params.split
-    train, valid = split_indices(labels, cfg.valid_fraction, cfg.seed, cfg.stratify)
-    atomic.write_bytes(TRAIN_INDEX_FILE, npy_bytes(train))
-    atomic.write_bytes(VALID_INDEX_FILE, npy_bytes(valid))
-    atomic.write_json(SPLIT_SUMMARY_FILE, summary(labels, train, valid, params))
+    train, valid = split_indices(labels, cfg)
+    artifacts.write_index(TRAIN_INDEX_FILE, train)
+    artifacts.write_index(VALID_INDEX_FILE, valid)
+    artifacts.write_split_summary(summary(labels, train, valid, params))
     log(
         f"split: {len(train):,} train / {len(valid):,} valid "
         f"(seed {cfg.seed}, stratify {str(cfg.stratify).lower()})"

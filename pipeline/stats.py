@@ -10,15 +10,15 @@ import math
 
 import torch
 
-from pipeline import atomic
+from pipeline import artifacts
 from pipeline.config import Params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.paths import RAW_DIR, STATS_FILE
+from pipeline.paths import RAW_DIR
 from pipeline.progress import log
 
 
-def pixel_stats(images: torch.Tensor) -> dict[str, float | int]:
+def pixel_stats(images: torch.Tensor) -> dict[str, float]:
     """Mean and population std of uint8 pixels scaled to [0, 1].
 
     A 256-bin histogram turns the sums into exact integers, so the only rounding is in the final
@@ -40,6 +40,9 @@ def pixel_stats(images: torch.Tensor) -> dict[str, float | int]:
 def main(params: Params) -> None:
     size = params.data.image_size
     images = load_dataset(RAW_DIR, size).train_images
-    stats = {**pixel_stats(images), "image_size": size, "count": len(images)}
-    atomic.write_json(STATS_FILE, stats)
+    moments = pixel_stats(images)
+    stats: artifacts.Stats = {
+        "mean": moments["mean"], "std": moments["std"], "image_size": size, "count": len(images)
+    }
+    artifacts.write_stats(stats)
     log(f"stats: mean {stats['mean']:.6f}, std {stats['std']:.6f} over {len(images):,} images at {size}x{size}")

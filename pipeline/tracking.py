@@ -6,7 +6,6 @@ so that params, metrics, figures and the model all land together.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic
+from pipeline import artifacts
 from pipeline.errors import PipelineError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -81,23 +80,12 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def save_run_reference(path: Path, run_id: str, experiment_id: str) -> None:
-    atomic.write_json(path, {"run_id": run_id, "experiment_id": experiment_id})
-
-
-def read_run_reference(path: Path) -> dict[str, str]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        raise PipelineError(f"{path} is missing or unreadable; run the train stage first (dvc repro train)") from None
-
-
 def training_run_id(run_file: Path) -> str:
     """The run train recorded, checked to exist in this store; stages call it before their work."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    run_id = read_run_reference(run_file)["run_id"]
+    run_id = artifacts.read_run_reference(run_file)["run_id"]
     uri = configure()
     try:
         mlflow.MlflowClient().get_run(run_id)

@@ -7,33 +7,25 @@ killed run started again continues from there and ends exactly where an uninterr
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from pipeline import atomic, distributed, tracking
+from pipeline import artifacts, distributed, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import Params
-from pipeline.data import load_dataset, load_indices
+from pipeline.data import load_dataset
 from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, save_checkpoint
 from pipeline.paths import (
-    CHECKSUMS_FILE,
-    GRAD_NORMS_FILE,
     LAST_CHECKPOINT_FILE,
-    MLFLOW_RUN_FILE,
     MODEL_FILE,
     RAW_DIR,
     STATS_FILE,
-    TRAIN_HISTORY_FILE,
     TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
 )
@@ -41,7 +33,6 @@ from pipeline.progress import bar, log
 from pipeline.resume import BestEpoch, TrainState, fingerprint, load_resume_state, save_state
 from pipeline.trainer import EpochResult, Split, Trainer, diverged, resolve_device
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "lr"]
 EXAMPLE_ROWS = 5
 
 
@@ -55,15 +46,9 @@ class Inputs:
     fingerprint: str
 
 
-def _read_json(path: Path, stage: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is missing or unreadable ({exc}); run dvc repro {stage}") from None
-
-
 def read_stats(image_size: int) -> tuple[float, float]:
-    stats = _read_json(STATS_FILE, "stats")
+    """The normalisation, checked to be for the model's image size and non-degenerate."""
+    stats = artifacts.read_stats()
     if stats.get("image_size") != image_size:
         raise PipelineError(
             f"{STATS_FILE} is for image_size {stats.get('image_size')} but data.image_size is {image_size}; "
@@ -77,26 +62,18 @@ def read_stats(image_size: int) -> tuple[float, float]:
 def load_inputs(params: Params, device: torch.device) -> Inputs:
     size = params.data.image_size
     mean, std = read_stats(size)
-    checksums = _read_json(CHECKSUMS_FILE, "download")
-    dataset_md5 = {name: entry["md5"] for name, entry in checksums.get("files", {}).items()}
+    checksums = artifacts.read_checksums()
+    dataset_md5 = {name: entry["md5"] for name, entry in checksums["files"].items()}
     data = load_dataset(RAW_DIR, size)
     limit = len(data.train_labels)
-    train_idx = load_indices(TRAIN_INDEX_FILE, limit)
-    valid_idx = load_indices(VALID_INDEX_FILE, limit)
+    train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, limit))
+    valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, limit))
 
     def split(index: torch.Tensor) -> Split:
         return Split(data.train_images[index].to(device), data.train_labels[index].to(device))
 
     digest = fingerprint(params, dataset_md5, [STATS_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE])
     return Inputs(split(train_idx), split(valid_idx), mean, std, dataset_md5, digest)
-
-
-def csv_text(rows: list[dict], columns: list[str]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -215,9 +192,8 @@ def train(params: Params, after_epoch: Callable[[int], None] | None = None, worl
 
 
 def write_history(state: TrainState) -> None:
-    atomic.write_text(TRAIN_HISTORY_FILE, csv_text(state.history, HISTORY_COLUMNS))
-    layers = [k for k in state.grad_norms[0] if k != "epoch"] if state.grad_norms else []
-    atomic.write_text(GRAD_NORMS_FILE, csv_text(state.grad_norms, ["epoch", *layers]))
+    artifacts.write_history(state.history)
+    artifacts.write_grad_norms(state.grad_norms)
 
 
 def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> None:
@@ -237,7 +213,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
     tracking.log_model(model, example, params.mlflow.registered_model)
     run = mlflow.active_run()
-    tracking.save_run_reference(MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
+    artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)
     log(f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy {best.valid_accuracy:.4f}; "

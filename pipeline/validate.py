@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import atomic
+from pipeline import artifacts
 from pipeline.config import Params
-from pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.datasets import CLASSES, DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
 from pipeline.paths import DATA_DOCS_DIR, DATA_VALIDATION_FILE, RAW_DIR, STATS_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE
 from pipeline.progress import log
-from pipeline.split import valid_count
 
 OFFLINE_INDEX = "offline.html"
 
@@ -48,7 +47,6 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
-CLASSES = tuple(range(10))  # every dataset in MNIST's IDX layout has ten classes, 0-9
 PIXEL_MIN, PIXEL_MAX = 0, 255
 IMAGE_COLUMNS = ("split", "index", "label", "pixel_min", "pixel_max", "pixel_mean", "nonzero_pixels", "content_hash")
 STATS_COLUMNS = ("mean", "std", "count")
@@ -72,7 +70,7 @@ class Expected:
 
 
 def expected_for(params: Params, training_size: int, test_size: int) -> Expected:
-    n_valid = valid_count(training_size, params.split.valid_fraction)
+    n_valid = params.split.valid_count(training_size)
     return Expected(
         rows={"train": training_size - n_valid, "valid": n_valid, "test": test_size},
         training_size=training_size,
@@ -403,38 +401,14 @@ def failures(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [entry for entry in report["expectations"] if not entry["success"]]
 
 
-def _load_index(path: Path) -> np.ndarray:
-    try:
-        index = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found; run the split stage first (dvc repro split)") from None
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is not a readable .npy file ({exc}); re-run the split stage") from None
-    if index.ndim != 1 or index.dtype.kind not in "iu":
-        raise PipelineError(f"{path} must hold a 1-D integer index array, got {index.dtype} {index.shape}; re-run the split stage")
-    return index.astype(np.int64)
-
-
-def _load_stats(path: Path) -> dict[str, Any]:
-    try:
-        stats = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found; run the stats stage first (dvc repro stats)") from None
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path} is not readable JSON ({exc}); re-run the stats stage") from None
-    if not isinstance(stats, dict):
-        raise PipelineError(f"{path} must hold a JSON object, got {type(stats).__name__}; re-run the stats stage")
-    return stats
-
-
 def main(params: Params) -> None:
     raw = read_raw(RAW_DIR)
-    images = image_table(raw, _load_index(TRAIN_INDEX_FILE), _load_index(VALID_INDEX_FILE))
+    images = image_table(raw, artifacts.read_index(TRAIN_INDEX_FILE), artifacts.read_index(VALID_INDEX_FILE))
     expected = expected_for(params, *official_sizes(params.data.name, raw))
-    report = validate(images, raw.train_labels, _load_stats(STATS_FILE), expected, DATA_DOCS_DIR)
+    report = validate(images, raw.train_labels, artifacts.read_stats(), expected, DATA_DOCS_DIR)
     # No page paths here: they carry GX's run time, and train depends on this file.
     report["data_docs"] = {"index": str(DATA_DOCS_DIR / "index.html"), "offline_index": str(DATA_DOCS_DIR / OFFLINE_INDEX)}
-    atomic.write_json(DATA_VALIDATION_FILE, report)
+    artifacts.write_validation(report)
     counts = ", ".join(f"{report['counts'][s]:,} {s}" for s in SPLITS)
     passed = sum(entry["success"] for entry in report["expectations"])
     log(f"validate: {passed}/{len(report['expectations'])} expectations passed on {counts}")
