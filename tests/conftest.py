@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import TINY_PIPELINE, write_dataset
+from tests.helpers import TINY_PIPELINE, VALIDATION_ENTRY, write_dataset
 
 torch.set_num_threads(1)
 
@@ -40,15 +40,12 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     """mlflow_workdir holding what download..train leave behind, on tiny synthetic data.
 
     Raw data and checksums come from the real download stage; the split, the validation summary,
-    a briefly trained two-layer MLP, its MLflow run and the per-epoch CSVs are written directly in
-    the formats those stages use, so evaluate and report can be tested on their own.
+    a briefly trained two-layer MLP, its MLflow run and the per-epoch CSVs are written through the
+    writers those stages use (pipeline/artifacts.py), so evaluate and report can be tested alone.
     """
-    import json
-
     import mlflow
-    import pandas as pd
 
-    from pipeline import download, paths, tracking
+    from pipeline import artifacts, download, paths, tracking
     from pipeline.config import parse_params
     from pipeline.data import load_dataset
     from pipeline.losses import loss_fn
@@ -61,34 +58,28 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     )
     data = load_dataset(paths.RAW_DIR, 28)
     pixels = data.train_images.float() / 255
-    paths.STATS_FILE.write_text(
-        json.dumps(
-            {
-                "mean": pixels.mean().item(),
-                "std": pixels.std(correction=0).item(),
-                "image_size": 28,
-                "count": len(pixels),
-            }
-        )
+    artifacts.write_stats(
+        {
+            "mean": pixels.mean().item(),
+            "std": pixels.std(correction=0).item(),
+            "image_size": 28,
+            "count": len(pixels),
+        }
     )
     order = np.random.default_rng(0).permutation(len(pixels))
     valid_idx, train_idx = np.sort(order[: len(order) // 10]), np.sort(order[len(order) // 10 :])
-    paths.SPLIT_DIR.mkdir(parents=True)
-    np.save(paths.TRAIN_INDEX_FILE, train_idx.astype(np.int64))
-    np.save(paths.VALID_INDEX_FILE, valid_idx.astype(np.int64))
-    paths.REPORTS_DIR.mkdir()
-    paths.DATA_VALIDATION_FILE.write_text(
-        json.dumps(
-            {
-                "success": True,
-                "counts": {
-                    "train": len(train_idx),
-                    "valid": len(valid_idx),
-                    "test": len(data.test_labels),
-                },
-                "expectations": [{"name": "pixels_in_range", "table": "images", "success": True}],
-            }
-        )
+    artifacts.write_index(paths.TRAIN_INDEX_FILE, train_idx.astype(np.int64))
+    artifacts.write_index(paths.VALID_INDEX_FILE, valid_idx.astype(np.int64))
+    artifacts.write_validation(
+        {
+            "success": True,
+            "counts": {
+                "train": len(train_idx),
+                "valid": len(valid_idx),
+                "test": len(data.test_labels),
+            },
+            "expectations": [VALIDATION_ENTRY],
+        }
     )
 
     torch.manual_seed(0)
@@ -121,8 +112,8 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
                 "lr": 0.003,
             }
         )
-    pd.DataFrame(history).to_csv(paths.TRAIN_HISTORY_FILE, index=False)
-    pd.DataFrame(norms).to_csv(paths.GRAD_NORMS_FILE, index=False)
+    artifacts.write_history(history)
+    artifacts.write_grad_norms(norms)
     save_checkpoint(
         paths.MODEL_FILE,
         model,
@@ -137,7 +128,7 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
         mlflow.log_param("train.epochs", 3)
-    tracking.save_run_reference(paths.MLFLOW_RUN_FILE, run.info.run_id, run.info.experiment_id)
+    artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     return mlflow_workdir
 
 

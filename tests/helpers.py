@@ -30,6 +30,18 @@ TINY_PIPELINE = {
     "report": {"tsne_samples": 50},
 }
 
+# One entry of reports/data_validation.json exactly as the validate stage writes it for the
+# synthetic data: conftest's trained_workdir writes it, and tests/test_validate.py checks that the
+# real stage still produces it.
+VALIDATION_ENTRY = {
+    "name": "pixel_max_in_range",
+    "success": True,
+    "observed": {"unexpected_count": 0, "examples": []},
+    "checks": "no pixel above 255",
+    "table": "images",
+    "expectation": "expect_column_values_to_be_between",
+}
+
 
 def synthetic_digits(count: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """Learnable fake digits: class k lights a band of rows and columns that depends on k, plus

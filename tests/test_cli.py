@@ -1,13 +1,16 @@
-"""`python -m pipeline <stage>` as a user runs it: one `error:` line and exit 1 for bad input."""
+"""`python -m pipeline <command>` as a user runs it: one `error:` line and exit 1 for bad input."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.datasets import FILES
 
@@ -50,3 +53,32 @@ def test_download_through_the_cli(workdir, synthetic_mirror):
     result = cli("download", mirror=synthetic_mirror / "gone")
     assert result.returncode == 0  # everything already verified: no source needed
     assert result.stderr.count("already present and verified") == 4
+
+
+def test_predict_takes_params_before_the_subcommand_like_every_stage(workdir):
+    """`--params` before `predict` once gave a usage error; predict ignores it but accepts it."""
+    import torch
+    from PIL import Image
+
+    from pipeline.model import MLP, Architecture, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(
+        Path("model.pt"),
+        MLP(Architecture(28, (8,)), 0.1, 0.3),
+        {"loss": "cross_entropy", "epoch": 1},
+    )
+    picture = np.zeros((28, 28), dtype=np.uint8)
+    picture[6:22, 12:16] = 255  # a "1"
+    Image.fromarray(picture).save("x.png")
+    result = cli("--params", "params.yaml", "predict", "x.png", "--model", "model.pt")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"x\.png: \d \(confidence \d\.\d{4}\)\n", result.stdout)
+
+
+def test_predict_without_a_path_is_a_usage_error_not_a_crash(workdir):
+    for args in (("predict",), ("--params", "params.yaml", "predict")):
+        result = cli(*args)
+        assert result.returncode == 2, args
+        assert "the following arguments are required: PATH" in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""

@@ -1,15 +1,15 @@
-"""dvc.yaml's deps of each `python -m pipeline <stage>` stage are exactly the pipeline modules it
-imports.
+"""dvc.yaml against the code: each stage's deps are exactly the pipeline modules it imports, its
+outs hold every path of paths.py it writes, and no stage imports another.
 
-Found by static analysis (transitively, imports inside functions included), so that DVC reruns a
-stage when, and only when, code it runs has changed.
+Imports are found by static analysis (transitively, imports inside functions included), so that
+DVC reruns a stage when, and only when, code it runs has changed.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -79,6 +79,78 @@ def test_stage_deps_are_exactly_its_imports(stage):
         f"dvc.yaml stage {stage!r}: deps missing {missing or 'nothing'}, "
         f"deps listing modules it does not import {extra or 'nothing'}"
     )
+
+
+def test_no_stage_imports_another_stage():
+    """Shared code lives in its own modules; a stage (or the predict command) is only an entry."""
+    from pipeline.__main__ import STAGES
+
+    package = REPO / "pipeline"
+    commands = {*STAGES, "predict"}
+    offenders = {
+        name: sorted(closure(name, package) & commands - {name}) for name in sorted(commands)
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+# Which stage writes each path of pipeline/paths.py; None for a folder that only holds others.
+WRITTEN_BY = {
+    "RAW_DIR": "download",
+    "CHECKSUMS_FILE": "download",
+    "STATS_FILE": "stats",
+    "SPLIT_DIR": "split",
+    "TRAIN_INDEX_FILE": "split",
+    "VALID_INDEX_FILE": "split",
+    "SPLIT_SUMMARY_FILE": "split",
+    "MODELS_DIR": None,
+    "MODEL_FILE": "train",
+    "LAST_CHECKPOINT_FILE": None,  # resume state, deliberately not an out (dvc.yaml, train stage)
+    "MLFLOW_RUN_FILE": "train",
+    "REPORTS_DIR": None,
+    "DATA_VALIDATION_FILE": "validate",
+    "DATA_DOCS_DIR": "validate",
+    "TRAIN_HISTORY_FILE": "train",
+    "GRAD_NORMS_FILE": "train",
+    "METRICS_FILE": "evaluate",
+    "PER_CLASS_FILE": "evaluate",
+    "PREDICTIONS_FILE": "evaluate",
+    "FIGURES_DIR": "report",
+    "REPORT_HTML_FILE": "report",
+    "REPORT_MD_FILE": "report",
+    "PROMOTION_FILE": "promote",
+}
+
+
+def declared_outputs(stage: dict) -> list[PurePosixPath]:
+    """outs, metrics and plots: each entry is a path or a one-key mapping of path to options."""
+    entries = [e for kind in ("outs", "metrics", "plots") for e in stage.get(kind, [])]
+    return [PurePosixPath(next(iter(e)) if isinstance(e, dict) else e) for e in entries]
+
+
+def test_every_path_a_stage_writes_is_declared_in_its_outs():
+    from pipeline import paths
+
+    constants = {name for name, value in vars(paths).items() if isinstance(value, Path)}
+    assert constants == set(WRITTEN_BY), "classify each new path of pipeline/paths.py in WRITTEN_BY"
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    undeclared = []
+    for name, stage in WRITTEN_BY.items():
+        if stage is None:
+            continue
+        path = PurePosixPath(getattr(paths, name).as_posix())
+        outputs = declared_outputs(stages[stage])
+        if not any(path == out or out in path.parents for out in outputs):
+            undeclared.append(
+                f"{name} ({path}) is not among stage {stage!r}'s outs {[str(o) for o in outputs]}"
+            )
+    assert undeclared == []
+
+
+def test_report_params_are_the_sections_it_prints():
+    from pipeline.report import PARAM_SECTIONS
+
+    report = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
+    assert sorted(report["params"]) == sorted(PARAM_SECTIONS)
 
 
 def test_import_scanner_sees_every_form(tmp_path):

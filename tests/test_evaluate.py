@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate, paths, tracking
+from pipeline import artifacts, evaluate, paths
 from pipeline.config import parse_params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
@@ -49,7 +49,7 @@ def test_writes_consistent_outputs(trained_workdir: Path) -> None:
 
     import mlflow
 
-    run_id = tracking.read_run_reference(paths.MLFLOW_RUN_FILE)["run_id"]
+    run_id = artifacts.read_run_reference()["run_id"]
     run = mlflow.get_run(run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert run.data.metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
@@ -142,8 +142,10 @@ def test_unknown_loss_is_refused(trained_workdir: Path) -> None:
 
 
 def test_out_of_range_split_is_refused(trained_workdir: Path) -> None:
-    np.save(paths.VALID_INDEX_FILE, np.array([0, 5, 10**6], dtype=np.int64))
-    with pytest.raises(PipelineError, match="outside 0..599.*rerun split"):
+    artifacts.write_index(paths.VALID_INDEX_FILE, np.array([0, 5, 10**6], dtype=np.int64))
+    with pytest.raises(
+        PipelineError, match=r"outside 0..599.*rerun the split stage \(dvc repro split\)"
+    ):
         evaluate.main(parse_params({}))
 
 
@@ -161,7 +163,10 @@ def test_run_missing_from_the_store_fails_before_work(
 
 def test_missing_run_reference_fails_before_work(trained_workdir: Path) -> None:
     paths.MLFLOW_RUN_FILE.unlink()
-    with pytest.raises(PipelineError, match="mlflow_run.json is missing.*train"):
+    with pytest.raises(
+        PipelineError,
+        match=r"mlflow_run.json is missing; run the train stage first \(dvc repro train\)",
+    ):
         evaluate.main(parse_params({}))
     assert not paths.PREDICTIONS_FILE.exists()
 

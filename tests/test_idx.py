@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.idx import encode_idx, parse_idx, read_idx
+from pipeline.idx import encode_idx, is_idx, parse_idx, read_idx
 
 ARRAYS = {
     "uint8": np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
@@ -106,3 +106,12 @@ def test_huge_declared_shape_is_rejected_not_allocated():
     header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1)
     with pytest.raises(PipelineError, match="truncated"):
         parse_idx(header + b"\x00" * 8, "huge")
+
+
+def test_is_idx_recognises_gzip_and_the_magic_but_not_pictures():
+    assert is_idx(RAW) and is_idx(gzip.compress(RAW))
+    assert is_idx(
+        b"\x00\x00\x0a\x01"
+    )  # an unknown dtype code still counts: parse_idx then names it
+    png = b"\x89PNG\r\n\x1a\n" + bytes(16)
+    assert not is_idx(png) and not is_idx(b"\x00\x00") and not is_idx(b"\x00\x00\x07\x01")

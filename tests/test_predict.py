@@ -12,11 +12,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline import predict
+from pipeline.__main__ import main as pipeline_main
 from pipeline.data import resize
 from pipeline.datasets import TEST_IMAGES, TEST_LABELS
 from pipeline.evaluate import evaluate
 from pipeline.idx import encode_idx, read_idx
-from pipeline.model import MLP, Architecture, save_checkpoint
+from pipeline.model import (
+    MLP,
+    Architecture,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from tests.helpers import synthetic_digits, write_dataset
 
 
@@ -50,8 +57,15 @@ def test_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("mirror"), n_train=20, n_test=60, seed=3)
 
 
+@pytest.fixture(autouse=True)
+def restore_mlflow_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict sets MLflow's environment for the rest of its process; here, of the test only."""
+    for name in predict.MLFLOW_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], str]:
-    code = predict.cli(args)
+    code = pipeline_main(["predict", *args])
     out, err = capsys.readouterr()
     return code, out.splitlines(), err
 
@@ -60,10 +74,7 @@ def expected_predictions(
     model_path: Path, images: np.ndarray, labels: np.ndarray
 ) -> tuple[list[int], list[float]]:
     """What the evaluate stage reports for these test images."""
-    payload = torch.load(model_path, weights_only=True)
-    from pipeline.model import model_from_checkpoint
-
-    model = model_from_checkpoint(payload)
+    model = model_from_checkpoint(torch.load(model_path, weights_only=True))
     size = model.arch.image_size
     test = (resize(torch.from_numpy(images), size), torch.from_numpy(labels).long())
     table = evaluate(model, "cross_entropy", test=test, valid=test, batch_size=7).predictions
@@ -212,14 +223,15 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.model import load_model
 
     tracking.configure()
     example = np.random.default_rng(0).random((3, 256), dtype=np.float32)
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
         mlflow.log_param("train.loss", "cross_entropy")
-        info = tracking.log_model(load_model(models[16]), example, "mnist-mlp")
+        info = tracking.log_model(
+            model_from_checkpoint(load_checkpoint(models[16])), example, "mnist-mlp"
+        )
     mlflow.MlflowClient().set_registered_model_alias(
         "mnist-mlp", "champion", str(info.registered_model_version)
     )
@@ -250,8 +262,6 @@ def test_unknown_alias_and_pickled_logged_models_are_refused(
 ) -> None:
     import mlflow
 
-    from pipeline.model import load_model
-
     images = str(test_set / TEST_IMAGES)
     code, lines, err = run_cli([images, "--model", "models:/mnist-mlp@nobody"], capsys)
     assert (code, lines) == (1, [])
@@ -261,7 +271,7 @@ def test_unknown_alias_and_pickled_logged_models_are_refused(
     with mlflow.start_run():
         mlflow.log_param("train.loss", "cross_entropy")
         mlflow.pytorch.log_model(
-            load_model(models[16]),
+            model_from_checkpoint(load_checkpoint(models[16])),
             name="model",
             registered_model_name="pickled",
             serialization_format="pickle",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import promote, tracking
+from pipeline import artifacts, promote, tracking
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
-from pipeline.paths import METRICS_FILE, MLFLOW_RUN_FILE, PROMOTION_FILE
+from pipeline.paths import METRICS_FILE, PROMOTION_FILE
 from pipeline.promote import Champion, decide
 
 NAME = "mnist-mlp"
@@ -58,9 +58,9 @@ def finished_run(accuracy: float | None, register: bool = True) -> str:
         if not client.search_registered_models(f"name='{NAME}'"):
             client.create_registered_model(NAME)
         client.create_model_version(NAME, source=f"runs:/{run_id}/model", run_id=run_id)
-    METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    METRICS_FILE.write_text(json.dumps({"test_accuracy": accuracy, "test_loss": 0.1}))
-    tracking.save_run_reference(MLFLOW_RUN_FILE, run_id, run.info.experiment_id)
+    metrics = {key: 0.1 for key in artifacts.METRIC_KEYS}
+    artifacts.write_metrics({**metrics, "test_accuracy": accuracy})
+    artifacts.write_run_reference(run_id, run.info.experiment_id)
     return run_id
 
 
@@ -145,7 +145,7 @@ def test_champion_accuracy_comes_from_the_registry_not_local_files(mlflow_workdi
 def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
     with pytest.raises(
         PipelineError,
-        match=r"reports/metrics.json is missing or unreadable; run the evaluate stage",
+        match=r"reports/metrics.json is missing; run the evaluate stage first",
     ):
         promote_stage()
     finished_run(0.9, register=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import evaluate, paths, report, tracking
+from pipeline import artifacts, evaluate, paths, report
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 
@@ -105,7 +105,7 @@ def test_writes_every_output_and_logs_them(evaluated: Path) -> None:
 
     import mlflow
 
-    run_id = tracking.read_run_reference(paths.MLFLOW_RUN_FILE)["run_id"]
+    run_id = artifacts.read_run_reference()["run_id"]
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "report")}
     assert logged == {"report/figures", "report/report.html", "report/report.md"}
     figures = {
@@ -143,8 +143,7 @@ def test_perplexity_too_large_for_the_sample_is_refused() -> None:
 
 
 def test_stale_predictions_are_refused(evaluated: Path) -> None:
-    predictions = pd.read_csv(paths.PREDICTIONS_FILE)
-    predictions.head(10).to_csv(paths.PREDICTIONS_FILE, index=False)
+    artifacts.write_predictions(artifacts.read_predictions().head(10))
     with pytest.raises(
         PipelineError, match="predictions.csv has 10 rows.*rerun dvc repro evaluate"
     ):
@@ -154,7 +153,10 @@ def test_stale_predictions_are_refused(evaluated: Path) -> None:
 
 def test_missing_history_names_the_stage(evaluated: Path) -> None:
     paths.TRAIN_HISTORY_FILE.unlink()
-    with pytest.raises(PipelineError, match="train_history.csv is missing.*dvc repro train"):
+    with pytest.raises(
+        PipelineError,
+        match=r"train_history.csv is missing; run the train stage first \(dvc repro train\)",
+    ):
         report.main(parse_params(SMALL))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import download, paths, split
-from pipeline.config import parse_params
+from pipeline.config import SplitParams, parse_params
 from pipeline.errors import PipelineError
 from pipeline.idx import encode_idx
 from tests.helpers import write_dataset
@@ -29,7 +29,9 @@ def shares(labels: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("stratify", [False, True])
 def test_split_is_a_sorted_disjoint_cover_of_the_training_set(stratify):
     labels = mnist_like_labels()
-    train, valid = split.split_indices(labels, 0.1, 12345, stratify)
+    train, valid = split.split_indices(
+        labels, SplitParams(valid_fraction=0.1, seed=12345, stratify=stratify)
+    )
     assert (len(train), len(valid)) == (54000, 6000)
     assert train.dtype == valid.dtype == np.int64
     assert (np.diff(train) > 0).all() and (np.diff(valid) > 0).all()
@@ -39,9 +41,15 @@ def test_split_is_a_sorted_disjoint_cover_of_the_training_set(stratify):
 @pytest.mark.parametrize("stratify", [False, True])
 def test_same_seed_same_split_other_seed_other_split(stratify):
     labels = mnist_like_labels()
-    first = split.split_indices(labels, 0.1, 12345, stratify)
-    again = split.split_indices(labels, 0.1, 12345, stratify)
-    other = split.split_indices(labels, 0.1, 12346, stratify)
+    first = split.split_indices(
+        labels, SplitParams(valid_fraction=0.1, seed=12345, stratify=stratify)
+    )
+    again = split.split_indices(
+        labels, SplitParams(valid_fraction=0.1, seed=12345, stratify=stratify)
+    )
+    other = split.split_indices(
+        labels, SplitParams(valid_fraction=0.1, seed=12346, stratify=stratify)
+    )
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[1], other[1])
 
@@ -49,10 +57,10 @@ def test_same_seed_same_split_other_seed_other_split(stratify):
 def test_split_ignores_and_keeps_numpy_global_state():
     labels = mnist_like_labels(1000)
     np.random.seed(1)
-    first = split.split_indices(labels, 0.1, 7, False)
+    first = split.split_indices(labels, SplitParams(valid_fraction=0.1, seed=7, stratify=False))
     after = np.random.random()
     np.random.seed(2)
-    second = split.split_indices(labels, 0.1, 7, False)
+    second = split.split_indices(labels, SplitParams(valid_fraction=0.1, seed=7, stratify=False))
     np.random.seed(1)
     assert np.array_equal(first[1], second[1])
     assert np.random.random() == after  # the split drew nothing from the global generator
@@ -61,10 +69,14 @@ def test_split_ignores_and_keeps_numpy_global_state():
 def test_stratify_keeps_every_class_share_within_a_tenth_of_a_point():
     labels = mnist_like_labels()
     full = shares(labels)
-    train, valid = split.split_indices(labels, 0.1, 12345, stratify=True)
+    train, valid = split.split_indices(
+        labels, SplitParams(valid_fraction=0.1, seed=12345, stratify=True)
+    )
     assert np.abs(shares(labels[valid]) - full).max() < 0.001
     assert np.abs(shares(labels[train]) - full).max() < 0.001
-    plain_train, plain_valid = split.split_indices(labels, 0.1, 12345, stratify=False)
+    plain_train, plain_valid = split.split_indices(
+        labels, SplitParams(valid_fraction=0.1, seed=12345, stratify=False)
+    )
     assert np.abs(shares(labels[plain_valid]) - full).max() > 0.001  # what stratifying buys
 
 
@@ -72,7 +84,9 @@ def test_stratify_with_uneven_quotas_still_gives_exact_sizes():
     labels = np.array(
         [0] * 7 + [1] * 5 + [2] * 3 + [3] * 1, dtype=np.uint8
     )  # 16 images, 5 to valid
-    train, valid = split.split_indices(labels, 0.3, 0, stratify=True)
+    train, valid = split.split_indices(
+        labels, SplitParams(valid_fraction=0.3, seed=0, stratify=True)
+    )
     assert (len(train), len(valid)) == (11, 5)
     assert sorted(np.bincount(labels[valid], minlength=4).tolist()) == [0, 1, 2, 2]
 
@@ -84,9 +98,11 @@ def test_fraction_that_empties_a_split_is_rejected(fraction):
 
 
 def test_valid_count_matches_the_documented_formula():
-    assert split.valid_count(60000, 0.1) == 6000
-    assert split.valid_count(600, 0.1) == 60
-    assert split.valid_count(10, 0.25) == 2  # round half to even, as the validate stage expects too
+    assert SplitParams(valid_fraction=0.1).valid_count(60000) == 6000
+    assert SplitParams(valid_fraction=0.1).valid_count(600) == 60
+    assert (
+        SplitParams(valid_fraction=0.25).valid_count(10) == 2
+    )  # round half to even, as validate expects
 
 
 def run_stage(workdir, mirror, **split_params):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import download, paths, train
+from pipeline import artifacts, download, paths, train
 from pipeline.augment import Augmentation
 from pipeline.config import parse_params
 from pipeline.data import load_dataset
@@ -45,17 +45,17 @@ def inputs(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
         {"MNIST_MIRROR": str(synthetic_mirror)},
     )
     pixels = load_dataset(paths.RAW_DIR, 28).train_images.double() / 255
-    stats = {
-        "mean": pixels.mean().item(),
-        "std": pixels.std(correction=0).item(),
-        "image_size": 28,
-        "count": len(pixels),
-    }
-    paths.STATS_FILE.write_text(json.dumps(stats))
+    artifacts.write_stats(
+        {
+            "mean": pixels.mean().item(),
+            "std": pixels.std(correction=0).item(),
+            "image_size": 28,
+            "count": len(pixels),
+        }
+    )
     order = np.random.default_rng(0).permutation(len(pixels))
-    paths.SPLIT_DIR.mkdir(parents=True)
-    np.save(paths.VALID_INDEX_FILE, np.sort(order[:100]).astype(np.int64))
-    np.save(paths.TRAIN_INDEX_FILE, np.sort(order[100:]).astype(np.int64))
+    artifacts.write_index(paths.VALID_INDEX_FILE, np.sort(order[:100]).astype(np.int64))
+    artifacts.write_index(paths.TRAIN_INDEX_FILE, np.sort(order[100:]).astype(np.int64))
     return mlflow_workdir
 
 
@@ -63,7 +63,7 @@ def test_stage_writes_its_outputs_and_learns(inputs: Path) -> None:
     state = train.train(small_params())
     history = read_rows(paths.TRAIN_HISTORY_FILE)
     assert [row["epoch"] for row in history] == ["1", "2", "3"]
-    assert list(history[0]) == train.HISTORY_COLUMNS
+    assert tuple(history[0]) == artifacts.HISTORY_COLUMNS
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
     norms = read_rows(paths.GRAD_NORMS_FILE)
     assert list(norms[0]) == ["epoch", "hidden.0", "hidden.2", "output"]
@@ -286,7 +286,9 @@ def test_unreachable_tracking_server_fails_before_training(
 
 def test_missing_inputs_name_the_stage_to_run(inputs: Path) -> None:
     paths.STATS_FILE.unlink()
-    with pytest.raises(PipelineError, match="run dvc repro stats"):
+    with pytest.raises(
+        PipelineError, match=r"data/stats.json is missing; run the stats stage first"
+    ):
         train.train(small_params())
 
 

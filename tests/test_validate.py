@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import download, paths, split, stats, validate
-from pipeline.config import parse_params
+from pipeline import artifacts, download, paths, split, stats, validate
+from pipeline.config import SplitParams, parse_params
 from pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from pipeline.errors import PipelineError
 from pipeline.idx import encode_idx, read_idx
-from tests.helpers import synthetic_digits
+from tests.helpers import VALIDATION_ENTRY, synthetic_digits
 
 PARAMS = parse_params({"split": {"stratify": True}})
 
@@ -30,7 +30,9 @@ PARAMS = parse_params({"split": {"stratify": True}})
 def clean() -> tuple[validate.RawData, np.ndarray, np.ndarray]:
     train_x, train_y = synthetic_digits(600, seed=0)
     test_x, test_y = synthetic_digits(200, seed=1)
-    train_index, valid_index = split.split_indices(train_y, 0.1, 0, stratify=True)
+    train_index, valid_index = split.split_indices(
+        train_y, SplitParams(valid_fraction=0.1, seed=0, stratify=True)
+    )
     return validate.RawData(train_x, train_y, test_x, test_y), train_index, valid_index
 
 
@@ -280,12 +282,13 @@ def test_stage_passes_and_writes_report_and_data_docs(
     err = capfd.readouterr().err
     assert "Calculating Metrics" not in err and "%|" not in err  # no GX progress bars in CI logs
     assert "29/29 expectations passed on 540 train, 60 valid, 200 test" in err
-    report = json.loads(paths.DATA_VALIDATION_FILE.read_text())
+    report = artifacts.read_validation()
     assert report["success"] is True and report["counts"] == {
         "train": 540,
         "valid": 60,
         "test": 200,
     }
+    assert VALIDATION_ENTRY in report["expectations"]  # what conftest's trained_workdir writes
     index = paths.DATA_DOCS_DIR / "index.html"
     offline = paths.DATA_DOCS_DIR / "offline.html"
     assert report["data_docs"] == {"index": str(index), "offline_index": str(offline)}
@@ -363,5 +366,7 @@ def test_stage_reports_missing_inputs_with_the_fix(workdir, synthetic_mirror):
         paths.RAW_DIR,
         {"MNIST_MIRROR": str(synthetic_mirror)},
     )
-    with pytest.raises(PipelineError, match=r"data/split/train.npy not found; run the split stage"):
+    with pytest.raises(
+        PipelineError, match=r"data/split/train.npy is missing; run the split stage first"
+    ):
         validate.main(parse_params({"data": {"name": "custom"}}))
