@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from pipeline.datasets import NUM_CLASSES
 from pipeline.errors import PipelineError
-from pipeline.model import NUM_CLASSES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
