@@ -315,7 +315,9 @@ def _read_previous(path: Path, dataset: str) -> dict[str, dict]:
         previous = artifacts.read_checksums(path)
     except PipelineError:
         return {}
-    return dict(previous["files"]) if previous["dataset"] == dataset else {}
+    if previous["dataset"] != dataset:
+        return {}
+    return {name: dict(entry) for name, entry in previous["files"].items()}
 
 
 def main(params: Params) -> None:
