@@ -94,7 +94,7 @@ def test_stratify_with_uneven_quotas_still_gives_exact_sizes():
 @pytest.mark.parametrize("fraction", [0.001, 0.999])
 def test_fraction_that_empties_a_split_is_rejected(fraction):
     with pytest.raises(PipelineError, match=r"split.valid_fraction .* leaves"):
-        split.split_indices(np.zeros(100, dtype=np.uint8), fraction, 0, False)
+        split.split_indices(np.zeros(100, dtype=np.uint8), SplitParams(valid_fraction=fraction))
 
 
 def test_valid_count_matches_the_documented_formula():
