@@ -13,10 +13,9 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
-import pandas as pd
 
 from pipeline import atomic
 from pipeline.errors import PipelineError
@@ -33,6 +32,9 @@ from pipeline.paths import (
     STATS_FILE,
     TRAIN_HISTORY_FILE,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a table is read: download, stats and split need none
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "lr")
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
@@ -100,6 +102,8 @@ def _json_object(path: Path, stage: str, keys: Sequence[str] = ()) -> dict[str, 
 
 
 def _table(path: Path, stage: str, columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
     table = _load(path, stage, "CSV file", pd.read_csv)
     missing = [column for column in columns if column not in table.columns]
     if missing or table.empty:
