@@ -1,4 +1,4 @@
-"""`python -m pipeline <stage>` and `python -m pipeline predict PATH...`: one subcommand each.
+"""`python -m pipeline <stage>`, `predict PATH...` and `upstream`: one subcommand each.
 
 A stage loads params.yaml once, runs, and reports bad input as one `error:` line (exit 1).
 """
@@ -30,9 +30,14 @@ def parser() -> argparse.ArgumentParser:
         "--params", type=Path, default=argparse.SUPPRESS, help=f"params file (default: {PARAMS_FILE})"
     )
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
-    commands = main.add_subparsers(dest="command", required=True, metavar="{stage,predict}")
+    commands = main.add_subparsers(dest="command", required=True, metavar="{stage,predict,upstream}")
     for stage in STAGES:
         commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
+    commands.add_parser(
+        "upstream",
+        parents=[params],
+        help="fingerprint a custom dataset's sources into data/upstream.json (pipeline/upstream.py)",
+    )
     predict = commands.add_parser(
         "predict",
         parents=[params],

@@ -31,6 +31,7 @@ from pipeline.paths import (
     SPLIT_SUMMARY_FILE,
     STATS_FILE,
     TRAIN_HISTORY_FILE,
+    UPSTREAM_FILE,
 )
 
 if TYPE_CHECKING:
@@ -51,12 +52,16 @@ METRIC_KEYS = (
 )
 
 
-class FileChecksums(TypedDict):
+class _FileChecksums(TypedDict):
     md5: str
     sha256: str
     bytes: int
     source: str
     checked_against: str
+
+
+class FileChecksums(_FileChecksums, total=False):
+    upstream: dict[str, str]  # the source's fingerprint when fetched (custom, unpinned files only)
 
 
 class Checksums(TypedDict):
@@ -118,6 +123,22 @@ def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+# ---- upstream: data/upstream.json (python -m pipeline upstream; download depends on it) -----
+
+
+def write_upstream(files: dict[str, dict[str, str]], path: Path = UPSTREAM_FILE) -> None:
+    atomic.write_json(path, {"files": files})
+
+
+def read_upstream(path: Path = UPSTREAM_FILE) -> dict[str, dict[str, str]]:
+    """Each unpinned file's fingerprint at its source; empty when none was taken (nothing to compare)."""
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
 
 
 # ---- download: data/raw/checksums.json ------------------------------------------------------

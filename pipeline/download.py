@@ -96,7 +96,7 @@ def source_url(source: str, fname: str) -> str:
     return str(Path(source).expanduser() / fname)
 
 
-def _request(location: str) -> urllib.request.Request:
+def http_request(location: str) -> urllib.request.Request:
     """urllib cannot take user:password@ from the URL itself, so send it as HTTP basic auth."""
     parts = urllib.parse.urlsplit(location)
     request = urllib.request.Request(redact(location))
@@ -156,7 +156,7 @@ def fetch_once(location: str, dest: Path, timeout_s: float) -> None:
         _copy_local(location, dest)
         return
     try:
-        with urllib.request.urlopen(_request(location), timeout=timeout_s) as response:
+        with urllib.request.urlopen(http_request(location), timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             written = _copy_stream(response, dest, total, Path(location).name)
@@ -275,7 +275,12 @@ def already_verified(path: Path, expected: Expected, recorded: dict, locations: 
     return None if mismatch(found, expected) else found
 
 
-def download(params: Params, raw_dir: Path, env: dict[str, str]) -> artifacts.Checksums:
+def download(
+    params: Params, raw_dir: Path, env: dict[str, str], upstream: dict[str, dict[str, str]] | None = None
+) -> artifacts.Checksums:
+    """`upstream`: file name -> the fingerprint its source shows now; a file fetched under another
+    fingerprint is fetched again, since the source's content changed."""
+    upstream = upstream or {}
     expected = expected_checksums(params)
     sources = sources_for(params, env)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +294,9 @@ def download(params: Params, raw_dir: Path, env: dict[str, str]) -> artifacts.Ch
         recorded = previous.get(fname, {})
         locations = {redact(source_url(source, fname)) for source in sources}
         found = already_verified(raw_dir / fname, expected[fname], recorded, locations)
+        if found and fname in upstream and recorded.get("upstream") != upstream[fname]:
+            log(f"{fname}: changed at the source since it was fetched; fetching it again")
+            found = None
         if found:
             origin = recorded.get("source", "already present")
             log(f"{fname}: already present and verified")
@@ -304,6 +312,8 @@ def download(params: Params, raw_dir: Path, env: dict[str, str]) -> artifacts.Ch
             "source": origin,
             "checked_against": expected[fname].basis,
         }
+        if fname in upstream:
+            record[fname]["upstream"] = upstream[fname]
     result: artifacts.Checksums = {"dataset": params.data.name, "files": record}
     artifacts.write_checksums(result, checksums_path)
     return result
@@ -321,4 +331,4 @@ def _read_previous(path: Path, dataset: str) -> dict[str, dict]:
 
 
 def main(params: Params) -> None:
-    download(params, RAW_DIR, dict(os.environ))
+    download(params, RAW_DIR, dict(os.environ), artifacts.read_upstream())

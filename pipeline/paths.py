@@ -7,6 +7,7 @@ from pathlib import Path
 
 RAW_DIR = Path("data/raw")
 CHECKSUMS_FILE = RAW_DIR / "checksums.json"
+UPSTREAM_FILE = Path("data/upstream.json")  # git-tracked: see pipeline/upstream.py
 STATS_FILE = Path("data/stats.json")
 SPLIT_DIR = Path("data/split")
 TRAIN_INDEX_FILE = SPLIT_DIR / "train.npy"

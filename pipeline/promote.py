@@ -4,14 +4,16 @@ A version earns it when there is no champion yet, or when its test accuracy beat
 by at least `promote.min_delta` (and by more than nothing: a tie keeps the model already serving).
 The champion's accuracy is read from its own run in the registry, never from local files, so the
 decision is right against a shared tracking server that other machines also promote into.
-Either way the run is tagged with the decision and reports/promotion.json says why.
+Either way the run is tagged with the decision and reports/promotion.json says why. Reading the
+champion, deciding and writing happen under the registry's lease lock (pipeline/registry_lock.py),
+so concurrent promotions from several machines take turns and the better model always ends champion.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pipeline import artifacts, tracking
+from pipeline import artifacts, registry_lock, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.paths import MLFLOW_RUN_FILE
@@ -19,6 +21,7 @@ from pipeline.progress import log
 
 CHAMPION_ALIAS = "champion"
 ACCURACY_METRIC = "test_accuracy"
+DATA_TAG = "dataset.md5."  # train tags its run with each data file's MD5
 # Accuracies are ratios of counts; this only absorbs float rounding in `new - old >= min_delta`.
 _EPSILON = 1e-12
 
@@ -28,6 +31,7 @@ class Champion:
     version: int
     accuracy: float
     run_id: str
+    data_md5: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,25 +73,38 @@ def current_champion(client, name: str) -> Champion | None:
     if number is None:
         return None
     version = client.get_model_version(name, str(number))
-    accuracy = client.get_run(version.run_id).data.metrics.get(ACCURACY_METRIC)
+    run = client.get_run(version.run_id)
+    accuracy = run.data.metrics.get(ACCURACY_METRIC)
     if accuracy is None:
         raise PipelineError(
             f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {ACCURACY_METRIC} metric in run "
             f"{version.run_id}, so nothing can be compared with it; log that metric in the run or remove the alias "
             f"(MlflowClient().delete_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}))"
         )
-    return Champion(int(version.version), float(accuracy), version.run_id)
+    return Champion(int(version.version), float(accuracy), version.run_id, data_md5(run))
+
+
+def data_md5(run) -> dict[str, str]:
+    return {k.removeprefix(DATA_TAG): v for k, v in run.data.tags.items() if k.startswith(DATA_TAG)}
+
+
+def changed_files(new: dict[str, str], old: Champion | None) -> list[str] | None:
+    """Data files whose MD5 differs from the champion's training data; None when unknown."""
+    if old is None or not old.data_md5:
+        return None
+    return sorted(f for f in new.keys() | old.data_md5.keys() if new.get(f) != old.data_md5.get(f))
 
 
 def promote(client, name: str, run_id: str, accuracy: float, min_delta: float) -> dict:
     """Decide, move the alias if earned, tag the run; returns the record for reports/promotion.json."""
     version = registered_version(client, name, run_id)
-    before = current_champion(client, name)
-    decision = decide(version, accuracy, before, min_delta)
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-    client.set_tag(run_id, "promotion.decision", "promoted" if decision.promote else "kept")
-    client.set_tag(run_id, "promotion.reason", decision.reason)
+    with registry_lock.held(client, name):
+        before = current_champion(client, name)
+        decision = decide(version, accuracy, before, min_delta)
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+        client.set_tag(run_id, "promotion.decision", "promoted" if decision.promote else "kept")
+        client.set_tag(run_id, "promotion.reason", decision.reason)
     return {
         "decision": "promoted" if decision.promote else "kept",
         "reason": decision.reason,
@@ -100,6 +117,7 @@ def promote(client, name: str, run_id: str, accuracy: float, min_delta: float) -
         "previous_champion_test_accuracy": before.accuracy if before else None,
         "champion_version": version if decision.promote else before.version,
         "min_delta": min_delta,
+        "data_changed_since_champion": changed_files(data_md5(client.get_run(run_id)), before),
     }
 
 

@@ -167,14 +167,24 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
     import torch
     from mlflow.models import infer_signature
 
+    from mlflow.exceptions import MlflowException
+
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    return mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, output),
-        input_example=example,
-        registered_model_name=registered_model,
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-    )
+    try:
+        return mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=registered_model,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        # MLflow uploads the files before it registers, so a failed upload leaves no version.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PipelineError(
+            f"could not store the model in MLflow's artifact store ({first}); no model version was registered. "
+            "Check that the tracking server reaches its object storage, then rerun: dvc repro train"
+        ) from None

@@ -8,7 +8,8 @@
 # mlflow.db) and reports/promotion.json says why.
 #
 # With a DVC remote configured (dvc remote add -d ...), the last results are pulled first and
-# the new ones pushed at the end.
+# the new ones pushed at the end. A custom dataset's sources are checked for changed files first
+# (python -m pipeline upstream refreshes data/upstream.json, which the download stage depends on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ if [ -n "${MLFLOW_TRACKING_URI:-}" ]; then
 else
     echo "== MLflow: local store sqlite:///$PWD/mlflow.db (set MLFLOW_TRACKING_URI to promote into a shared registry)"
 fi
+
+echo "== upstream data (python -m pipeline upstream)"
+python -m pipeline upstream
 
 # `dvc status -q` exits 0 when train and everything it depends on are up to date.
 train_current=false

@@ -193,7 +193,8 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
         shutil.copytree(
             source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "data/upstream.json"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / name, root / name)
     params = yaml.safe_load((source / "params.yaml").read_text())
     for section, values in TINY_PIPELINE.items():

@@ -97,6 +97,7 @@ def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: 
         "previous_champion_test_accuracy": None,
         "champion_version": 1,
         "min_delta": 0.0,
+        "data_changed_since_champion": None,
     }
     assert champion_version() == 1
     assert run_tags(first)["promotion.decision"] == "promoted"

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# The team setup on one machine, for trying it on a laptop and for the team tests:
+# PostgreSQL (MLflow's runs and registry), moto_server (S3: MLflow artifacts and the DVC remote)
+# and `mlflow server` on top of both, all on 127.0.0.1 and on free ports.
+#
+#   scripts/stack.sh start    # start all three (idempotent: a running stack is left alone)
+#   eval "$(scripts/stack.sh env)"   # MLFLOW_TRACKING_URI, S3 endpoint and credentials, DVC remote
+#   scripts/stack.sh stop     # stop exactly the processes start started (pid files), keep the data
+#
+# State (database files, logs, pid files, ports) lives in $STACK_DIR, default .stack/ in the
+# repository (gitignored). moto keeps its objects in memory only: they are gone after stop.
+# Run as root (CI), PostgreSQL runs as the `postgres` user, since initdb refuses root.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+STACK_DIR="${STACK_DIR:-$repo/.stack}"
+STARTUP_TIMEOUT_S="${STACK_STARTUP_TIMEOUT_S:-180}"
+MLFLOW_BUCKET=mlflow
+DVC_BUCKET=dvc
+# moto accepts any credentials; these only have to be the same for every client.
+S3_KEY=stack
+S3_SECRET=stack-secret
+
+die() { echo "stack: error: $*" >&2; exit 1; }
+log() { echo "stack: $*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+alive() {  # alive NAME: the process recorded in NAME.pid runs
+    local pid
+    pid="$(cat "$STACK_DIR/$1.pid" 2>/dev/null)" || return 1
+    # A zombie (exited, not yet reaped where no init reaps) answers kill -0 but is gone.
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
+
+pg_bindir() {
+    local dir
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [ -x "$dir/initdb" ] && { echo "$dir"; return; }
+    done
+    if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
+        dirname "$(command -v initdb)"
+        return
+    fi
+    [ "$(id -u)" = 0 ] || die "PostgreSQL (initdb, pg_ctl) is not installed; install Debian's postgresql package (sudo apt-get install postgresql) and rerun"
+    log "installing Debian's postgresql package (no initdb found)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; } \
+        || die "apt-get install postgresql failed; install PostgreSQL 15 by hand and rerun"
+    pg_bindir
+}
+
+as_pg() {  # run a PostgreSQL command as the server's owner: `postgres` when we are root
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+pg_data_dir() {
+    # The postgres user must reach the data folder; a root-owned private parent (/root,
+    # pytest's /tmp/pytest-of-root) stops it, so then the data goes to /tmp, named after $STACK_DIR.
+    if [ "$(id -u)" != 0 ] || runuser -u postgres -- test -x "$STACK_DIR"; then
+        echo "$STACK_DIR/postgres"
+    else
+        echo "/tmp/mnist-stack-$(printf %s "$STACK_DIR" | sha256sum | cut -c1-16)/postgres"
+    fi
+}
+
+start_postgres() {
+    local bin data port
+    bin="$(pg_bindir)"
+    data="$(pg_data_dir)"
+    echo "$data" >"$STACK_DIR/postgres.data"
+    if [ ! -f "$data/PG_VERSION" ]; then
+        mkdir -p "$data"
+        [ "$(id -u)" = 0 ] && chown postgres "$(dirname "$data")" "$data"
+        chmod 700 "$data"
+        [ -f "$STACK_DIR/postgres.password" ] || python3 -c 'import secrets; print(secrets.token_hex(16))' >"$STACK_DIR/postgres.password"
+        chmod 600 "$STACK_DIR/postgres.password"
+        local pwfile="$data/../initdb.pw"
+        cp "$STACK_DIR/postgres.password" "$pwfile"
+        [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
+        as_pg "$bin/initdb" -D "$data" -U mlflow --pwfile="$pwfile" --auth=scram-sha-256 -E UTF8 >"$STACK_DIR/initdb.log" 2>&1 \
+            || { rm -f "$pwfile"; die "initdb failed, see $STACK_DIR/initdb.log"; }
+        rm -f "$pwfile"
+    fi
+    if alive postgres; then
+        return
+    fi
+    port="$(free_port)"
+    touch "$STACK_DIR/postgres.log"
+    [ "$(id -u)" = 0 ] && chown postgres "$STACK_DIR/postgres.log"
+    # TCP on 127.0.0.1 only; no Unix socket, so nothing depends on /var/run/postgresql.
+    as_pg "$bin/pg_ctl" -D "$data" -l "$STACK_DIR/postgres.log" -w -t "$STARTUP_TIMEOUT_S" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=''" start >/dev/null \
+        || die "PostgreSQL did not start, see $STACK_DIR/postgres.log"
+    head -1 "$data/postmaster.pid" >"$STACK_DIR/postgres.pid"
+    echo "$port" >"$STACK_DIR/postgres.port"
+    PGPASSWORD="$(cat "$STACK_DIR/postgres.password")" "$bin/psql" -h 127.0.0.1 -p "$port" -U mlflow -d postgres -tAq \
+        -c "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 \
+        || PGPASSWORD="$(cat "$STACK_DIR/postgres.password")" "$bin/createdb" -h 127.0.0.1 -p "$port" -U mlflow mlflow \
+        || die "could not create database mlflow, see $STACK_DIR/postgres.log"
+    log "PostgreSQL on 127.0.0.1:$port (data $data)"
+}
+
+wait_http() {  # wait_http NAME URL: until URL answers, or NAME's process died, or the timeout
+    local deadline=$((SECONDS + STARTUP_TIMEOUT_S))
+    until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$2" 2>/dev/null; do
+        alive "$1" || die "$1 exited; see $STACK_DIR/$1.log"
+        [ $SECONDS -lt $deadline ] || die "$1 not answering at $2 after $STARTUP_TIMEOUT_S s; see $STACK_DIR/$1.log"
+        sleep 0.5
+    done
+}
+
+spawn() {  # spawn NAME COMMAND...: in its own session (stop takes its children too), pid to NAME.pid
+    local name="$1"
+    shift
+    setsid "$@" >"$STACK_DIR/$name.log" 2>&1 </dev/null &
+    echo $! >"$STACK_DIR/$name.pid"
+}
+
+start_s3() {
+    alive s3 && return
+    local port
+    port="$(free_port)"
+    command -v moto_server >/dev/null || die "moto_server not found; pip install -e '.[team]' (it brings moto[server])"
+    spawn s3 moto_server -H 127.0.0.1 -p "$port"
+    echo "$port" >"$STACK_DIR/s3.port"
+    wait_http s3 "http://127.0.0.1:$port/"
+    AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET python3 - "$port" "$MLFLOW_BUCKET" "$DVC_BUCKET" <<'PY'
+import sys
+
+import boto3
+
+s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1")
+for bucket in sys.argv[2:]:
+    s3.create_bucket(Bucket=bucket)
+PY
+    log "S3 (moto_server) on 127.0.0.1:$port, buckets $MLFLOW_BUCKET and $DVC_BUCKET"
+}
+
+backend_uri() {
+    echo "postgresql+psycopg://mlflow:$(cat "$STACK_DIR/postgres.password")@127.0.0.1:$(cat "$STACK_DIR/postgres.port")/mlflow"
+}
+
+start_mlflow() {
+    alive mlflow && return
+    local port
+    port="$(free_port)"
+    command -v mlflow >/dev/null || die "mlflow not found; activate the project's virtual environment"
+    echo "$port" >"$STACK_DIR/mlflow.port"
+    MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$(cat "$STACK_DIR/s3.port")" \
+        AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_DEFAULT_REGION=us-east-1 \
+        spawn mlflow mlflow server --host 127.0.0.1 --port "$port" --workers 1 \
+        --backend-store-uri "$(backend_uri)" --artifacts-destination "s3://$MLFLOW_BUCKET/artifacts"
+    wait_http mlflow "http://127.0.0.1:$port/health"
+    log "MLflow server on http://127.0.0.1:$port (runs in PostgreSQL, artifacts in s3://$MLFLOW_BUCKET/artifacts)"
+}
+
+stop_one() {  # stop_one NAME: TERM the session NAME.pid leads, KILL it after 10 s
+    local pid
+    pid="$(cat "$STACK_DIR/$1.pid" 2>/dev/null)" || return 0
+    if alive "$1"; then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+        for _ in $(seq 20); do
+            alive "$1" || break
+            sleep 0.5
+        done
+        alive "$1" && kill -KILL -- "-$pid" 2>/dev/null
+        log "stopped $1 (pid $pid)"
+    fi
+    rm -f "$STACK_DIR/$1.pid"
+}
+
+stop_postgres() {
+    [ -f "$STACK_DIR/postgres.pid" ] || return 0
+    local data
+    data="$(cat "$STACK_DIR/postgres.data")"
+    if alive postgres; then
+        as_pg "$(pg_bindir)/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+        log "stopped PostgreSQL (pid $(cat "$STACK_DIR/postgres.pid"))"
+    fi
+    rm -f "$STACK_DIR/postgres.pid"
+}
+
+print_env() {
+    for name in postgres s3 mlflow; do
+        alive "$name" || die "$name is not running; run scripts/stack.sh start"
+    done
+    local s3="http://127.0.0.1:$(cat "$STACK_DIR/s3.port")"
+    cat <<EOF
+export MLFLOW_TRACKING_URI=http://127.0.0.1:$(cat "$STACK_DIR/mlflow.port")
+export AWS_ACCESS_KEY_ID=$S3_KEY
+export AWS_SECRET_ACCESS_KEY=$S3_SECRET
+export AWS_DEFAULT_REGION=us-east-1
+export STACK_S3_ENDPOINT=$s3
+export STACK_DVC_REMOTE=s3://$DVC_BUCKET
+export STACK_MLFLOW_ARTIFACTS=s3://$MLFLOW_BUCKET/artifacts
+export STACK_BACKEND_STORE_URI=$(backend_uri)
+EOF
+}
+
+case "${1:-}" in
+    start)
+        mkdir -p "$STACK_DIR"
+        start_postgres
+        start_s3
+        start_mlflow
+        ;;
+    stop)
+        [ -d "$STACK_DIR" ] || exit 0
+        stop_one mlflow
+        stop_one s3
+        stop_postgres
+        ;;
+    env)
+        print_env
+        ;;
+    *)
+        echo "usage: scripts/stack.sh start|stop|env" >&2
+        exit 2
+        ;;
+esac
