@@ -152,7 +152,8 @@ start_mlflow() {
     port="$(free_port)"
     command -v mlflow >/dev/null || die "mlflow not found; activate the project's virtual environment"
     echo "$port" >"$STACK_DIR/mlflow.port"
-    MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$(cat "$STACK_DIR/s3.port")" \
+    # STACK_MLFLOW_S3_ENDPOINT: another way for the server to reach S3 (the tests put a proxy there).
+    MLFLOW_S3_ENDPOINT_URL="${STACK_MLFLOW_S3_ENDPOINT:-http://127.0.0.1:$(cat "$STACK_DIR/s3.port")}" \
         AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_DEFAULT_REGION=us-east-1 \
         spawn mlflow mlflow server --host 127.0.0.1 --port "$port" --workers 1 \
         --backend-store-uri "$(backend_uri)" --artifacts-destination "s3://$MLFLOW_BUCKET/artifacts"

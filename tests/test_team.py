@@ -1,0 +1,349 @@
+"""The team setup for real: scripts/stack.sh (PostgreSQL, S3 on moto, mlflow server), two clones
+sharing it and a DVC S3 remote, concurrent promotion, and object storage going away mid-upload.
+
+Each pytest worker starts one stack for its session. The MLflow server reaches S3 through a TCP
+proxy in this process (STACK_MLFLOW_S3_ENDPOINT), so a test can cut object storage off without
+killing moto, which keeps its objects only in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY_PIPELINE
+from pipeline import registry_lock
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = REPO / "scripts" / "stack.sh"
+UNREACHABLE_MIRROR = "http://127.0.0.1:9/mnist/"  # nothing listens on the discard port
+REPETITIONS = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to `target`; off() closes the port and cuts open connections, on() reopens."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.target: tuple[str, int] | None = None
+        self._server: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def on(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def off(self) -> None:
+        server, self._server = self._server, None
+        with self._lock:
+            doomed = [server, *self._open] if server else list(self._open)
+            self._open.clear()
+        for sock in doomed:  # shutdown wakes the threads blocked in accept() and recv()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+                upstream.settimeout(None)
+            except (OSError, TypeError):
+                client.close()
+                continue
+            with self._lock:
+                self._open |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with self._lock:
+                    self._open.discard(sock)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+@pytest.fixture(scope="session")
+def s3_proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy()
+    proxy.on()
+    yield proxy
+    proxy.off()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Iterator[dict[str, str]]:
+    """`scripts/stack.sh start` in a folder of its own, its `env` as a dict; stopped at the end,
+    checking that stop ends every process start recorded."""
+    state = tmp_path_factory.mktemp("stack")
+    env = tool_env(STACK_DIR=str(state), STACK_MLFLOW_S3_ENDPOINT=s3_proxy.url)
+    started = subprocess.run([str(STACK), "start"], env=env, capture_output=True, text=True, timeout=600)
+    try:
+        assert started.returncode == 0, started.stderr + "".join(
+            f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in state.glob("*.log"))
+        exports = subprocess.run([str(STACK), "env"], env=env, capture_output=True, text=True, timeout=60, check=True)
+        values = dict(line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines())
+        s3 = urllib.parse.urlsplit(values["STACK_S3_ENDPOINT"])
+        s3_proxy.target = (s3.hostname, s3.port)
+        yield values
+    finally:
+        pids = {p.stem: int(p.read_text()) for p in state.glob("*.pid")}
+        stopped = subprocess.run([str(STACK), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        still = {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"}
+        assert not still, f"scripts/stack.sh stop left {still} running"
+
+
+def use_stack(monkeypatch: pytest.MonkeyPatch, stack: dict[str, str]) -> str:
+    for key in ("MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, stack[key])
+    return stack["MLFLOW_TRACKING_URI"]
+
+
+def rest(url: str, endpoint: str, **query: str) -> dict:
+    address = f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(address, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def bucket_keys(stack: dict[str, str], bucket: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack["STACK_S3_ENDPOINT"], region_name="us-east-1")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def sh(*command: str, cwd: Path, timeout: int = 300) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(command)} in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_two_machines_share_the_registry_and_the_dvc_remote(
+    dvc_project: Path, stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retrains, promotes v1 and pushes; B, offline, pulls A's commit and data and retrains; a fresh
+    clone C is complete: dvc pull then dvc repro reruns nothing."""
+    url = use_stack(monkeypatch, stack)
+    model = f"team-{uuid.uuid4().hex[:8]}"
+    a = dvc_project
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["data"]["mirrors"] = [UNREACHABLE_MIRROR]
+    params["mlflow"] = {"experiment": model, "registered_model": model}
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The docs' commands, with the stack's endpoint (docs/team.md, "Two machines").
+    remote = f"{stack['STACK_DVC_REMOTE']}/{model}"
+    sh("dvc", "remote", "add", "-d", "storage", remote, cwd=a)
+    sh("dvc", "remote", "modify", "storage", "endpointurl", stack["STACK_S3_ENDPOINT"], cwd=a)
+    sh("git", "add", "-A", cwd=a)
+    sh("git", "commit", "-q", "-m", "team remote", cwd=a)
+
+    out_a = sh("scripts/retrain.sh", cwd=a, timeout=1200)
+    assert "Running stage 'download'" in out_a and "== dvc push" in out_a
+    sh("git", "add", "-A", cwd=a)
+    sh("git", "commit", "-q", "-m", "retrain on A", cwd=a)
+    first = json.loads((a / "reports/promotion.json").read_text())
+    assert (first["decision"], first["version"]) == ("promoted", 1)
+
+    # C: a fresh clone of A's commit has everything dvc.lock names once it pulls.
+    c = tmp_path / "c"
+    sh("git", "clone", "-q", str(a), str(c), cwd=tmp_path)
+    sh("dvc", "pull", cwd=c)
+    lock = yaml.safe_load((c / "dvc.lock").read_text())
+    outs = {o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    assert "models/mlflow_run.json" in outs and all((c / path).exists() for path in outs)
+    repro = sh("dvc", "repro", cwd=c)
+    assert "Running stage" not in repro, repro
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=c)
+
+    # B: no mirror, the configured one unreachable; the data must come from the DVC remote.
+    monkeypatch.delenv("MNIST_MIRROR")
+    b = tmp_path / "b"
+    sh("git", "clone", "-q", str(a), str(b), cwd=tmp_path)
+    out_b = sh("scripts/retrain.sh", cwd=b, timeout=1200)
+    assert "== dvc pull" in out_b and "upstream: no source answered" in out_b
+    assert "Running stage 'download'" not in out_b and "Running stage 'train'" in out_b, out_b
+    second = json.loads((b / "reports/promotion.json").read_text())
+    assert (second["decision"], second["version"], second["champion_version"]) == ("kept", 2, 1)
+    assert second["data_changed_since_champion"] == []
+
+    # The registry, through the server's REST API.
+    registered = rest(url, "registered-models/get", name=model)["registered_model"]
+    assert registered["aliases"] == [{"alias": "champion", "version": "1"}]
+    versions = rest(url, "model-versions/search", filter=f"name='{model}'")["model_versions"]
+    assert {(v["version"], v["run_id"]) for v in versions} == {("1", first["run_id"]), ("2", second["run_id"])}
+    for clone, record in ((a, first), (b, second)):
+        run = rest(url, "runs/get", run_id=record["run_id"])["run"]
+        logged = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert (logged["train.epochs"], logged["model.hidden"], logged["data.name"]) == ("2", "[32]", "custom")
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        local = json.loads((clone / "reports/metrics.json").read_text())
+        assert metrics["test_accuracy"] == pytest.approx(local["test_accuracy"])
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert (tags["promotion.decision"], tags["promotion.reason"]) == (record["decision"], record["reason"])
+        # The model's files are in S3, not on either machine.
+        model_id = run["outputs"]["model_outputs"][0]["model_id"]
+        assert any(model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow"))
+    assert not list(a.glob("mlruns")) and not list(b.glob("mlruns"))
+
+    # The DVC remote holds what A's dvc.lock names (the model's content address among them).
+    model_md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
+    keys = bucket_keys(stack, "dvc", f"{model}/")
+    assert f"{model}/files/md5/{model_md5[:2]}/{model_md5[2:]}" in keys
+
+
+def finished_run(client, experiment_id: str, model: str, accuracy: float) -> str:
+    """What train and evaluate leave in the registry: a run with test_accuracy and its version."""
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+    client.set_terminated(run.info.run_id)
+    client.create_model_version(model, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    return run.info.run_id
+
+
+@pytest.mark.slow
+def test_concurrent_promotions_always_end_on_the_better_version(
+    stack: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two promoters (separate clients, released together by a barrier) against the same champion,
+    REPETITIONS times; without the registry lock the worse one wins about half the time."""
+    from mlflow import MlflowClient
+
+    from pipeline import promote
+
+    url = use_stack(monkeypatch, stack)
+    client = MlflowClient(url)
+    tag = uuid.uuid4().hex[:8]
+    experiment = client.create_experiment(f"race-{tag}")
+    orders = {"worse first": 0, "better first": 0}
+    for rep in range(REPETITIONS):
+        model = f"race-{tag}-{rep}"
+        client.create_registered_model(model)
+        base = finished_run(client, experiment, model, 0.5)
+        promote.promote(client, model, base, 0.5, 0.0)
+        worse, better = finished_run(client, experiment, model, 0.7), finished_run(client, experiment, model, 0.9)
+        barrier = threading.Barrier(2)
+
+        def contend(run_id: str, accuracy: float, model: str = model, barrier: threading.Barrier = barrier) -> dict:
+            own = MlflowClient(url)
+            barrier.wait()
+            return promote.promote(own, model, run_id, accuracy, 0.0)
+
+        with ThreadPoolExecutor(2) as pool:
+            w, b = [f.result() for f in [pool.submit(contend, worse, 0.7), pool.submit(contend, better, 0.9)]]
+        assert client.get_registered_model(model).aliases == {"champion": "3"}, (rep, w, b)
+        # The two decisions are those of some serial order.
+        if w["decision"] == "promoted":
+            orders["worse first"] += 1
+            assert w["previous_champion_version"] == 1, (rep, w, b)
+            assert (b["decision"], b["previous_champion_version"]) == ("promoted", 2), (rep, w, b)
+        else:
+            orders["better first"] += 1
+            assert (b["decision"], b["previous_champion_version"]) == ("promoted", 1), (rep, w, b)
+            assert w["previous_champion_version"] == 3 and "vs champion version 3" in w["reason"], (rep, w, b)
+        for run_id, record in ((worse, w), (better, b)):
+            tags = client.get_run(run_id).data.tags
+            assert (tags["promotion.decision"], tags["promotion.reason"]) == (record["decision"], record["reason"])
+        assert not client.search_registered_models(f"name = '{registry_lock.lock_name(model)}'")
+    print(f"serial orders over {REPETITIONS} races: {orders}")
+
+
+@pytest.mark.slow
+def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_succeeds(
+    stack: dict[str, str], s3_proxy: TcpProxy, mlflow_workdir: Path, synthetic_mirror: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline import __main__ as cli
+    from pipeline.model import load_checkpoint
+    from pipeline.paths import METRICS_FILE, MLFLOW_RUN_FILE, MODEL_FILE, PROMOTION_FILE
+
+    url = use_stack(monkeypatch, stack)
+    monkeypatch.setenv("MNIST_MIRROR", str(synthetic_mirror))
+    model = f"outage-{uuid.uuid4().hex[:8]}"
+    Path("params.yaml").write_text(yaml.safe_dump({**TINY_PIPELINE, "mlflow": {"experiment": model,
+                                                                                "registered_model": model}}))
+    for stage in ("download", "stats", "split", "validate", "train", "evaluate", "promote"):
+        assert cli.main([stage]) == 0, stage
+    client = MlflowClient(url)
+    first_run = json.loads(MLFLOW_RUN_FILE.read_text())
+    metrics_before = METRICS_FILE.read_bytes()
+    capsys.readouterr()
+
+    s3_proxy.off()
+    try:
+        assert cli.main(["train"]) == 1
+        err = capsys.readouterr().err.strip()
+    finally:
+        s3_proxy.on()
+    assert err.count("\n") == 0 and err.startswith("error: could not store the model in MLflow's artifact store"), err
+    assert "rerun: dvc repro train" in err
+    # Local outputs intact: a loadable model, the last run's reference and metrics unchanged.
+    load_checkpoint(MODEL_FILE)  # raises on a missing or half-written file
+    assert json.loads(MLFLOW_RUN_FILE.read_text()) == first_run and METRICS_FILE.read_bytes() == metrics_before
+    assert not list(Path(".").rglob(".*.tmp"))
+    # No version from the failed upload: nothing but version 1 could ever become champion.
+    versions = client.search_model_versions(f"name='{model}'")
+    assert [v.version for v in versions] == ["1"]
+    assert client.get_registered_model(model).aliases == {"champion": "1"}
+
+    # S3 is back: the same command succeeds and the new version is promoted or kept as usual.
+    for stage in ("train", "evaluate", "promote"):
+        assert cli.main([stage]) == 0, stage
+    record = json.loads(PROMOTION_FILE.read_text())
+    assert record["version"] == 2 and record["run_id"] != first_run["run_id"]
+    assert {v.version for v in client.search_model_versions(f"name='{model}'")} == {"1", "2"}
+    model_id = client.get_run(record["run_id"]).outputs.model_outputs[0].model_id
+    assert any(model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow"))
