@@ -28,15 +28,12 @@ fi
 echo "== upstream data (python -m pipeline upstream)"
 python -m pipeline upstream
 
-# `dvc status -q` exits 0 when train and everything it depends on are up to date.
-train_current=false
-if dvc status --quiet train; then
-    train_current=true
-fi
+# A retrain always opens a new MLflow run, so an unchanged run reference means train did not run.
+run_before="$(cat models/mlflow_run.json 2>/dev/null || true)"
 echo "== dvc repro"
 # --no-run-cache: a stage whose inputs changed really runs, never restores an older result.
 dvc repro --no-run-cache
-if [ "$train_current" = true ]; then
+if [ "$(cat models/mlflow_run.json 2>/dev/null || true)" = "$run_before" ]; then
     echo "== nothing train depends on changed; retraining anyway (dvc repro --force --downstream train)"
     dvc repro --force --downstream train
 fi

@@ -59,51 +59,47 @@ as_pg() {  # run a PostgreSQL command as the server's owner: `postgres` when we 
     fi
 }
 
-pg_data_dir() {
-    # The postgres user must reach the data folder; a root-owned private parent (/root,
-    # pytest's /tmp/pytest-of-root) stops it, so then the data goes to /tmp, named after $STACK_DIR.
+pg_root() {
+    # The postgres user must reach its folder; a root-owned private parent (/root, pytest's
+    # /tmp/pytest-of-root) stops it, so then it goes to /tmp, named after $STACK_DIR.
     if [ "$(id -u)" != 0 ] || runuser -u postgres -- test -x "$STACK_DIR"; then
         echo "$STACK_DIR/postgres"
     else
-        echo "/tmp/mnist-stack-$(printf %s "$STACK_DIR" | sha256sum | cut -c1-16)/postgres"
+        echo "/tmp/mnist-stack-$(printf %s "$STACK_DIR" | sha256sum | cut -c1-16)"
     fi
 }
 
 start_postgres() {
-    local bin data port
+    local bin root port
     bin="$(pg_bindir)"
-    data="$(pg_data_dir)"
-    echo "$data" >"$STACK_DIR/postgres.data"
-    if [ ! -f "$data/PG_VERSION" ]; then
-        mkdir -p "$data"
-        [ "$(id -u)" = 0 ] && chown postgres "$(dirname "$data")" "$data"
-        chmod 700 "$data"
+    root="$(pg_root)"
+    echo "$root" >"$STACK_DIR/postgres.root"
+    if [ ! -f "$root/data/PG_VERSION" ]; then
+        mkdir -p "$root/data"
+        chmod 700 "$root/data"
         [ -f "$STACK_DIR/postgres.password" ] || python3 -c 'import secrets; print(secrets.token_hex(16))' >"$STACK_DIR/postgres.password"
         chmod 600 "$STACK_DIR/postgres.password"
-        local pwfile="$data/../initdb.pw"
-        cp "$STACK_DIR/postgres.password" "$pwfile"
-        [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
-        as_pg "$bin/initdb" -D "$data" -U mlflow --pwfile="$pwfile" --auth=scram-sha-256 -E UTF8 >"$STACK_DIR/initdb.log" 2>&1 \
-            || { rm -f "$pwfile"; die "initdb failed, see $STACK_DIR/initdb.log"; }
-        rm -f "$pwfile"
+        cp "$STACK_DIR/postgres.password" "$root/initdb.pw"
+        [ "$(id -u)" != 0 ] || chown -R postgres "$root"
+        as_pg "$bin/initdb" -D "$root/data" -U mlflow --pwfile="$root/initdb.pw" --auth=scram-sha-256 -E UTF8 \
+            >"$STACK_DIR/initdb.log" 2>&1 || { rm -f "$root/initdb.pw"; die "initdb failed, see $STACK_DIR/initdb.log"; }
+        rm -f "$root/initdb.pw"
     fi
     if alive postgres; then
         return
     fi
     port="$(free_port)"
-    touch "$STACK_DIR/postgres.log"
-    [ "$(id -u)" = 0 ] && chown postgres "$STACK_DIR/postgres.log"
     # TCP on 127.0.0.1 only; no Unix socket, so nothing depends on /var/run/postgresql.
-    as_pg "$bin/pg_ctl" -D "$data" -l "$STACK_DIR/postgres.log" -w -t "$STARTUP_TIMEOUT_S" \
+    as_pg "$bin/pg_ctl" -D "$root/data" -l "$root/postgres.log" -w -t "$STARTUP_TIMEOUT_S" \
         -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=''" start >/dev/null \
-        || die "PostgreSQL did not start, see $STACK_DIR/postgres.log"
-    head -1 "$data/postmaster.pid" >"$STACK_DIR/postgres.pid"
+        || die "PostgreSQL did not start, see $root/postgres.log"
+    head -1 "$root/data/postmaster.pid" >"$STACK_DIR/postgres.pid"
     echo "$port" >"$STACK_DIR/postgres.port"
     PGPASSWORD="$(cat "$STACK_DIR/postgres.password")" "$bin/psql" -h 127.0.0.1 -p "$port" -U mlflow -d postgres -tAq \
         -c "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 \
         || PGPASSWORD="$(cat "$STACK_DIR/postgres.password")" "$bin/createdb" -h 127.0.0.1 -p "$port" -U mlflow mlflow \
-        || die "could not create database mlflow, see $STACK_DIR/postgres.log"
-    log "PostgreSQL on 127.0.0.1:$port (data $data)"
+        || die "could not create database mlflow, see $root/postgres.log"
+    log "PostgreSQL on 127.0.0.1:$port (data $root/data)"
 }
 
 wait_http() {  # wait_http NAME URL: until URL answers, or NAME's process died, or the timeout
@@ -178,10 +174,8 @@ stop_one() {  # stop_one NAME: TERM the session NAME.pid leads, KILL it after 10
 
 stop_postgres() {
     [ -f "$STACK_DIR/postgres.pid" ] || return 0
-    local data
-    data="$(cat "$STACK_DIR/postgres.data")"
     if alive postgres; then
-        as_pg "$(pg_bindir)/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+        as_pg "$(pg_bindir)/pg_ctl" -D "$(cat "$STACK_DIR/postgres.root")/data" -m fast -w stop >/dev/null
         log "stopped PostgreSQL (pid $(cat "$STACK_DIR/postgres.pid"))"
     fi
     rm -f "$STACK_DIR/postgres.pid"

@@ -1,0 +1,60 @@
+"""The registry lease lock: taken atomically, released by its owner only, broken only once expired.
+
+The concurrent case against a PostgreSQL-backed server is tests/test_team.py's repeated race.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import registry_lock
+from pipeline.errors import PipelineError
+
+MODEL = "mnist-mlp"
+LOCK = registry_lock.lock_name(MODEL)
+
+
+@pytest.fixture
+def client(mlflow_workdir: Path):
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    return MlflowClient(tracking.tracking_uri())
+
+
+def test_the_lock_is_a_registered_model_while_held_and_gone_after(client) -> None:
+    with registry_lock.held(client, MODEL) as owner:
+        holder = registry_lock.holder(client, LOCK)
+        assert holder.owner == owner and holder.expires_at > time.time() + registry_lock.LEASE_S - 5
+        assert not registry_lock.try_acquire(client, LOCK, "someone else")
+    assert registry_lock.holder(client, LOCK) is None
+
+
+def test_a_live_lock_makes_others_wait_then_fail_with_one_clear_line(client, monkeypatch) -> None:
+    monkeypatch.setattr(registry_lock, "POLL_S", 0.05)
+    assert registry_lock.try_acquire(client, LOCK, "machine-a:1:x")
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=r"registry lock mnist-mlp.lock not acquired within 0.5 s \(held by "
+                                            r"machine-a:1:x until .*\).*delete_registered_model\('mnist-mlp.lock'\)"):
+        with registry_lock.held(client, MODEL, wait_s=0.5):
+            pass
+    assert time.monotonic() - started >= 0.5
+    assert registry_lock.holder(client, LOCK).owner == "machine-a:1:x", "a waiter must not take a live lock"
+
+
+def test_an_expired_lease_is_broken_by_the_next_promoter(client) -> None:
+    assert registry_lock.try_acquire(client, LOCK, "dead-machine:1:x", lease_s=-registry_lock.CLOCK_SKEW_S - 1)
+    with registry_lock.held(client, MODEL, wait_s=5) as owner:
+        assert registry_lock.holder(client, LOCK).owner == owner
+    assert registry_lock.holder(client, LOCK) is None
+    assert [m.name for m in client.search_registered_models()] == [], "the break marker is removed"
+
+
+def test_release_leaves_a_lock_that_is_no_longer_ours(client) -> None:
+    assert registry_lock.try_acquire(client, LOCK, "new-holder:1:x")
+    registry_lock.release(client, LOCK, "old-holder:1:x")
+    assert registry_lock.holder(client, LOCK).owner == "new-holder:1:x"
