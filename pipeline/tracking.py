@@ -165,9 +165,8 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
     """
     import mlflow
     import torch
-    from mlflow.models import infer_signature
-
     from mlflow.exceptions import MlflowException
+    from mlflow.models import infer_signature
 
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()

@@ -39,9 +39,9 @@ def test_a_live_lock_makes_others_wait_then_fail_with_one_clear_line(client, mon
     assert registry_lock.try_acquire(client, LOCK, "machine-a:1:x")
     started = time.monotonic()
     with pytest.raises(PipelineError, match=r"registry lock mnist-mlp.lock not acquired within 0.5 s \(held by "
-                                            r"machine-a:1:x until .*\).*delete_registered_model\('mnist-mlp.lock'\)"):
-        with registry_lock.held(client, MODEL, wait_s=0.5):
-            pass
+                                            r"machine-a:1:x until .*\).*delete_registered_model\('mnist-mlp.lock'\)"), \
+            registry_lock.held(client, MODEL, wait_s=0.5):
+        pass
     assert time.monotonic() - started >= 0.5
     assert registry_lock.holder(client, LOCK).owner == "machine-a:1:x", "a waiter must not take a live lock"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_PIPELINE
+
 from pipeline import registry_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Itera
     checking that stop ends every process start recorded."""
     state = tmp_path_factory.mktemp("stack")
     env = tool_env(STACK_DIR=str(state), STACK_MLFLOW_S3_ENDPOINT=s3_proxy.url)
-    started = subprocess.run([str(STACK), "start"], env=env, capture_output=True, text=True, timeout=600)
+    started = subprocess.run([str(STACK), "start"], check=False, env=env, capture_output=True, text=True, timeout=600)
     try:
         assert started.returncode == 0, started.stderr + "".join(
             f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in state.glob("*.log"))
@@ -136,7 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Itera
         yield values
     finally:
         pids = {p.stem: int(p.read_text()) for p in state.glob("*.pid")}
-        stopped = subprocess.run([str(STACK), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run([str(STACK), "stop"], check=False, env=env, capture_output=True, text=True, timeout=120)
         assert stopped.returncode == 0, stopped.stderr
         still = {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()
                  and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"}
@@ -164,7 +164,7 @@ def bucket_keys(stack: dict[str, str], bucket: str, prefix: str = "") -> list[st
 
 
 def sh(*command: str, cwd: Path, timeout: int = 300) -> str:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)} in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 
