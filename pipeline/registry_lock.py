@@ -56,13 +56,17 @@ def _code(exc: Exception) -> str | None:
 
 
 def _create(client: Any, name: str, tags: dict[str, str]) -> bool:
-    """Create registered model `name`; False if it exists already (the atomic test-and-set)."""
+    """Create registered model `name`; False if it exists already (the atomic test-and-set).
+
+    The server answers a failed insert by reading the existing model; when its holder deleted it
+    in between, that read says RESOURCE_DOES_NOT_EXIST: the lock was taken then, so False too.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         client.create_registered_model(name, tags=tags, description="lock taken by pipeline/registry_lock.py")
     except MlflowException as exc:
-        if _code(exc) == "RESOURCE_ALREADY_EXISTS":
+        if _code(exc) in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             return False
         raise
     return True

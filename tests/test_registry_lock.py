@@ -58,3 +58,25 @@ def test_release_leaves_a_lock_that_is_no_longer_ours(client) -> None:
     assert registry_lock.try_acquire(client, LOCK, "new-holder:1:x")
     registry_lock.release(client, LOCK, "old-holder:1:x")
     assert registry_lock.holder(client, LOCK).owner == "new-holder:1:x"
+
+
+def test_a_lock_released_while_the_server_reports_the_conflict_means_try_again(client, monkeypatch) -> None:
+    """The server answers a create that lost the race by reading the winner's lock, which the
+    winner may have deleted in between: RESOURCE_DOES_NOT_EXIST, seen in the repeated race."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    real = client.create_registered_model
+    answers = iter([MlflowException("Registered Model with name=mnist-mlp.lock not found",
+                                    error_code=RESOURCE_DOES_NOT_EXIST)])
+
+    def create(name, **kwargs):
+        for error in answers:
+            raise error
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(client, "create_registered_model", create)
+    monkeypatch.setattr(registry_lock, "POLL_S", 0.01)
+    assert not registry_lock.try_acquire(client, LOCK, "me:1:x")
+    with registry_lock.held(client, MODEL, wait_s=5) as owner:
+        assert registry_lock.holder(client, LOCK).owner == owner
