@@ -19,6 +19,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline import artifacts
 from pipeline.config import Params
@@ -36,7 +37,7 @@ class Unreachable(Exception):
     """This source cannot fingerprint a file; the next source is tried."""
 
 
-def _sha256(stream) -> str:
+def _sha256(stream: BinaryIO) -> str:
     digest = hashlib.sha256()
     while chunk := stream.read(_CHUNK):
         digest.update(chunk)

@@ -38,16 +38,25 @@ def test_a_live_lock_makes_others_wait_then_fail_with_one_clear_line(client, mon
     monkeypatch.setattr(registry_lock, "POLL_S", 0.05)
     assert registry_lock.try_acquire(client, LOCK, "machine-a:1:x")
     started = time.monotonic()
-    with pytest.raises(PipelineError, match=r"registry lock mnist-mlp.lock not acquired within 0.5 s \(held by "
-                                            r"machine-a:1:x until .*\).*delete_registered_model\('mnist-mlp.lock'\)"), \
-            registry_lock.held(client, MODEL, wait_s=0.5):
+    with (
+        pytest.raises(
+            PipelineError,
+            match=r"registry lock mnist-mlp.lock not acquired within 0.5 s \(held by "
+            r"machine-a:1:x until .*\).*delete_registered_model\('mnist-mlp.lock'\)",
+        ),
+        registry_lock.held(client, MODEL, wait_s=0.5),
+    ):
         pass
     assert time.monotonic() - started >= 0.5
-    assert registry_lock.holder(client, LOCK).owner == "machine-a:1:x", "a waiter must not take a live lock"
+    assert registry_lock.holder(client, LOCK).owner == "machine-a:1:x", (
+        "a waiter must not take a live lock"
+    )
 
 
 def test_an_expired_lease_is_broken_by_the_next_promoter(client) -> None:
-    assert registry_lock.try_acquire(client, LOCK, "dead-machine:1:x", lease_s=-registry_lock.CLOCK_SKEW_S - 1)
+    assert registry_lock.try_acquire(
+        client, LOCK, "dead-machine:1:x", lease_s=-registry_lock.CLOCK_SKEW_S - 1
+    )
     with registry_lock.held(client, MODEL, wait_s=5) as owner:
         assert registry_lock.holder(client, LOCK).owner == owner
     assert registry_lock.holder(client, LOCK) is None
@@ -60,15 +69,23 @@ def test_release_leaves_a_lock_that_is_no_longer_ours(client) -> None:
     assert registry_lock.holder(client, LOCK).owner == "new-holder:1:x"
 
 
-def test_a_lock_released_while_the_server_reports_the_conflict_means_try_again(client, monkeypatch) -> None:
+def test_a_lock_released_while_the_server_reports_the_conflict_means_try_again(
+    client, monkeypatch
+) -> None:
     """The server answers a create that lost the race by reading the winner's lock, which the
     winner may have deleted in between: RESOURCE_DOES_NOT_EXIST, seen in the repeated race."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
     real = client.create_registered_model
-    answers = iter([MlflowException("Registered Model with name=mnist-mlp.lock not found",
-                                    error_code=RESOURCE_DOES_NOT_EXIST)])
+    answers = iter(
+        [
+            MlflowException(
+                "Registered Model with name=mnist-mlp.lock not found",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+        ]
+    )
 
     def create(name, **kwargs):
         for error in answers:

@@ -8,6 +8,7 @@ killing moto, which keeps its objects only in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_PIPELINE
 
 from pipeline import registry_lock
+from tests.helpers import TINY_PIPELINE, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts" / "stack.sh"
@@ -33,14 +34,9 @@ UNREACHABLE_MIRROR = "http://127.0.0.1:9/mnist/"  # nothing listens on the disca
 REPETITIONS = 20
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TcpProxy:
-    """Forwards 127.0.0.1:port to `target`; off() closes the port and cuts open connections, on() reopens."""
+    """Forwards 127.0.0.1:port to `target`; off() closes the port and cuts open connections,
+    on() reopens it."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -67,10 +63,8 @@ class TcpProxy:
             doomed = [server, *self._open] if server else list(self._open)
             self._open.clear()
         for sock in doomed:  # shutdown wakes the threads blocked in accept() and recv()
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def _accept(self, server: socket.socket) -> None:
@@ -100,15 +94,17 @@ class TcpProxy:
             for sock in (source, sink):
                 with self._lock:
                     self._open.discard(sock)
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
 
 def tool_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -125,26 +121,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Itera
     checking that stop ends every process start recorded."""
     state = tmp_path_factory.mktemp("stack")
     env = tool_env(STACK_DIR=str(state), STACK_MLFLOW_S3_ENDPOINT=s3_proxy.url)
-    started = subprocess.run([str(STACK), "start"], check=False, env=env, capture_output=True, text=True, timeout=600)
+    started = subprocess.run(
+        [str(STACK), "start"], check=False, env=env, capture_output=True, text=True, timeout=600
+    )
     try:
         assert started.returncode == 0, started.stderr + "".join(
-            f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in state.glob("*.log"))
-        exports = subprocess.run([str(STACK), "env"], env=env, capture_output=True, text=True, timeout=60, check=True)
-        values = dict(line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines())
+            f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in state.glob("*.log")
+        )
+        exports = subprocess.run(
+            [str(STACK), "env"], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
+        values = dict(
+            line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()
+        )
         s3 = urllib.parse.urlsplit(values["STACK_S3_ENDPOINT"])
         s3_proxy.target = (s3.hostname, s3.port)
         yield values
     finally:
         pids = {p.stem: int(p.read_text()) for p in state.glob("*.pid")}
-        stopped = subprocess.run([str(STACK), "stop"], check=False, env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(
+            [str(STACK), "stop"], check=False, env=env, capture_output=True, text=True, timeout=120
+        )
         assert stopped.returncode == 0, stopped.stderr
-        still = {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()
-                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"}
+        still = {
+            name: pid
+            for name, pid in pids.items()
+            if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        }
         assert not still, f"scripts/stack.sh stop left {still} running"
 
 
 def use_stack(monkeypatch: pytest.MonkeyPatch, stack: dict[str, str]) -> str:
-    for key in ("MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    ):
         monkeypatch.setenv(key, stack[key])
     return stack["MLFLOW_TRACKING_URI"]
 
@@ -164,8 +178,12 @@ def bucket_keys(stack: dict[str, str], bucket: str, prefix: str = "") -> list[st
 
 
 def sh(*command: str, cwd: Path, timeout: int = 300) -> str:
-    result = subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)} in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    result = subprocess.run(
+        command, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(command)} in {cwd}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     return result.stdout + result.stderr
 
 
@@ -173,8 +191,8 @@ def sh(*command: str, cwd: Path, timeout: int = 300) -> str:
 def test_two_machines_share_the_registry_and_the_dvc_remote(
     dvc_project: Path, stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A retrains, promotes v1 and pushes; B, offline, pulls A's commit and data and retrains; a fresh
-    clone C is complete: dvc pull then dvc repro reruns nothing."""
+    """A retrains, promotes v1 and pushes; B, offline, pulls A's commit and data and retrains;
+    a fresh clone C is complete: dvc pull then dvc repro reruns nothing."""
     url = use_stack(monkeypatch, stack)
     model = f"team-{uuid.uuid4().hex[:8]}"
     a = dvc_project
@@ -222,23 +240,37 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
     registered = rest(url, "registered-models/get", name=model)["registered_model"]
     assert registered["aliases"] == [{"alias": "champion", "version": "1"}]
     versions = rest(url, "model-versions/search", filter=f"name='{model}'")["model_versions"]
-    assert {(v["version"], v["run_id"]) for v in versions} == {("1", first["run_id"]), ("2", second["run_id"])}
+    assert {(v["version"], v["run_id"]) for v in versions} == {
+        ("1", first["run_id"]),
+        ("2", second["run_id"]),
+    }
     for clone, record in ((a, first), (b, second)):
         run = rest(url, "runs/get", run_id=record["run_id"])["run"]
         logged = {p["key"]: p["value"] for p in run["data"]["params"]}
-        assert (logged["train.epochs"], logged["model.hidden"], logged["data.name"]) == ("2", "[32]", "custom")
+        assert (logged["train.epochs"], logged["model.hidden"], logged["data.name"]) == (
+            "2",
+            "[32]",
+            "custom",
+        )
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         local = json.loads((clone / "reports/metrics.json").read_text())
         assert metrics["test_accuracy"] == pytest.approx(local["test_accuracy"])
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert (tags["promotion.decision"], tags["promotion.reason"]) == (record["decision"], record["reason"])
+        assert (tags["promotion.decision"], tags["promotion.reason"]) == (
+            record["decision"],
+            record["reason"],
+        )
         # The model's files are in S3, not on either machine.
         model_id = run["outputs"]["model_outputs"][0]["model_id"]
-        assert any(model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow"))
+        assert any(
+            model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow")
+        )
     assert not list(a.glob("mlruns")) and not list(b.glob("mlruns"))
 
     # The DVC remote holds what A's dvc.lock names (the model's content address among them).
-    model_md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
+    model_md5 = next(
+        o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt"
+    )
     keys = bucket_keys(stack, "dvc", f"{model}/")
     assert f"{model}/files/md5/{model_md5[:2]}/{model_md5[2:]}" in keys
 
@@ -248,7 +280,9 @@ def finished_run(client, experiment_id: str, model: str, accuracy: float) -> str
     run = client.create_run(experiment_id)
     client.log_metric(run.info.run_id, "test_accuracy", accuracy)
     client.set_terminated(run.info.run_id)
-    client.create_model_version(model, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.create_model_version(
+        model, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    )
     return run.info.run_id
 
 
@@ -272,16 +306,24 @@ def test_concurrent_promotions_always_end_on_the_better_version(
         client.create_registered_model(model)
         base = finished_run(client, experiment, model, 0.5)
         promote.promote(client, model, base, 0.5, 0.0)
-        worse, better = finished_run(client, experiment, model, 0.7), finished_run(client, experiment, model, 0.9)
+        worse, better = (
+            finished_run(client, experiment, model, 0.7),
+            finished_run(client, experiment, model, 0.9),
+        )
         barrier = threading.Barrier(2)
 
-        def contend(run_id: str, accuracy: float, model: str = model, barrier: threading.Barrier = barrier) -> dict:
+        def contend(
+            run_id: str, accuracy: float, model: str = model, barrier: threading.Barrier = barrier
+        ) -> dict:
             own = MlflowClient(url)
             barrier.wait()
             return promote.promote(own, model, run_id, accuracy, 0.0)
 
         with ThreadPoolExecutor(2) as pool:
-            w, b = [f.result() for f in [pool.submit(contend, worse, 0.7), pool.submit(contend, better, 0.9)]]
+            w, b = [
+                f.result()
+                for f in [pool.submit(contend, worse, 0.7), pool.submit(contend, better, 0.9)]
+            ]
         assert client.get_registered_model(model).aliases == {"champion": "3"}, (rep, w, b)
         # The two decisions are those of some serial order.
         if w["decision"] == "promoted":
@@ -291,18 +333,29 @@ def test_concurrent_promotions_always_end_on_the_better_version(
         else:
             orders["better first"] += 1
             assert (b["decision"], b["previous_champion_version"]) == ("promoted", 1), (rep, w, b)
-            assert w["previous_champion_version"] == 3 and "vs champion version 3" in w["reason"], (rep, w, b)
+            assert w["previous_champion_version"] == 3 and "vs champion version 3" in w["reason"], (
+                rep,
+                w,
+                b,
+            )
         for run_id, record in ((worse, w), (better, b)):
             tags = client.get_run(run_id).data.tags
-            assert (tags["promotion.decision"], tags["promotion.reason"]) == (record["decision"], record["reason"])
+            assert (tags["promotion.decision"], tags["promotion.reason"]) == (
+                record["decision"],
+                record["reason"],
+            )
         assert not client.search_registered_models(f"name = '{registry_lock.lock_name(model)}'")
     print(f"serial orders over {REPETITIONS} races: {orders}")
 
 
 @pytest.mark.slow
 def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_succeeds(
-    stack: dict[str, str], s3_proxy: TcpProxy, mlflow_workdir: Path, synthetic_mirror: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    stack: dict[str, str],
+    s3_proxy: TcpProxy,
+    mlflow_workdir: Path,
+    synthetic_mirror: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     from mlflow import MlflowClient
 
@@ -313,8 +366,11 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
     url = use_stack(monkeypatch, stack)
     monkeypatch.setenv("MNIST_MIRROR", str(synthetic_mirror))
     model = f"outage-{uuid.uuid4().hex[:8]}"
-    Path("params.yaml").write_text(yaml.safe_dump({**TINY_PIPELINE, "mlflow": {"experiment": model,
-                                                                                "registered_model": model}}))
+    Path("params.yaml").write_text(
+        yaml.safe_dump(
+            {**TINY_PIPELINE, "mlflow": {"experiment": model, "registered_model": model}}
+        )
+    )
     for stage in ("download", "stats", "split", "validate", "train", "evaluate", "promote"):
         assert cli.main([stage]) == 0, stage
     client = MlflowClient(url)
@@ -328,14 +384,21 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
         err = capsys.readouterr().err.strip()
     finally:
         s3_proxy.on()
-    errors = [line for line in err.splitlines() if line.startswith("error:")]  # the rest: the stage's progress
+    errors = [
+        line for line in err.splitlines() if line.startswith("error:")
+    ]  # the rest: the stage's progress
     assert len(errors) == 1 and "Traceback" not in err, err
     assert errors[0].startswith("error: could not store the model in MLflow's artifact store"), err
-    assert errors[0].endswith("no model version was registered. Check that the tracking server reaches its "
-                              "object storage, then rerun: dvc repro train"), err
+    assert errors[0].endswith(
+        "no model version was registered. Check that the tracking server reaches its "
+        "object storage, then rerun: dvc repro train"
+    ), err
     # Local outputs intact: a loadable model, the last run's reference and metrics unchanged.
     load_checkpoint(MODEL_FILE)  # raises on a missing or half-written file
-    assert json.loads(MLFLOW_RUN_FILE.read_text()) == first_run and METRICS_FILE.read_bytes() == metrics_before
+    assert (
+        json.loads(MLFLOW_RUN_FILE.read_text()) == first_run
+        and METRICS_FILE.read_bytes() == metrics_before
+    )
     assert not list(Path(".").rglob(".*.tmp"))
     # No version from the failed upload: nothing but version 1 could ever become champion.
     versions = client.search_model_versions(f"name='{model}'")
@@ -349,4 +412,6 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
     assert record["version"] == 2 and record["run_id"] != first_run["run_id"]
     assert {v.version for v in client.search_model_versions(f"name='{model}'")} == {"1", "2"}
     model_id = client.get_run(record["run_id"]).outputs.model_outputs[0].model_id
-    assert any(model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow"))
+    assert any(
+        model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow")
+    )

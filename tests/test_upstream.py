@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_dataset
 
 from pipeline import download, upstream
 from pipeline.config import parse_params
 from pipeline.datasets import FILES, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 from pipeline.paths import PROMOTION_FILE, RAW_DIR, UPSTREAM_FILE
+from tests.helpers import write_dataset
 
 CUSTOM = parse_params({"data": {"name": "custom"}})
 
@@ -41,7 +41,9 @@ def http_mirror(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, int]]]:
     folder = write_dataset(tmp_path / "served")
     gets: dict[str, int] = {}
     handler = type("Handler", (CountingHandler,), {"gets": gets})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", folder, gets
     server.shutdown()
@@ -68,7 +70,9 @@ def test_an_unchanged_http_mirror_costs_heads_only_and_a_changed_file_is_refetch
     assert gets == {name: 1 for name in FILES}
 
     assert upstream.refresh(CUSTOM, env) == []
-    assert UPSTREAM_FILE.read_bytes() == manifest, "an unchanged mirror leaves the manifest byte-identical"
+    assert UPSTREAM_FILE.read_bytes() == manifest, (
+        "an unchanged mirror leaves the manifest byte-identical"
+    )
     download.download(CUSTOM, RAW_DIR, env, download.read_manifest(UPSTREAM_FILE))
     assert gets == {name: 1 for name in FILES}, "nothing fetched twice"
 
@@ -85,7 +89,9 @@ def test_a_local_folder_is_rehashed_and_an_unreachable_source_keeps_the_manifest
 ) -> None:
     assert upstream.refresh(CUSTOM, {"MNIST_MIRROR": str(synthetic_mirror)}) == list(FILES)
     manifest = UPSTREAM_FILE.read_bytes()
-    (synthetic_mirror / TEST_IMAGES).write_bytes((synthetic_mirror / TEST_IMAGES).read_bytes() + b"\0")
+    (synthetic_mirror / TEST_IMAGES).write_bytes(
+        (synthetic_mirror / TEST_IMAGES).read_bytes() + b"\0"
+    )
     assert upstream.refresh(CUSTOM, {"MNIST_MIRROR": f"file://{synthetic_mirror}"}) == [TEST_IMAGES]
     changed = UPSTREAM_FILE.read_bytes()
     assert changed != manifest
@@ -109,7 +115,9 @@ def test_scheduled_retrain_notices_a_bigger_dataset_on_the_mirror(
     monkeypatch.setenv("MNIST_MIRROR", url)
 
     def retrain() -> str:
-        result = subprocess.run(["scripts/retrain.sh"], check=False, capture_output=True, text=True, timeout=1200)
+        result = subprocess.run(
+            ["scripts/retrain.sh"], check=False, capture_output=True, text=True, timeout=1200
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout + result.stderr
 
