@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -150,6 +151,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Itera
             and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
         }
         assert not still, f"scripts/stack.sh stop left {still} running"
+        # The database lives outside the pytest folder when the postgres user cannot reach it.
+        root = state / "postgres.root"
+        if root.is_file() and not Path(root.read_text().strip()).is_relative_to(state):
+            shutil.rmtree(root.read_text().strip(), ignore_errors=True)
 
 
 def use_stack(monkeypatch: pytest.MonkeyPatch, stack: dict[str, str]) -> str:
