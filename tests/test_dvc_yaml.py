@@ -105,6 +105,7 @@ WRITTEN_BY = {
     "MODELS_DIR": None,
     "MODEL_FILE": "train",
     "LAST_CHECKPOINT_FILE": None,  # resume state, deliberately not an out (dvc.yaml, train stage)
+    "UPSTREAM_FILE": None,  # written by `python -m pipeline upstream` (no stage), a dep of download
     "MLFLOW_RUN_FILE": "train",
     "REPORTS_DIR": None,
     "DATA_VALIDATION_FILE": "validate",
