@@ -127,6 +127,9 @@ class MlflowParams(Section):
 
 class PromoteParams(Section):
     min_delta: float = Field(default=0.0, ge=0, le=1)
+    class_drop_p: float = Field(default=0.01, gt=0, lt=1)
+    max_class_drop: float = Field(default=1.0, ge=0, le=100)
+    max_ece_increase: float = Field(default=0.01, ge=0, le=1)
 
 
 class Params(Section):

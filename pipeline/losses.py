@@ -45,10 +45,13 @@ def probabilities(outputs: torch.Tensor, name: str) -> torch.Tensor:
     """Per-class probabilities as the loss reads the outputs.
 
     Cross-entropy treats the outputs as logits, so softmax gives its distribution. Least squares
-    on one-hot targets makes each output an estimate of its class's probability, so those are
-    used directly, clipped to [0, 1].
+    on one-hot targets makes each output an estimate of its class's probability; those are
+    clipped to [0, 1] and normalised to sum 1, so that confidence, calibration error and NLL
+    mean the same for both losses. A row that clips to all zeros says nothing: uniform.
     """
     _check(name)
     if name == "cross_entropy":
         return torch.softmax(outputs, dim=1)
-    return outputs.clamp(0.0, 1.0)
+    clipped = outputs.clamp(0.0, 1.0)
+    total = clipped.sum(1, keepdim=True)
+    return torch.where(total > 0, clipped / total.clamp_min(1e-30), torch.full_like(clipped, 1.0 / NUM_CLASSES))
