@@ -25,6 +25,7 @@ from pipeline.paths import (
     GRAD_NORMS_FILE,
     METRICS_FILE,
     MLFLOW_RUN_FILE,
+    OOD_REFERENCE_FILE,
     PER_CLASS_FILE,
     PREDICTIONS_FILE,
     PROMOTION_FILE,
@@ -49,6 +50,8 @@ METRIC_KEYS = (
     "macro_precision",
     "macro_recall",
     "macro_f1",
+    "test_ece",
+    "test_nll",
 )
 
 
@@ -281,6 +284,20 @@ def write_predictions(table: pd.DataFrame, path: Path = PREDICTIONS_FILE) -> Non
 
 def read_predictions(path: Path = PREDICTIONS_FILE) -> pd.DataFrame:
     return _table(path, "evaluate", PREDICTION_COLUMNS)
+
+
+# ---- evaluate: models/ood_reference.json (pipeline/ood.py gives it meaning) ----------------
+
+
+def write_ood_reference(reference: dict[str, Any], path: Path = OOD_REFERENCE_FILE) -> None:
+    atomic.write_json(path, reference)
+
+
+def read_ood_reference(path: Path = OOD_REFERENCE_FILE) -> dict[str, Any] | None:
+    """None when there is none: predict still uses a model evaluate has not seen, unchecked."""
+    if not Path(path).is_file():
+        return None
+    return _json_object(path, "evaluate", ("features", "mean", "std", "threshold", "quantile"))
 
 
 # ---- promote: reports/promotion.json --------------------------------------------------------

@@ -2,7 +2,9 @@
 
 The loss is the one the checkpoint was trained with (its "loss" key), computed by the function
 train scores its validation with (pipeline/scoring.py), so test_loss and valid_loss compare
-directly with the training curves.
+directly with the training curves. Beyond accuracy it measures calibration, per-digit accuracy
+and robustness (pipeline/quality.py), and fits the off-distribution reference that predict
+checks inputs against (pipeline/ood.py).
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, tracking
+from pipeline import artifacts, ood, tracking
 from pipeline.config import Params
-from pipeline.data import load_dataset
+from pipeline.data import load_dataset, resize
 from pipeline.datasets import CLASSES, NUM_CLASSES
-from pipeline.losses import loss_fn, probabilities
+from pipeline.losses import loss_fn
 from pipeline.model import MLP, checkpoint_field, load_checkpoint, model_from_checkpoint
 from pipeline.paths import (
     METRICS_FILE,
     MLFLOW_RUN_FILE,
     MODEL_FILE,
     PER_CLASS_FILE,
+    OOD_REFERENCE_FILE,
+    PREDICTIONS_FILE,
     RAW_DIR,
+    TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
 )
 from pipeline.progress import log
+from pipeline.quality import calibration_metrics, confidence_and_prediction, robustness_metrics
 from pipeline.scoring import score
 
 
@@ -67,15 +73,14 @@ def evaluate(
     valid: tuple[torch.Tensor, torch.Tensor],
     batch_size: int,
 ) -> Evaluation:
+    """`test` and `valid` hold 28x28 MNIST-form images; they are resized to the model's size here,
+    after the perturbations of the robustness metrics, as predict resizes after its framing."""
+    size = model.arch.image_size
     loss = loss_fn(loss_name)
-    tested = score(model, test[0], test[1], loss, batch_size)
-    validated = score(model, valid[0], valid[1], loss, batch_size)
-
-    # The prediction is the argmax of the raw outputs, exactly what accuracy counts.
-    predicted = tested.outputs.argmax(1)
-    confidence = probabilities(tested.outputs, loss_name).gather(1, predicted[:, None])[:, 0]
+    tested = score(model, resize(test[0], size), test[1], loss, batch_size)
+    validated = score(model, resize(valid[0], size), valid[1], loss, batch_size)
+    confidence, predicted_np = confidence_and_prediction(tested.outputs, loss_name)
     actual = test[1].numpy()
-    predicted_np = predicted.numpy()
     confusion = confusion_counts(actual, predicted_np)
     per_class = per_class_table(confusion)
     metrics = {
@@ -87,13 +92,15 @@ def evaluate(
         "macro_precision": float(per_class["precision"].mean()),
         "macro_recall": float(per_class["recall"].mean()),
         "macro_f1": float(per_class["f1"].mean()),
+        **calibration_metrics(tested.outputs, test[1], loss_name),
+        **robustness_metrics(model, test[0], test[1], batch_size),
     }
     predictions = pd.DataFrame(
         {
             "index": np.arange(len(actual)),
             "actual": actual,
             "predicted": predicted_np,
-            "confidence": confidence.double().numpy().round(6),
+            "confidence": confidence.round(6),
         }
     )
     return Evaluation(metrics, per_class, predictions, confusion)
@@ -117,6 +124,10 @@ def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
         )
         mlflow.log_artifact(str(PER_CLASS_FILE), "evaluation")
         mlflow.log_artifact(str(METRICS_FILE), "evaluation")
+        # promote pairs the champion's per-image answers with a candidate's (per-digit McNemar test),
+        # and predict checks inputs against the model's off-distribution reference.
+        mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
+        mlflow.log_artifact(str(OOD_REFERENCE_FILE), "evaluation")
 
 
 def main(params: Params) -> None:
@@ -125,8 +136,9 @@ def main(params: Params) -> None:
     model = model_from_checkpoint(payload)
     loss_name = str(checkpoint_field(payload, "loss", MODEL_FILE))
     epoch = int(checkpoint_field(payload, "epoch", MODEL_FILE))
-    data = load_dataset(RAW_DIR, model.arch.image_size)
+    data = load_dataset(RAW_DIR, 28)  # MNIST form; evaluate resizes for the model
     valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, len(data.train_labels)))
+    train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels)))
     result = evaluate(
         model,
         loss_name,
@@ -135,9 +147,12 @@ def main(params: Params) -> None:
         batch_size=params.evaluate.batch_size,
     )
     write_outputs(result)
+    reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
+    atomic.write_json(OOD_REFERENCE_FILE, reference.to_dict())
     m = result.metrics
     log(
         f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), "
-        f"valid accuracy {m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}"
+        f"valid accuracy {m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}, "
+        f"ECE {m['test_ece']:.4f}; off-distribution threshold {reference.threshold:.2f}"
     )
     log_to_mlflow(result, epoch)

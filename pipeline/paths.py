@@ -18,6 +18,7 @@ MODELS_DIR = Path("models")
 MODEL_FILE = MODELS_DIR / "model.pt"
 LAST_CHECKPOINT_FILE = MODELS_DIR / "last.pt"
 MLFLOW_RUN_FILE = MODELS_DIR / "mlflow_run.json"
+OOD_REFERENCE_FILE = MODELS_DIR / "ood_reference.json"  # beside the checkpoint predict reads
 
 REPORTS_DIR = Path("reports")
 DATA_VALIDATION_FILE = REPORTS_DIR / "data_validation.json"

@@ -191,3 +191,63 @@ def gradient_norms(norms: pd.DataFrame) -> Figure:
     ax.legend(title="layer")
     ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
+
+
+def reliability_diagram(bins: list, ece: float) -> Figure:
+    """Accuracy against mean confidence per confidence bin (pipeline.calibration.ReliabilityBin), with counts.
+
+    Bars on the diagonal are calibrated; below it, over-confident. The lower panel gives each
+    bin's number of test images on a log scale: most predictions sit in the last bin.
+    """
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    filled = [b for b in bins if b.count]
+    width = bins[0].high - bins[0].low
+    centres = [(b.low + b.high) / 2 for b in filled]
+    top.bar(centres, [b.accuracy for b in filled], width=width * 0.9, color="tab:blue", label="accuracy in the bin")
+    top.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="tab:orange",
+             label="(mean confidence, accuracy)")
+    top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1.05)
+    top.legend(loc="upper left")
+    top.set_title(f"Reliability diagram, test set: ECE {ece:.4f} over {len(bins)} equal-width bins")
+    counts = bottom.bar(centres, [b.count for b in filled], width=width * 0.9, color="tab:gray")
+    bottom.bar_label(counts, labels=[f"{b.count:,}" for b in filled], fontsize=7, padding=1)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("test images")
+    bottom.set_xlabel("confidence of the predicted digit")
+    bottom.set_xlim(0, 1)
+    return fig
+
+
+def robustness(accuracies: dict[str, float], clean: float) -> Figure:
+    """Test accuracy under each perturbation (name -> accuracy), against the clean accuracy."""
+    names = list(accuracies)
+    fig = Figure(figsize=(9, 0.32 * len(names) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    colors = ["tab:blue" if n.startswith("shift") else "tab:green" if n.startswith("rotate")
+              else "tab:purple" if n.startswith("noise") else "tab:red" for n in names]
+    bars = ax.barh(names, [accuracies[n] for n in names], color=colors)
+    ax.bar_label(bars, labels=[f"{accuracies[n]:.3f}" for n in names], fontsize=8, padding=2)
+    ax.axvline(clean, color="black", linestyle="--", linewidth=1)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("test accuracy")
+    ax.set_title(f"Accuracy under deterministic perturbations (dashed line: unperturbed {clean:.4f})")
+    return fig
+
+
+def off_distribution(images: np.ndarray, titles: list[str], flagged: list[bool]) -> Figure:
+    """Inputs that are not digits, each titled with the model's answer and whether predict flags it."""
+    rows, columns = _grid_shape(len(images), 4)
+    fig = Figure(figsize=(2.4 * columns, 2.6 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title, flag in zip(axes.flat, images, titles, flagged):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title + ("\nflagged off-distribution" if flag else "\nnot flagged"), fontsize=9,
+                     color="black" if flag else "tab:red")
+    fig.suptitle("What the model says off the digit distribution (confidence of its answer)", fontsize=12)
+    return fig

@@ -1,0 +1,51 @@
+"""What evaluate measures beyond accuracy: calibration, per-digit accuracy and robustness.
+
+Shared by the evaluate stage (metrics.json), the report (figures) and the behaviour tests in
+tests/model/, so that all three measure the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.calibration import expected_calibration_error, negative_log_likelihood, per_class_accuracy
+from pipeline.data import resize
+from pipeline.losses import probabilities
+from pipeline.model import NUM_CLASSES, MLP, model_outputs
+from pipeline.perturb import perturbations
+
+
+def confidence_and_prediction(outputs: torch.Tensor, loss_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted class (argmax of the raw outputs, what accuracy counts) and its probability."""
+    predicted = outputs.argmax(1)
+    confidence = probabilities(outputs, loss_name).gather(1, predicted[:, None])[:, 0]
+    return confidence.double().numpy(), predicted.numpy()
+
+
+def calibration_metrics(outputs: torch.Tensor, labels: torch.Tensor, loss_name: str) -> dict[str, float]:
+    """test_ece (15 bins), test_nll and test_accuracy_digit_<k> for a test set's outputs."""
+    confidence, predicted = confidence_and_prediction(outputs, loss_name)
+    actual = labels.numpy()
+    return {
+        "test_ece": expected_calibration_error(confidence, predicted == actual),
+        "test_nll": negative_log_likelihood(probabilities(outputs, loss_name), labels),
+        **per_class_accuracy(actual, predicted, NUM_CLASSES),
+    }
+
+
+def perturbed_predictions(model: MLP, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+    """Predicted class per perturbation for uint8 MNIST-form images [N, 28, 28], resized to the model's size."""
+    size = model.arch.image_size
+    return {
+        name: model_outputs(model, resize(perturb(images), size), batch_size).argmax(1)
+        for name, perturb in perturbations().items()
+    }
+
+
+def robustness_metrics(model: MLP, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """`robust_<name>_accuracy`: test accuracy under each perturbation of pipeline/perturb.py."""
+    return {
+        f"robust_{name}_accuracy": (predicted == labels).double().mean().item()
+        for name, predicted in perturbed_predictions(model, images, batch_size).items()
+    }
