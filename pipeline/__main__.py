@@ -10,6 +10,7 @@ import importlib
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import PipelineError
@@ -31,8 +32,13 @@ def parser() -> argparse.ArgumentParser:
     )
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
     commands = main.add_subparsers(dest="command", required=True, metavar="{stage,predict,upstream}")
-    for stage in STAGES:
-        commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
+    stages = {stage: commands.add_parser(stage, parents=[params], help=f"run the {stage} stage") for stage in STAGES}
+    stages["promote"].add_argument(
+        "--allow-contract-change",
+        action="store_true",
+        help="let a version whose MLflow input/output signature differs from the champion's become "
+        "champion (its clients must change too); the other gates still apply",
+    )
     commands.add_parser(
         "upstream",
         parents=[params],
@@ -54,11 +60,12 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def run_stage(stage: str, params_file: Path) -> int:
+def run_stage(stage: str, params_file: Path, options: dict[str, Any] | None = None) -> int:
+    """`options` are the stage's own command-line flags, passed to its main() as keywords."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         params = load_params(params_file)
-        importlib.import_module(f"pipeline.{stage}").main(params)
+        importlib.import_module(f"pipeline.{stage}").main(params, **(options or {}))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
-    return run_stage(args.command, getattr(args, "params", PARAMS_FILE))
+    options = {"allow_contract_change": True} if getattr(args, "allow_contract_change", False) else {}
+    return run_stage(args.command, getattr(args, "params", PARAMS_FILE), options)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def main(params: Params) -> None:
     )
     write_outputs(result)
     reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
-    atomic.write_json(OOD_REFERENCE_FILE, reference.to_dict())
+    artifacts.write_ood_reference(reference.to_dict())
     m = result.metrics
     log(
         f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), "

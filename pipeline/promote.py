@@ -1,59 +1,50 @@
 """Stage `promote`: point the registered model's `champion` alias at this run's version if it earns it.
 
-A version earns it when there is no champion yet, or when its test accuracy beats the champion's
-by at least `promote.min_delta` (and by more than nothing: a tie keeps the model already serving).
-The champion's accuracy is read from its own run in the registry, never from local files, so the
-decision is right against a shared tracking server that other machines also promote into.
-Either way the run is tagged with the decision and reports/promotion.json says why. Reading the
-champion, deciding and writing happen under the registry's lease lock (pipeline/registry_lock.py),
-so concurrent promotions from several machines take turns and the better model always ends champion.
+A version earns it when there is no champion yet, or when it passes every gate of
+pipeline/gate.py against the champion: the same serving contract (MLflow input and output
+signature), better test accuracy (by more than nothing and at least `promote.min_delta`), no digit
+significantly worse (per-digit McNemar test on the two versions' answers to the same test images)
+and no worse calibration. The champion's numbers, signature and per-image answers are read from
+the registry and its run, never from local files, so the decision is right against a shared
+tracking server that other machines also promote into. Either way the run is tagged with the
+decision and reports/promotion.json says why, with every p-value. Reading the champion, deciding
+and writing happen under the registry's lease lock (pipeline/registry_lock.py), so concurrent
+promotions from several machines take turns and the better model always ends champion.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import artifacts, registry_lock, tracking
+import numpy as np
+
+from pipeline import artifacts, gate, registry_lock, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.paths import MLFLOW_RUN_FILE
+from pipeline.paths import MLFLOW_RUN_FILE, PREDICTIONS_FILE
 from pipeline.progress import log
+
+if TYPE_CHECKING:  # pandas loads only when a table is read (pipeline/artifacts.py)
+    import pandas as pd
 
 CHAMPION_ALIAS = "champion"
 ACCURACY_METRIC = "test_accuracy"
+ECE_METRIC = "test_ece"
+PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"  # evaluate logs it
 DATA_TAG = "dataset.md5."  # train tags its run with each data file's MD5
-# Accuracies are ratios of counts; this only absorbs float rounding in `new - old >= min_delta`.
-_EPSILON = 1e-12
 
 
 @dataclass(frozen=True)
-class Champion:
-    version: int
-    accuracy: float
+class Version:
+    """A registered version with what the gate compares: its numbers and per-image answers."""
+
+    evidence: gate.Evidence
     run_id: str
+    answers: pd.DataFrame  # index, actual, predicted (test set)
     data_md5: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-
-
-def decide(version: int, accuracy: float, champion: Champion | None, min_delta: float) -> Decision:
-    if champion is None:
-        return Decision(True, f"no {CHAMPION_ALIAS} yet: version {version} becomes the first")
-    if champion.version == version:
-        return Decision(False, f"version {version} is already the {CHAMPION_ALIAS}")
-    gain = accuracy - champion.accuracy
-    versus = (
-        f"version {version} test accuracy {accuracy:.4f} vs {CHAMPION_ALIAS} version "
-        f"{champion.version} {champion.accuracy:.4f} ({gain:+.4f})"
-    )
-    if gain > _EPSILON and gain >= min_delta - _EPSILON:
-        return Decision(True, f"{versus} beats it by at least min_delta {min_delta}")
-    needed = "more than 0" if min_delta == 0 else f"at least {min_delta}"
-    return Decision(False, f"{versus}: the gain must be {needed} to promote")
 
 
 def registered_version(client, name: str, run_id: str) -> int:
@@ -67,65 +58,133 @@ def registered_version(client, name: str, run_id: str) -> int:
     return max(versions)
 
 
-def current_champion(client, name: str) -> Champion | None:
+def signature_text(name: str, version: int) -> str:
+    """The version's MLflow signature as one line, e.g. inputs [Tensor('float32', (-1, 784))] -> outputs [...]."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
+    except (MlflowException, OSError) as exc:
+        raise PipelineError(
+            f"cannot read the model of version {version} of {name!r} ({str(exc).splitlines()[0]}); its files are "
+            "missing from the artifact store, so its serving contract is unknown; retrain it (dvc repro train)"
+        ) from None
+    return f"inputs {signature.inputs} -> outputs {signature.outputs}" if signature else "no signature"
+
+
+def champion_version(client, name: str) -> Version | None:
     # Reading the alias map avoids telling "no such alias" apart from other errors by error code.
     number = client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
     if number is None:
         return None
     version = client.get_model_version(name, str(number))
     run = client.get_run(version.run_id)
-    accuracy = run.data.metrics.get(ACCURACY_METRIC)
-    if accuracy is None:
+    metrics = run.data.metrics
+    remedy = (
+        f"re-evaluate that run with this pipeline or remove the alias "
+        f"(MlflowClient().delete_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}))"
+    )
+    missing = [key for key in (ACCURACY_METRIC, ECE_METRIC) if key not in metrics]
+    if missing:
         raise PipelineError(
-            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {ACCURACY_METRIC} metric in run "
-            f"{version.run_id}, so nothing can be compared with it; log that metric in the run or remove the alias "
-            f"(MlflowClient().delete_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}))"
+            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {' or '.join(missing)} metric in run "
+            f"{version.run_id}, so nothing can be compared with it; {remedy}"
         )
-    return Champion(int(version.version), float(accuracy), version.run_id, data_md5(run))
+    try:
+        answers = client.download_artifacts(version.run_id, PREDICTIONS_ARTIFACT)
+    except Exception as exc:  # MLflow raises several kinds for a missing artifact  # noqa: BLE001
+        raise PipelineError(
+            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {PREDICTIONS_ARTIFACT} in run "
+            f"{version.run_id} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
+            f"cannot be compared; {remedy}"
+        ) from None
+    evidence = gate.Evidence(int(version.version), float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
+                             signature_text(name, int(version.version)))
+    return Version(evidence, version.run_id, artifacts.read_predictions(Path(answers)), data_md5(run))
 
 
 def data_md5(run) -> dict[str, str]:
     return {k.removeprefix(DATA_TAG): v for k, v in run.data.tags.items() if k.startswith(DATA_TAG)}
 
 
-def changed_files(new: dict[str, str], old: Champion | None) -> list[str] | None:
+def changed_files(new: dict[str, str], old: Version | None) -> list[str] | None:
     """Data files whose MD5 differs from the champion's training data; None when unknown."""
     if old is None or not old.data_md5:
         return None
     return sorted(f for f in new.keys() | old.data_md5.keys() if new.get(f) != old.data_md5.get(f))
 
 
-def promote(client, name: str, run_id: str, accuracy: float, min_delta: float) -> dict:
+def compare_digits(new: pd.DataFrame, champion: pd.DataFrame, settings: gate.Settings) -> list[gate.ClassComparison]:
+    """Pair the two versions' answers image by image; they must cover the same test set."""
+    if len(new) != len(champion) or not np.array_equal(new["actual"].to_numpy(), champion["actual"].to_numpy()):
+        raise PipelineError(
+            f"{PREDICTIONS_FILE} ({len(new)} test images) and the champion's ({len(champion)}) do not hold the same "
+            "test labels, so the versions were tested on different data and cannot be compared per digit; "
+            "evaluate both on the same test set"
+        )
+    actual = new["actual"].to_numpy()
+    return gate.compare_classes(actual, champion["predicted"].to_numpy() == actual,
+                                new["predicted"].to_numpy() == actual, settings)
+
+
+def settings_from(params: Params, allow_contract_change: bool) -> gate.Settings:
+    p = params.promote
+    return gate.Settings(p.min_delta, p.class_drop_p, p.max_class_drop, p.max_ece_increase, allow_contract_change)
+
+
+def promote(client, name: str, run_id: str, metrics: dict[str, float], answers: pd.DataFrame,
+            settings: gate.Settings) -> dict:
     """Decide, move the alias if earned, tag the run; returns the record for reports/promotion.json."""
     version = registered_version(client, name, run_id)
+    new = gate.Evidence(version, float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
+                        signature_text(name, version))
     with registry_lock.held(client, name):
-        before = current_champion(client, name)
-        decision = decide(version, accuracy, before, min_delta)
-        if decision.promote:
+        before = champion_version(client, name)
+        if before is None:
+            verdict = gate.Verdict(True, f"no {CHAMPION_ALIAS} yet: version {version} becomes the first")
+        else:
+            classes = compare_digits(answers, before.answers, settings)
+            verdict = gate.decide(new, before.evidence, classes, settings)
+        if verdict.promote:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-        client.set_tag(run_id, "promotion.decision", "promoted" if decision.promote else "kept")
-        client.set_tag(run_id, "promotion.reason", decision.reason)
+        decision = "promoted" if verdict.promote else "kept"
+        client.set_tag(run_id, "promotion.decision", decision)
+        client.set_tag(run_id, "promotion.reason", verdict.reason[:5000])
+        client.set_tag(run_id, "promotion.failed_gates", ",".join(verdict.failed_gates) or "none")
+        if verdict.classes:
+            p_values = {str(c.digit): round(c.p_value, 6) for c in verdict.classes}
+            client.set_tag(run_id, "promotion.digit_p_values", json.dumps(p_values))
+    old = before.evidence if before else None
     return {
-        "decision": "promoted" if decision.promote else "kept",
-        "reason": decision.reason,
+        "decision": decision,
+        "reason": verdict.reason,
+        "failed_gates": list(verdict.failed_gates),
         "registered_model": name,
         "alias": CHAMPION_ALIAS,
         "run_id": run_id,
         "version": version,
-        "test_accuracy": accuracy,
-        "previous_champion_version": before.version if before else None,
-        "previous_champion_test_accuracy": before.accuracy if before else None,
-        "champion_version": version if decision.promote else before.version,
-        "min_delta": min_delta,
+        "test_accuracy": new.accuracy,
+        "test_ece": new.ece,
+        "signature": new.signature,
+        "previous_champion_version": old.version if old else None,
+        "previous_champion_test_accuracy": old.accuracy if old else None,
+        "previous_champion_test_ece": old.ece if old else None,
+        "previous_champion_signature": old.signature if old else None,
+        "champion_version": version if verdict.promote else old.version,
+        "digits": [{**asdict(c), "drop_points": round(c.drop_points, 4)} for c in verdict.classes],
+        "settings": asdict(settings),
         "data_changed_since_champion": changed_files(data_md5(client.get_run(run_id)), before),
     }
 
 
-def main(params: Params) -> None:
+def main(params: Params, allow_contract_change: bool = False) -> None:
     from mlflow import MlflowClient
 
-    accuracy = float(artifacts.read_metrics()[ACCURACY_METRIC])
+    metrics = artifacts.read_metrics()
+    answers = artifacts.read_predictions()
     run_id = tracking.training_run_id(MLFLOW_RUN_FILE)
-    record = promote(MlflowClient(), params.mlflow.registered_model, run_id, accuracy, params.promote.min_delta)
+    name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
+    record = promote(MlflowClient(), name, run_id, metrics, answers, settings_from(params, allow_contract_change))
     artifacts.write_promotion(record)
     log(f"promote: {record['decision']}: {record['reason']}")

@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 REACHABILITY_TIMEOUT_S = 5.0
+MNIST_IMAGE_SIZE = 28
 
 
 def tracking_uri() -> str:
@@ -154,6 +155,15 @@ def start_run(
     with mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags) as run:
         mlflow.log_params(params)
         yield run
+
+
+def registered_name(base: str, image_size: int) -> str:
+    """One registered model per input contract, so the `champion` alias never changes what clients send.
+
+    28x28 models (784 inputs, MNIST's own size) register under `base` (mlflow.registered_model);
+    models of another data.image_size S under `base-SxS`, with their own champion.
+    """
+    return base if image_size == MNIST_IMAGE_SIZE else f"{base}-{image_size}x{image_size}"
 
 
 def log_model(model: Any, example: Any, registered_model: str) -> Any:

@@ -211,7 +211,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     mlflow.log_metrics({"best_epoch": best.epoch, "best_valid_loss": best.valid_loss,
                         "best_valid_acc": best.valid_accuracy})
     example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
-    tracking.log_model(model, example, params.mlflow.registered_model)
+    tracking.log_model(model, example, tracking.registered_name(params.mlflow.registered_model, params.data.image_size))
     run = mlflow.active_run()
     artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True

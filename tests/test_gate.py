@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.gate import ALLOW_FLAG, Evidence, Settings, compare_classes, decide, mcnemar_one_sided
 
-SIG_28 = "inputs: [Tensor('float32', (-1, 784))] outputs: [Tensor('float32', (-1, 10))]"
-SIG_16 = "inputs: [Tensor('float32', (-1, 256))] outputs: [Tensor('float32', (-1, 10))]"
+SIG_28 = "inputs [Tensor('float32', (-1, 784))] -> outputs [Tensor('float32', (-1, 10))]"
+SIG_16 = "inputs [Tensor('float32', (-1, 256))] -> outputs [Tensor('float32', (-1, 10))]"
 PER_CLASS = 1000
 ACTUAL = np.repeat(np.arange(10), PER_CLASS)
 

@@ -1,78 +1,77 @@
-"""Stage promote: the champion alias moves only to a version that beats it by promote.min_delta."""
+"""Stage promote: the champion alias moves only to a version that passes every gate (pipeline/gate.py).
+
+The gate's logic is tested on crafted numbers in test_gate.py; here the stage reads the champion's
+evidence from the registry (metrics, signature, per-image answers) and acts on the verdict.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline import artifacts, promote, tracking
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
-from pipeline.paths import METRICS_FILE, PROMOTION_FILE
-from pipeline.promote import Champion, decide
+from pipeline.paths import METRICS_FILE, PREDICTIONS_FILE, PROMOTION_FILE
 
 NAME = "mnist-mlp"
+PER_DIGIT = 100
 
 
-@pytest.mark.parametrize(
-    ("accuracy", "champion", "min_delta", "promoted", "words"),
-    [
-        (0.5, None, 0.0, True, "no champion yet: version 3 becomes the first"),
-        (0.97, Champion(2, 0.97, "r"), 0.0, False, "(+0.0000): the gain must be more than 0"),
-        (0.9701, Champion(2, 0.97, "r"), 0.0, True, "beats it by at least min_delta 0.0"),
-        (0.96, Champion(2, 0.97, "r"), 0.0, False, "(-0.0100)"),
-        (
-            0.981,
-            Champion(2, 0.980, "r"),
-            0.001,
-            True,
-            "beats it",
-        ),  # 0.981 - 0.980 < 0.001 in floats
-        (0.9809, Champion(2, 0.980, "r"), 0.001, False, "must be at least 0.001"),
-        (0.5, Champion(3, 0.9, "r"), 0.0, False, "version 3 is already the champion"),
-    ],
-)
-def test_decide(
-    accuracy: float, champion: Champion | None, min_delta: float, promoted: bool, words: str
-) -> None:
-    decision = decide(3, accuracy, champion, min_delta)
-    assert decision.promote is promoted
-    assert words in decision.reason
+def answers(wrong: dict[int, int]) -> pd.DataFrame:
+    """100 test images per digit, all right except the first `wrong[d]` of digit d (predicted as d+1)."""
+    actual = np.repeat(np.arange(10), PER_DIGIT)
+    predicted = actual.copy()
+    for digit, count in wrong.items():
+        predicted[digit * PER_DIGIT : digit * PER_DIGIT + count] = (digit + 1) % 10
+    return pd.DataFrame({"index": np.arange(len(actual)), "actual": actual, "predicted": predicted,
+                         "confidence": 0.9})
 
 
-def finished_run(accuracy: float | None, register: bool = True) -> str:
-    """What train and evaluate leave: a run with test_accuracy, its registered version, the local
-    files."""
+def finished_run(accuracy: float | None, register: bool = True, ece: float = 0.003, wrong: dict[int, int] | None = None,
+                 inputs: int = 784, name: str = NAME) -> str:
+    """What train and evaluate leave: a run with its metrics, its model's signature (MLmodel only) and its
+    test answers, the registered version, and the local metrics.json, predictions.csv and run reference."""
     import mlflow
+    from mlflow.models import Model, infer_signature
 
     tracking.configure()
     client = mlflow.MlflowClient()
     mlflow.set_experiment("mnist-mlp")
+    METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    answers(wrong or {}).to_csv(PREDICTIONS_FILE, index=False)
     with mlflow.start_run() as run:
         if accuracy is not None:
-            mlflow.log_metric("test_accuracy", accuracy)
+            mlflow.log_metrics({"test_accuracy": accuracy, "test_ece": ece})
+        signature = infer_signature(np.zeros((2, inputs), np.float32), np.zeros((2, 10), np.float32))
+        mlflow.log_dict(Model(signature=signature).to_dict(), "model/MLmodel")
+        mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
     run_id = run.info.run_id
     if register:
-        if not client.search_registered_models(f"name='{NAME}'"):
-            client.create_registered_model(NAME)
-        client.create_model_version(NAME, source=f"runs:/{run_id}/model", run_id=run_id)
+        if not client.search_registered_models(f"name='{name}'"):
+            client.create_registered_model(name)
+        client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
     metrics = {key: 0.1 for key in artifacts.METRIC_KEYS}
-    artifacts.write_metrics({**metrics, "test_accuracy": accuracy})
+    artifacts.write_metrics({**metrics, "test_accuracy": accuracy, "test_ece": ece})
     artifacts.write_run_reference(run_id, run.info.experiment_id)
     return run_id
 
 
-def promote_stage(min_delta: float = 0.0) -> dict:
-    promote.main(parse_params({"promote": {"min_delta": min_delta}}))
+def promote_stage(min_delta: float = 0.0, allow_contract_change: bool = False, **gate: float) -> dict:
+    promote.main(parse_params({"promote": {"min_delta": min_delta, **gate}}), allow_contract_change)
     return json.loads(PROMOTION_FILE.read_text())
 
 
-def champion_version() -> int | None:
+def champion_version(name: str = NAME) -> int | None:
     import mlflow
 
-    number = mlflow.MlflowClient().get_registered_model(NAME).aliases.get("champion")
+    number = mlflow.MlflowClient().get_registered_model(name).aliases.get("champion")
     return None if number is None else int(number)
 
 
@@ -82,21 +81,31 @@ def run_tags(run_id: str) -> dict[str, str]:
     return mlflow.MlflowClient().get_run(run_id).data.tags
 
 
+SIG_784 = "inputs [Tensor('float32', (-1, 784))] -> outputs [Tensor('float32', (-1, 10))]"
+
+
 def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: Path) -> None:
     first = finished_run(0.95)
     record = promote_stage()
     assert record == {
         "decision": "promoted",
         "reason": "no champion yet: version 1 becomes the first",
+        "failed_gates": [],
         "registered_model": NAME,
         "alias": "champion",
         "run_id": first,
         "version": 1,
         "test_accuracy": 0.95,
+        "test_ece": 0.003,
+        "signature": SIG_784,
         "previous_champion_version": None,
         "previous_champion_test_accuracy": None,
+        "previous_champion_test_ece": None,
+        "previous_champion_signature": None,
         "champion_version": 1,
-        "min_delta": 0.0,
+        "digits": [],
+        "settings": {"min_delta": 0.0, "class_drop_p": 0.01, "max_class_drop": 1.0, "max_ece_increase": 0.01,
+                     "allow_contract_change": False},
         "data_changed_since_champion": None,
     }
     assert champion_version() == 1
@@ -105,14 +114,14 @@ def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: 
     second = finished_run(0.95)
     record = promote_stage()
     assert (record["decision"], record["version"], record["champion_version"]) == ("kept", 2, 1)
-    assert (record["previous_champion_version"], record["previous_champion_test_accuracy"]) == (
-        1,
-        0.95,
-    )
-    assert "version 2 test accuracy 0.9500 vs champion version 1 0.9500" in record["reason"]
+    assert (record["previous_champion_version"], record["previous_champion_test_accuracy"]) == (1, 0.95)
+    assert record["failed_gates"] == ["accuracy"]
+    assert "accuracy: 0.9500 vs 0.9500 (+0.0000); the gain must be more than 0" in record["reason"]
+    assert [d["p_value"] for d in record["digits"]] == [1.0] * 10
     assert champion_version() == 1
     tags = run_tags(second)
     assert tags["promotion.decision"] == "kept" and tags["promotion.reason"] == record["reason"]
+    assert tags["promotion.failed_gates"] == "accuracy"
 
 
 def test_min_delta_decides_between_better_models(mlflow_workdir: Path) -> None:
@@ -123,11 +132,7 @@ def test_min_delta_decides_between_better_models(mlflow_workdir: Path) -> None:
     assert champion_version() == 1
     finished_run(0.92)
     record = promote_stage(min_delta=0.01)
-    assert (
-        record["decision"],
-        record["champion_version"],
-        record["previous_champion_version"],
-    ) == ("promoted", 3, 1)
+    assert (record["decision"], record["champion_version"], record["previous_champion_version"]) == ("promoted", 3, 1)
     assert champion_version() == 3
     # Promoting the same run again changes nothing and says so.
     record = promote_stage(min_delta=0.01)
@@ -135,55 +140,95 @@ def test_min_delta_decides_between_better_models(mlflow_workdir: Path) -> None:
     assert champion_version() == 3
 
 
-def test_champion_accuracy_comes_from_the_registry_not_local_files(mlflow_workdir: Path) -> None:
+def test_a_better_model_that_is_worse_on_one_digit_is_kept_out_naming_the_digit(mlflow_workdir: Path) -> None:
     finished_run(0.97)
     promote_stage()
-    finished_run(0.96)  # the local metrics.json now says 0.96; the champion's run still says 0.97
+    run_id = finished_run(0.98, wrong={8: 9})  # better overall, 9 of the 100 eights newly wrong: p = 0.002
+    record = promote_stage()
+    assert record["decision"] == "kept" and record["failed_gates"] == ["class_drop"]
+    assert "digit 8 1.0000 -> 0.9100 (-9.00 points, 9 newly wrong vs 0 newly right, McNemar p=0.002)" in record["reason"]
+    eight = record["digits"][8]
+    assert (eight["digit"], eight["failed"], eight["newly_wrong"]) == (8, True, 9)
+    assert eight["p_value"] == pytest.approx(0.5**9)
+    assert json.loads(run_tags(run_id)["promotion.digit_p_values"])["8"] == pytest.approx(0.5**9, abs=1e-6)
+    assert champion_version() == 1
+
+
+def test_a_worse_calibrated_model_is_kept_out(mlflow_workdir: Path) -> None:
+    finished_run(0.97, ece=0.004)
+    promote_stage()
+    finished_run(0.98, ece=0.02)
+    record = promote_stage()
+    assert record["failed_gates"] == ["calibration"] and "test ECE 0.0200 vs 0.0040 (+0.0160)" in record["reason"]
+    assert promote_stage(max_ece_increase=0.02)["decision"] == "promoted"
+
+
+def test_a_new_contract_is_never_promoted_by_itself_but_can_be_deliberately(mlflow_workdir: Path) -> None:
+    finished_run(0.97)
+    promote_stage()
+    run_id = finished_run(0.99, inputs=256)  # a 16x16 model registered under the 28x28 name
+    record = promote_stage()
+    assert record["decision"] == "kept" and record["failed_gates"] == ["contract"]
+    assert "version 2 has signature [inputs [Tensor('float32', (-1, 256))]" in record["reason"]
+    assert f"champion version 1 serves [{SIG_784}]" in record["reason"]
+    assert "python -m pipeline promote --allow-contract-change" in record["reason"]
+    assert run_tags(run_id)["promotion.failed_gates"] == "contract"
+    assert champion_version() == 1
+    Path("params.yaml").write_text("{}\n")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "promote", "--allow-contract-change"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(PROMOTION_FILE.read_text())
+    assert record["decision"] == "promoted" and "as allowed by --allow-contract-change" in record["reason"]
+    assert champion_version() == 2
+
+
+def test_champion_numbers_come_from_the_registry_not_local_files(mlflow_workdir: Path) -> None:
+    finished_run(0.97, wrong={3: 2})
+    promote_stage()
+    finished_run(0.96)  # the local files now hold this run's numbers; the champion's run still its own
     record = promote_stage()
     assert record["previous_champion_test_accuracy"] == 0.97 and record["decision"] == "kept"
+    assert record["digits"][3]["champion_accuracy"] == 0.98
 
 
 def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
-    with pytest.raises(
-        PipelineError,
-        match=r"reports/metrics.json is missing; run the evaluate stage first",
-    ):
+    with pytest.raises(PipelineError, match=r"reports/metrics.json is missing; run the evaluate stage first"):
         promote_stage()
     finished_run(0.9, register=False)
-    with pytest.raises(
-        PipelineError,
-        match=r"has no version of registered model 'mnist-mlp'.*rerun the train stage",
-    ):
+    with pytest.raises(PipelineError, match=r"has no version of registered model 'mnist-mlp'.*rerun the train stage"):
         promote_stage()
     finished_run(None)
     with pytest.raises(PipelineError, match=r"has no numeric test_accuracy"):
         promote_stage()
-    # A champion whose run lacks test_accuracy cannot be compared with: say how to fix it.
+    # A champion whose run lacks the gate's numbers cannot be compared with: say how to fix it.
     import mlflow
 
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
     finished_run(0.9)
-    with pytest.raises(
-        PipelineError, match=r"champion version 1 of 'mnist-mlp' has no test_accuracy metric"
-    ):
+    with pytest.raises(PipelineError, match=r"champion version 1 of 'mnist-mlp' has no test_accuracy or test_ece metric"):
         promote_stage()
     assert not PROMOTION_FILE.exists()
 
 
+def test_answers_to_a_different_test_set_are_refused(mlflow_workdir: Path) -> None:
+    finished_run(0.9)
+    promote_stage()
+    finished_run(0.95)
+    answers({}).iloc[:-5].to_csv(PREDICTIONS_FILE, index=False)
+    with pytest.raises(PipelineError, match=r"do not hold the same test labels.*evaluate both on the same test set"):
+        promote_stage()
+
+
 @pytest.mark.slow
-def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(
-    dvc_project: Path,
-) -> None:
-    """scripts/retrain.sh twice on unchanged data: both retrain; the identical second model is
-    kept."""
+def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(dvc_project: Path) -> None:
+    """scripts/retrain.sh twice on unchanged data: both retrain, the identical second model is kept."""
     import subprocess
 
     import mlflow
 
     def retrain() -> tuple[str, dict, dict]:
-        result = subprocess.run(
-            ["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200
-        )
+        result = subprocess.run(["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         record = json.loads(PROMOTION_FILE.read_text())
         assert f"== promotion: {record['decision']}: {record['reason']}" in result.stdout
@@ -196,12 +241,10 @@ def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(
     assert second["run_id"] != first["run_id"] and second["version"] == 2
     assert second_metrics == first_metrics, "same data, params and seed must give the same model"
     assert second["decision"] == "kept" and second["champion_version"] == 1
-    assert second["reason"] == (
-        "version 2 test accuracy {0:.4f} vs champion version 1 {0:.4f} (+0.0000): "
-        "the gain must be more than 0 to promote".format(first_metrics["test_accuracy"])
+    assert second["failed_gates"] == ["accuracy"] and second["reason"] == (
+        "version 2 vs champion version 1 kept out by accuracy: {0:.4f} vs {0:.4f} (+0.0000); the gain must be "
+        "more than 0".format(first_metrics["test_accuracy"])
     )
     client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
-    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
-        "champion": 1
-    }
+    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": 1}
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
