@@ -13,10 +13,14 @@ split's scores (THRESHOLD_QUANTILE), so about that share of real, held-out digit
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline.errors import PipelineError
 
 FEATURES = ("brightness", "ink", "mid_grey", "border")
 LOG_FEATURES = ("brightness", "ink")
@@ -106,3 +110,17 @@ def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:
         )
         results.append(OodResult(True, score, reason))
     return results
+
+
+def read_reference(path: Path) -> OodReference | None:
+    """The reference evaluate wrote, or None when there is none (a model evaluate has not seen)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PipelineError(f"cannot read {path} ({exc.strerror or exc}); rerun the evaluate stage (dvc repro evaluate)") from None
+    try:
+        return OodReference.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path} is not an off-distribution reference ({exc}); rerun the evaluate stage") from None

@@ -7,7 +7,9 @@ picture is already 28x28 like an MNIST image, the digit is cropped to its boundi
 a 20x20 box and centred by its centre of mass in a 28x28 frame, as MNIST itself was made. Then the
 same antialiased resize as training brings it to the model's image size; the model normalises.
 
-A bad input gets a one-line error naming it; the other inputs are still predicted and the exit
+Each prediction also says whether the input's pixel statistics lie far from the training
+digits' ("ood", pipeline/ood.py), against the reference evaluate stored with the model: an MLP
+gives confident answers to noise too. A bad input gets a one-line error naming it; the other inputs are still predicted and the exit
 status is 1. Nothing pickled is ever loaded: checkpoints are read with weights_only=True, and
 MLflow models (train logs them as pt2 graphs) only after MLflow has checked them pickle-free.
 """
@@ -32,6 +34,8 @@ from pipeline.errors import PipelineError
 from pipeline.idx import is_idx, parse_idx
 from pipeline.losses import probabilities
 from pipeline.model import checkpoint_field, load_checkpoint, model_from_checkpoint, model_outputs
+from pipeline.ood import OodReference, check, read_reference
+from pipeline.paths import OOD_REFERENCE_FILE
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 MNIST_SIZE = 28
@@ -52,6 +56,7 @@ class Predictor:
     model: nn.Module  # pixels in [0, 1], [N, S, S] -> class scores
     image_size: int
     loss: str  # how the outputs turn into probabilities (pipeline.losses)
+    reference: OodReference | None = None  # the training digits' pixel statistics; None: not checked
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class Prediction:
     index: int | None  # position inside an IDX file, None for a picture
     label: int
     confidence: float
+    ood: bool | None = None  # None when the model has no off-distribution reference
+    ood_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -72,7 +79,8 @@ def load_predictor(spec: str) -> Predictor:
     payload = load_checkpoint(Path(spec))
     loss = str(checkpoint_field(payload, "loss", Path(spec)))
     model = model_from_checkpoint(payload)
-    return Predictor(model, model.arch.image_size, loss)
+    reference = read_reference(Path(spec).with_name(OOD_REFERENCE_FILE.name))
+    return Predictor(model, model.arch.image_size, loss, reference)
 
 
 class ExportedMLP(nn.Module):
@@ -130,7 +138,19 @@ def load_logged(uri: str) -> Predictor:
     loss = mlflow.MlflowClient().get_run(info.run_id).data.params.get("train.loss") if info.run_id else None
     if loss is None:
         raise PipelineError(f"{uri} comes from a run without the train.loss param; log it with the train stage")
-    return Predictor(ExportedMLP(graph), size, loss)
+    return Predictor(ExportedMLP(graph), size, loss, logged_reference(info.run_id))
+
+
+def logged_reference(run_id: str) -> OodReference | None:
+    """The off-distribution reference evaluate logged in the model's run, if it did."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"evaluation/{OOD_REFERENCE_FILE.name}")
+    except (MlflowException, OSError):
+        return None
+    return read_reference(Path(path))
 
 
 def border(image: np.ndarray) -> np.ndarray:
@@ -243,9 +263,11 @@ def predict_images(predictor: Predictor, images: np.ndarray) -> tuple[torch.Tens
 def predict_file(predictor: Predictor, path: str) -> list[Prediction]:
     positions, images = read_input(path)
     labels, confidence = predict_images(predictor, images)
+    flags = check(torch.from_numpy(np.ascontiguousarray(images)), predictor.reference) if predictor.reference else None
     return [
-        Prediction(path, index, int(label), float(conf))
-        for index, label, conf in zip(positions, labels.tolist(), confidence.tolist())
+        Prediction(path, index, int(label), float(conf), flags[i].ood if flags else None,
+                   flags[i].reason if flags else None)
+        for i, (index, label, conf) in enumerate(zip(positions, labels.tolist(), confidence.tolist()))
     ]
 
 
@@ -256,9 +278,13 @@ def format_prediction(prediction: Prediction, as_json: bool) -> str:
             "index": prediction.index,
             "label": prediction.label,
             "confidence": round(prediction.confidence, 6),
+            "ood": prediction.ood,
         }
+        if prediction.ood:
+            fields["ood_reason"] = prediction.ood_reason
         return json.dumps(fields)
-    return f"{prediction.name}: {prediction.label} (confidence {prediction.confidence:.4f})"
+    line = f"{prediction.name}: {prediction.label} (confidence {prediction.confidence:.4f})"
+    return line + (f"; off-distribution: {prediction.ood_reason}" if prediction.ood else "")
 
 
 def run(paths: list[str], model: str, as_json: bool) -> int:
@@ -282,6 +308,9 @@ def run(paths: list[str], model: str, as_json: bool) -> int:
 
 def predict_all(predictor: Predictor, paths: list[str], as_json: bool) -> int:
     """Print each input's predictions as they come, errors to stderr; returns how many inputs failed."""
+    if predictor.reference is None:
+        print("warning: this model has no off-distribution reference (evaluate writes it: dvc repro evaluate), "
+              "so inputs are not checked (\"ood\": null)", file=sys.stderr)
     failed = 0
     for path in paths:
         try:

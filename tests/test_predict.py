@@ -75,8 +75,7 @@ def expected_predictions(
 ) -> tuple[list[int], list[float]]:
     """What the evaluate stage reports for these test images."""
     model = model_from_checkpoint(torch.load(model_path, weights_only=True))
-    size = model.arch.image_size
-    test = (resize(torch.from_numpy(images), size), torch.from_numpy(labels).long())
+    test = (torch.from_numpy(images), torch.from_numpy(labels).long())  # evaluate resizes
     table = evaluate(model, "cross_entropy", test=test, valid=test, batch_size=7).predictions
     return table["predicted"].tolist(), table["confidence"].tolist()
 
@@ -124,6 +123,37 @@ def test_idx_file_gives_one_prediction_per_image(
         for i, (label, conf) in enumerate(zip(predicted, confidence, strict=True))
     ]
     assert lines == expected
+
+
+def test_inputs_far_from_the_training_digits_are_flagged_with_the_reason(
+    models: dict[int, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from pipeline.ood import fit_reference
+
+    model = tmp_path / "model.pt"
+    shutil.copy(models[28], model)
+    code, lines, err = run_cli([str(test_set / TEST_IMAGES), "--model", str(model), "--json"], capsys)
+    assert code == 0 and "has no off-distribution reference" in err and "dvc repro evaluate" in err
+    assert {json.loads(line)["ood"] for line in lines} == {None}
+
+    train, _ = synthetic_digits(600, seed=0)  # the data train_tiny fitted
+    valid, _ = synthetic_digits(200, seed=1)
+    reference = fit_reference(torch.from_numpy(train), torch.from_numpy(valid))
+    (tmp_path / "ood_reference.json").write_text(json.dumps(reference.to_dict()))
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    digit, _ = synthetic_digits(1, seed=9)
+    Image.fromarray(digit[0]).save(tmp_path / "digit.png")
+    code, lines, err = run_cli([str(tmp_path / "noise.png"), str(tmp_path / "digit.png"), "--model", str(model),
+                                "--json"], capsys)
+    assert code == 0 and err == ""
+    noisy, plain = map(json.loads, lines)
+    assert noisy["ood"] is True and "standard deviations above the training digits'" in noisy["ood_reason"]
+    assert plain["ood"] is False and "ood_reason" not in plain
+    code, lines, _ = run_cli([str(tmp_path / "noise.png"), "--model", str(model)], capsys)
+    assert lines[0].startswith(f"{tmp_path / 'noise.png'}: ") and "; off-distribution: " in lines[0]
 
 
 def test_a_large_photo_like_digit_is_cropped_scaled_and_centred() -> None:
@@ -185,7 +215,7 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
     code, lines, err = run_cli([*map(str, inputs), "--model", str(models[28])], capsys)
     assert code == 1
     assert [line.split(":")[0] for line in lines] == [str(good), str(good)]
-    errors = err.splitlines()
+    errors = [line for line in err.splitlines() if not line.startswith("warning: this model has no off-distribution")]
     assert len(errors) == 7  # six bad inputs, then the summary
     for path, words in [
         (text, "not a picture"),
