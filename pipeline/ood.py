@@ -86,7 +86,8 @@ class OodResult:
 
 
 def _value(name: str, feature: float) -> float:
-    return float(np.exp(feature)) - LOG_FLOOR if name in LOG_FEATURES else float(feature)
+    value = float(np.exp(feature)) - LOG_FLOOR if name in LOG_FEATURES else float(feature)
+    return max(0.0, round(value, 9))  # exp(log(x)) - x is not exactly 0
 
 
 def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:

@@ -246,8 +246,13 @@ def off_distribution(images: np.ndarray, titles: list[str], flagged: list[bool])
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title, flag in zip(axes.flat, images, titles, flagged):
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        # Pixel values as they are (0 black, 255 white), framed, so that "black" and "white" look it.
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title + ("\nflagged off-distribution" if flag else "\nnot flagged"), fontsize=9,
                      color="black" if flag else "tab:red")
-    fig.suptitle("What the model says off the digit distribution (confidence of its answer)", fontsize=12)
+    fig.suptitle("The model's answer (confidence) to pictures that are not digits; MNIST digits are white on black",
+                 fontsize=12)
     return fig

@@ -49,3 +49,22 @@ def robustness_metrics(model: MLP, images: torch.Tensor, labels: torch.Tensor, b
         f"robust_{name}_accuracy": (predicted == labels).double().mean().item()
         for name, predicted in perturbed_predictions(model, images, batch_size).items()
     }
+
+
+def off_distribution_examples() -> tuple[list[str], torch.Tensor]:
+    """Pictures that are not digits, in MNIST form (uint8 [N, 28, 28]), for the report's figure."""
+    size = 28
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    blob = torch.exp(-((rows - 13.5) ** 2 + (cols - 13.5) ** 2) / (2 * 5.0**2)) * 255
+    examples = {
+        "black": torch.zeros(size, size),
+        "white": torch.full((size, size), 255.0),
+        "mid-grey": torch.full((size, size), 128.0),
+        "uniform noise": torch.randint(0, 256, (size, size), generator=generator).float(),
+        "sparse noise": (torch.rand(size, size, generator=generator) < 0.2).float() * 255,
+        "stripes": ((cols // 3) % 2).float() * 255,
+        "checkerboard": (((rows // 4) + (cols // 4)) % 2).float() * 255,
+        "blurred blob": blob,
+    }
+    return list(examples), torch.stack(list(examples.values())).round().clamp(0, 255).to(torch.uint8)

@@ -21,10 +21,11 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
 
-from pipeline import artifacts, atomic, plotting, tracking
+from pipeline import artifacts, atomic, ood, plotting, tracking
 from pipeline.augment import Augmentation, augment
+from pipeline.calibration import reliability_bins
 from pipeline.config import Params
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import Dataset, load_dataset, resize
 from pipeline.datasets import CLASSES, NUM_CLASSES
 from pipeline.errors import PipelineError
 from pipeline.losses import probabilities
@@ -33,6 +34,7 @@ from pipeline.paths import (
     FIGURES_DIR,
     MLFLOW_RUN_FILE,
     MODEL_FILE,
+    OOD_REFERENCE_FILE,
     PREDICTIONS_FILE,
     RAW_DIR,
     REPORT_HTML_FILE,
@@ -40,6 +42,7 @@ from pipeline.paths import (
     TRAIN_INDEX_FILE,
 )
 from pipeline.progress import log
+from pipeline.quality import off_distribution_examples
 from pipeline.report_render import FigureDoc, Section, Table, render_html, render_markdown
 
 REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
@@ -67,6 +70,7 @@ class Inputs:
     grad_norms: pd.DataFrame
     checksums: dict[str, Any]
     validation: dict[str, Any]
+    ood_reference: ood.OodReference | None
 
 
 def load_inputs() -> Inputs:
@@ -92,6 +96,7 @@ def load_inputs() -> Inputs:
         grad_norms=artifacts.read_grad_norms(),
         checksums=artifacts.read_checksums(),
         validation=artifacts.read_validation(),
+        ood_reference=ood.read_reference(OOD_REFERENCE_FILE),
     )
 
 
@@ -307,6 +312,48 @@ def grad_norms_figure(d: FigureData) -> Figure:
     )
 
 
+def reliability_figure(d: FigureData) -> Figure:
+    predictions = d.inputs.predictions
+    correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
+    return (
+        FigureDoc("reliability.png", "Reliability diagram",
+                  "Each bar is the accuracy of the test predictions whose confidence falls in that bin, against the "
+                  "diagonal of perfect calibration; bars below it are over-confident. The lower panel counts the "
+                  "images per bin, so a gap in a bin of 5 images matters less than one in a bin of 9,000."),
+        plotting.reliability_diagram(reliability_bins(predictions["confidence"].to_numpy(), correct),
+                                     float(d.inputs.metrics["test_ece"])),
+    )
+
+
+def robustness_figure(d: FigureData) -> Figure:
+    metrics = d.inputs.metrics
+    robust = {key.removeprefix("robust_").removesuffix("_accuracy"): float(value)
+              for key, value in metrics.items() if key.startswith("robust_") and key.endswith("_accuracy")}
+    return (
+        FigureDoc("robustness.png", "Robustness to small perturbations",
+                  "Test accuracy after each deterministic change (pipeline/perturb.py: whole-pixel shifts, rotations, "
+                  "Gaussian pixel noise, thicker strokes); a bar far left of the dashed unperturbed accuracy is an "
+                  "invariance the model has not learned."),
+        plotting.robustness(robust, float(metrics["test_accuracy"])),
+    )
+
+
+def off_distribution_figure(d: FigureData) -> Figure:
+    model, reference = d.inputs.model, d.inputs.ood_reference
+    names, pictures = off_distribution_examples()
+    probs = probabilities(model_outputs(model, resize(pictures, model.arch.image_size), BATCH), d.inputs.loss_name)
+    flags = [r.ood for r in ood.check(pictures, reference)] if reference else [False] * len(names)
+    titles = [f"{name}: {label} ({conf:.2f})"
+              for name, label, conf in zip(names, probs.argmax(1).tolist(), probs.max(1).values.tolist())]
+    return (
+        FigureDoc("off_distribution.png", "Off the digit distribution",
+                  "Pictures that are not digits and the model's answer with its confidence: an MLP is confidently "
+                  "wrong away from digits, which is why predict flags inputs whose pixel statistics are far from the "
+                  "training digits' (a red title is a picture it does not flag)."),
+        plotting.off_distribution(pictures.numpy(), titles, flags),
+    )
+
+
 # The report's figures, in report order.
 FIGURES: tuple[Callable[[FigureData], Figure], ...] = (
     raw_digits_figure,
@@ -320,6 +367,9 @@ FIGURES: tuple[Callable[[FigureData], Figure], ...] = (
     first_layer_weights_figure,
     per_class_accuracy_figure,
     grad_norms_figure,
+    reliability_figure,
+    robustness_figure,
+    off_distribution_figure,
 )
 
 

@@ -53,12 +53,47 @@ def test_writes_consistent_outputs(trained_workdir: Path) -> None:
     run = mlflow.get_run(run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert run.data.metrics["macro_f1"] == pytest.approx(metrics["macro_f1"])
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+    # promote pairs the champion's answers with a candidate's; predict reads the reference
+    assert {"evaluation/predictions.csv", "evaluation/ood_reference.json"} <= logged
+    assert run.data.metrics["robust_dilate_3x3_accuracy"] == pytest.approx(
+        metrics["robust_dilate_3x3_accuracy"]
+    )
     confusion_path = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="evaluation/confusion_matrix.json"
     )
     counts = np.array(json.loads(Path(confusion_path).read_text())["counts"])
     assert counts.shape == (10, 10) and counts.sum() == N_TEST
     assert np.trace(counts) == N_TEST - metrics["test_errors"]
+
+
+def test_calibration_per_digit_and_robustness_metrics(trained_workdir: Path) -> None:
+    from pipeline.calibration import expected_calibration_error
+    from pipeline.model import model_outputs
+    from pipeline.ood import read_reference
+    from pipeline.perturb import perturbations, shift
+
+    evaluate.main(parse_params({}))
+    metrics = json.loads(paths.METRICS_FILE.read_text())
+    predictions = pd.read_csv(paths.PREDICTIONS_FILE)
+    correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
+    ece = expected_calibration_error(predictions["confidence"].to_numpy(), correct)
+    assert metrics["test_ece"] == pytest.approx(ece, abs=1e-5) and metrics["test_ece"] > 0
+    per_class = pd.read_csv(paths.PER_CLASS_FILE)
+    digits = [metrics[f"test_accuracy_digit_{k}"] for k in range(10)]
+    assert digits == pytest.approx(per_class["recall"].tolist(), abs=1e-6)
+    # cross-entropy on softmax outputs: the NLL is the test loss
+    assert metrics["test_nll"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+
+    robust = {k for k in metrics if k.startswith("robust_")}
+    assert robust == {f"robust_{name}_accuracy" for name in perturbations()}
+    model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
+    data = load_dataset(paths.RAW_DIR, 28)
+    moved_up = model_outputs(model, shift(data.test_images, -1, 0), 64).argmax(1)
+    assert metrics["robust_shift_1px_n_accuracy"] == pytest.approx((moved_up == data.test_labels).double().mean().item())
+    assert metrics["robust_noise_sigma_0_2_accuracy"] != metrics["test_accuracy"]
+    reference = read_reference(paths.OOD_REFERENCE_FILE)
+    assert reference is not None and reference.threshold > 0
 
 
 def test_confusion_matrix_counts_every_test_image(trained_workdir: Path) -> None:

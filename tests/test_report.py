@@ -28,6 +28,9 @@ FIGURES = [
     "first_layer_weights.png",
     "per_class_accuracy.png",
     "grad_norms.png",
+    "reliability.png",
+    "robustness.png",
+    "off_distribution.png",
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = {"report": {"tsne_samples": 50, "tsne_perplexity": 10.0}}
