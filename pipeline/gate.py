@@ -50,7 +50,9 @@ class ClassComparison:
     new_accuracy: float
     newly_wrong: int  # test images of this digit the champion gets right and the new version wrong
     newly_right: int
-    p_value: float  # one-sided exact McNemar: chance of >= newly_wrong of the discordant pairs if equal
+    p_value: (
+        float  # one-sided exact McNemar: chance of >= newly_wrong of the discordant pairs if equal
+    )
     failed: bool
 
     @property
@@ -67,7 +69,8 @@ class Verdict:
 
 
 def mcnemar_one_sided(newly_wrong: int, newly_right: int) -> float:
-    """P(X >= newly_wrong) for X ~ Binomial(newly_wrong + newly_right, 1/2), exactly (integer arithmetic)."""
+    """P(X >= newly_wrong) for X ~ Binomial(newly_wrong + newly_right, 1/2), exactly (integer
+    arithmetic)."""
     n = newly_wrong + newly_right
     if n == 0:
         return 1.0
@@ -77,19 +80,36 @@ def mcnemar_one_sided(newly_wrong: int, newly_right: int) -> float:
 def compare_classes(
     actual: np.ndarray, champion_correct: np.ndarray, new_correct: np.ndarray, settings: Settings
 ) -> list[ClassComparison]:
-    """Per digit present in `actual`: paired accuracy change, its one-sided p-value, and whether it fails."""
+    """Per digit present in `actual`: paired accuracy change, its one-sided p-value, and whether
+    it fails."""
     actual = np.asarray(actual)
-    champion_correct, new_correct = np.asarray(champion_correct, bool), np.asarray(new_correct, bool)
+    champion_correct, new_correct = (
+        np.asarray(champion_correct, bool),
+        np.asarray(new_correct, bool),
+    )
     if not (len(actual) == len(champion_correct) == len(new_correct)):
-        raise ValueError(f"unpaired answers: {len(actual)} labels, {len(champion_correct)} and {len(new_correct)}")
+        raise ValueError(
+            f"unpaired answers: {len(actual)} labels, {len(champion_correct)} and "
+            f"{len(new_correct)}"
+        )
     out = []
     for digit in np.unique(actual).tolist():
         mask = actual == digit
         old, new = champion_correct[mask], new_correct[mask]
         newly_wrong, newly_right = int((old & ~new).sum()), int((~old & new).sum())
-        comparison = ClassComparison(int(digit), float(old.mean()), float(new.mean()), newly_wrong, newly_right,
-                                     mcnemar_one_sided(newly_wrong, newly_right), False)
-        failed = comparison.p_value < settings.class_drop_p or comparison.drop_points > settings.max_class_drop + 1e-9
+        comparison = ClassComparison(
+            int(digit),
+            float(old.mean()),
+            float(new.mean()),
+            newly_wrong,
+            newly_right,
+            mcnemar_one_sided(newly_wrong, newly_right),
+            False,
+        )
+        failed = (
+            comparison.p_value < settings.class_drop_p
+            or comparison.drop_points > settings.max_class_drop + 1e-9
+        )
         out.append(ClassComparison(**{**comparison.__dict__, "failed": bool(failed)}))
     return out
 
@@ -99,7 +119,8 @@ def contract_failure(new: Evidence, champion: Evidence, settings: Settings) -> s
         return None
     return (
         f"contract: version {new.version} has signature [{new.signature}] but champion version "
-        f"{champion.version} serves [{champion.signature}]; promoting it would break every client of the "
+        f"{champion.version} serves [{champion.signature}]; promoting it would break every client "
+        "of the "
         f"champion. Promote it deliberately with `{ALLOW_FLAG}` once clients are ready"
     )
 
@@ -108,8 +129,13 @@ def accuracy_failure(new: Evidence, champion: Evidence, settings: Settings) -> s
     gain = new.accuracy - champion.accuracy
     if gain > _EPSILON and gain >= settings.min_delta - _EPSILON:
         return None
-    needed = "more than 0" if settings.min_delta == 0 else f"at least min_delta {settings.min_delta}"
-    return f"accuracy: {new.accuracy:.4f} vs {champion.accuracy:.4f} ({gain:+.4f}); the gain must be {needed}"
+    needed = (
+        "more than 0" if settings.min_delta == 0 else f"at least min_delta {settings.min_delta}"
+    )
+    return (
+        f"accuracy: {new.accuracy:.4f} vs {champion.accuracy:.4f} ({gain:+.4f}); "
+        f"the gain must be {needed}"
+    )
 
 
 def class_failure(classes: list[ClassComparison], settings: Settings) -> str | None:
@@ -117,12 +143,14 @@ def class_failure(classes: list[ClassComparison], settings: Settings) -> str | N
     if not failed:
         return None
     parts = [
-        f"digit {c.digit} {c.champion_accuracy:.4f} -> {c.new_accuracy:.4f} ({-c.drop_points:+.2f} points, "
+        f"digit {c.digit} {c.champion_accuracy:.4f} -> {c.new_accuracy:.4f} "
+        f"({-c.drop_points:+.2f} points, "
         f"{c.newly_wrong} newly wrong vs {c.newly_right} newly right, McNemar p={c.p_value:.2g})"
         for c in failed
     ]
     return (
-        f"class_drop: {'; '.join(parts)}; a class may not drop significantly (p < {settings.class_drop_p}) "
+        f"class_drop: {'; '.join(parts)}; a class may not drop significantly "
+        f"(p < {settings.class_drop_p}) "
         f"nor by more than {settings.max_class_drop} points"
     )
 
@@ -132,12 +160,15 @@ def calibration_failure(new: Evidence, champion: Evidence, settings: Settings) -
     if rise <= settings.max_ece_increase + _EPSILON:
         return None
     return (
-        f"calibration: test ECE {new.ece:.4f} vs {champion.ece:.4f} ({rise:+.4f}); it may rise by at most "
+        f"calibration: test ECE {new.ece:.4f} vs {champion.ece:.4f} ({rise:+.4f}); "
+        "it may rise by at most "
         f"{settings.max_ece_increase}"
     )
 
 
-def decide(new: Evidence, champion: Evidence, classes: list[ClassComparison], settings: Settings) -> Verdict:
+def decide(
+    new: Evidence, champion: Evidence, classes: list[ClassComparison], settings: Settings
+) -> Verdict:
     """Contract first (nothing else matters if clients would break), then every quality gate."""
     versus = f"version {new.version} vs champion version {champion.version}"
     if new.version == champion.version:
@@ -152,7 +183,12 @@ def decide(new: Evidence, champion: Evidence, classes: list[ClassComparison], se
     }
     failed = {name: text for name, text in failures.items() if text}
     if failed:
-        return Verdict(False, f"{versus} kept out by {' | '.join(failed.values())}", tuple(failed), tuple(classes))
+        return Verdict(
+            False,
+            f"{versus} kept out by {' | '.join(failed.values())}",
+            tuple(failed),
+            tuple(classes),
+        )
     worst = min(classes, key=lambda c: c.p_value, default=None)
     passed = (
         f"{versus}: test accuracy {new.accuracy:.4f} vs {champion.accuracy:.4f} "

@@ -26,7 +26,9 @@ FEATURES = ("brightness", "ink", "mid_grey", "border")
 LOG_FEATURES = ("brightness", "ink")
 THRESHOLD_QUANTILE = 0.999  # flags about 0.1% of real digits from the validation split
 BORDER = 3
-LOG_FLOOR = 1e-3  # added before the log: below one pixel's share of a 28x28 image, so 0 stays finite
+LOG_FLOOR = (
+    1e-3  # added before the log: below one pixel's share of a 28x28 image, so 0 stays finite
+)
 
 
 def pixel_features(images: torch.Tensor) -> np.ndarray:
@@ -39,7 +41,9 @@ def pixel_features(images: torch.Tensor) -> np.ndarray:
         "brightness": pixels.mean(1),
         "ink": (pixels > 0.5).double().mean(1),
         "mid_grey": ((pixels > 0.1) & (pixels < 0.9)).double().mean(1),
-        "border": pixels[:, frame.flatten()].mean(1) if frame.any() else torch.zeros(n, dtype=torch.float64),
+        "border": pixels[:, frame.flatten()].mean(1)
+        if frame.any()
+        else torch.zeros(n, dtype=torch.float64),
     }
     for name in LOG_FEATURES:
         columns[name] = (columns[name] + LOG_FLOOR).log()
@@ -54,22 +58,34 @@ class OodReference:
     quantile: float  # which quantile of the validation scores the threshold is
 
     def to_dict(self) -> dict:
-        return {"features": list(FEATURES), **asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "features": list(FEATURES),
+            **asdict(self),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> OodReference:
         if list(data.get("features", [])) != list(FEATURES):
             raise ValueError(f"features {data.get('features')} are not {list(FEATURES)}")
-        return cls(tuple(map(float, data["mean"])), tuple(map(float, data["std"])),
-                   float(data["threshold"]), float(data["quantile"]))
+        return cls(
+            tuple(map(float, data["mean"])),
+            tuple(map(float, data["std"])),
+            float(data["threshold"]),
+            float(data["quantile"]),
+        )
 
 
 def z_scores(features: np.ndarray, reference: OodReference) -> np.ndarray:
     return (features - np.asarray(reference.mean)) / np.asarray(reference.std)
 
 
-def fit_reference(train: torch.Tensor, valid: torch.Tensor, quantile: float = THRESHOLD_QUANTILE) -> OodReference:
-    """Feature mean and std from the training images; the threshold from the validation images' scores."""
+def fit_reference(
+    train: torch.Tensor, valid: torch.Tensor, quantile: float = THRESHOLD_QUANTILE
+) -> OodReference:
+    """Feature mean and std from the training images; the threshold from the validation images'
+    scores."""
     features = pixel_features(train)
     # A feature constant over the training set would divide by 0; a tiny std flags any change of it.
     std = np.maximum(features.std(0), 1e-6)
@@ -95,7 +111,7 @@ def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:
     features = pixel_features(images)
     z = z_scores(features, reference)
     results = []
-    for row, zrow in zip(features, z):
+    for row, zrow in zip(features, z, strict=True):
         worst = int(np.abs(zrow).argmax())
         score = float(abs(zrow[worst]))
         if score <= reference.threshold:
@@ -105,8 +121,9 @@ def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:
         usual = _value(name, reference.mean[worst])
         side = "above" if zrow[worst] > 0 else "below"
         reason = (
-            f"{name.replace('_', '-')} {_value(name, row[worst]):.3g} is {score:.1f} standard deviations {side} the "
-            f"training digits' {usual:.3g} (flagged beyond {reference.threshold:.2f}, the {reference.quantile:.1%} "
+            f"{name.replace('_', '-')} {_value(name, row[worst]):.3g} is {score:.1f} standard "
+            f"deviations {side} the training digits' {usual:.3g} (flagged beyond "
+            f"{reference.threshold:.2f}, the {reference.quantile:.1%} "
             "quantile on the validation split)"
         )
         results.append(OodResult(True, score, reason))
@@ -120,8 +137,13 @@ def read_reference(path: Path) -> OodReference | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise PipelineError(f"cannot read {path} ({exc.strerror or exc}); rerun the evaluate stage (dvc repro evaluate)") from None
+        raise PipelineError(
+            f"cannot read {path} ({exc.strerror or exc}); "
+            "rerun the evaluate stage (dvc repro evaluate)"
+        ) from None
     try:
         return OodReference.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
-        raise PipelineError(f"{path} is not an off-distribution reference ({exc}); rerun the evaluate stage") from None
+        raise PipelineError(
+            f"{path} is not an off-distribution reference ({exc}); rerun the evaluate stage"
+        ) from None

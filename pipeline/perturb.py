@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,14 @@ Perturbation = Callable[[torch.Tensor], torch.Tensor]
 
 # Compass directions as (rows down, columns right): "n" moves the digit up.
 DIRECTIONS: dict[str, tuple[int, int]] = {
-    "n": (-1, 0), "ne": (-1, 1), "e": (0, 1), "se": (1, 1),
-    "s": (1, 0), "sw": (1, -1), "w": (0, -1), "nw": (-1, -1),
+    "n": (-1, 0),
+    "ne": (-1, 1),
+    "e": (0, 1),
+    "se": (1, 1),
+    "s": (1, 0),
+    "sw": (1, -1),
+    "w": (0, -1),
+    "nw": (-1, -1),
 }
 SHIFT_PIXELS = (1, 2)
 ROTATION_DEGREES = (10.0, 15.0)
@@ -41,27 +48,34 @@ def shift(images: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate about the centre, counter-clockwise as displayed for positive `degrees`; bilinear, 0 fill."""
+    """Rotate about the centre, counter-clockwise as displayed for positive `degrees`; bilinear,
+    0 fill."""
     angle = math.radians(degrees)
     cos, sin = math.cos(angle), math.sin(angle)
     # grid_sample maps each output position to the source position it reads (x right, y down).
     theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=torch.float32)
     n, size = images.shape[0], images.shape[-1]
     grid = F.affine_grid(theta.expand(n, 2, 3), [n, 1, size, size], align_corners=False)
-    out = F.grid_sample(images[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        images[:, None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return _to_uint8(out[:, 0])
 
 
 def gaussian_noise(images: torch.Tensor, sigma: float, seed: int = NOISE_SEED) -> torch.Tensor:
-    """Add N(0, sigma^2) noise per pixel (sigma in [0, 1] units), drawn from a generator seeded with `seed`."""
+    """Add N(0, sigma^2) noise per pixel (sigma in [0, 1] units), drawn from a generator seeded
+    with `seed`."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=generator) * (sigma * 255.0)
     return _to_uint8(images.float() + noise)
 
 
 def dilate(images: torch.Tensor, size: int = 3) -> torch.Tensor:
-    """Grey dilation: each pixel becomes the maximum of its size x size neighbourhood (thicker strokes)."""
-    return F.max_pool2d(images[:, None].float(), size, stride=1, padding=size // 2)[:, 0].to(torch.uint8)
+    """Grey dilation: each pixel becomes the maximum of its size x size neighbourhood (thicker
+    strokes)."""
+    return F.max_pool2d(images[:, None].float(), size, stride=1, padding=size // 2)[:, 0].to(
+        torch.uint8
+    )
 
 
 def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
@@ -77,11 +91,13 @@ def perturbations() -> dict[str, Perturbation]:
     table: dict[str, Perturbation] = {}
     for pixels in SHIFT_PIXELS:
         for direction, (dr, dc) in DIRECTIONS.items():
-            table[f"shift_{pixels}px_{direction}"] = lambda x, r=dr * pixels, c=dc * pixels: shift(x, r, c)
+            table[f"shift_{pixels}px_{direction}"] = partial(
+                shift, rows=dr * pixels, cols=dc * pixels
+            )
     for degrees in ROTATION_DEGREES:
-        table[f"rotate_ccw_{degrees:g}deg"] = lambda x, d=degrees: rotate(x, d)
-        table[f"rotate_cw_{degrees:g}deg"] = lambda x, d=degrees: rotate(x, -d)
+        table[f"rotate_ccw_{degrees:g}deg"] = partial(rotate, degrees=degrees)
+        table[f"rotate_cw_{degrees:g}deg"] = partial(rotate, degrees=-degrees)
     for sigma in NOISE_SIGMAS:
-        table[f"noise_sigma_{_sigma_name(sigma)}"] = lambda x, s=sigma: gaussian_noise(x, s)
+        table[f"noise_sigma_{_sigma_name(sigma)}"] = partial(gaussian_noise, sigma=sigma)
     table["dilate_3x3"] = dilate
     return table

@@ -9,21 +9,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.calibration import expected_calibration_error, negative_log_likelihood, per_class_accuracy
+from pipeline.calibration import (
+    expected_calibration_error,
+    negative_log_likelihood,
+    per_class_accuracy,
+)
 from pipeline.data import resize
 from pipeline.losses import probabilities
-from pipeline.model import NUM_CLASSES, MLP, model_outputs
+from pipeline.model import MLP, NUM_CLASSES, model_outputs
 from pipeline.perturb import perturbations
 
 
-def confidence_and_prediction(outputs: torch.Tensor, loss_name: str) -> tuple[np.ndarray, np.ndarray]:
+def confidence_and_prediction(
+    outputs: torch.Tensor, loss_name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The predicted class (argmax of the raw outputs, what accuracy counts) and its probability."""
     predicted = outputs.argmax(1)
     confidence = probabilities(outputs, loss_name).gather(1, predicted[:, None])[:, 0]
     return confidence.double().numpy(), predicted.numpy()
 
 
-def calibration_metrics(outputs: torch.Tensor, labels: torch.Tensor, loss_name: str) -> dict[str, float]:
+def calibration_metrics(
+    outputs: torch.Tensor, labels: torch.Tensor, loss_name: str
+) -> dict[str, float]:
     """test_ece (15 bins), test_nll and test_accuracy_digit_<k> for a test set's outputs."""
     confidence, predicted = confidence_and_prediction(outputs, loss_name)
     actual = labels.numpy()
@@ -34,8 +42,11 @@ def calibration_metrics(outputs: torch.Tensor, labels: torch.Tensor, loss_name: 
     }
 
 
-def perturbed_predictions(model: MLP, images: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
-    """Predicted class per perturbation for uint8 MNIST-form images [N, 28, 28], resized to the model's size."""
+def perturbed_predictions(
+    model: MLP, images: torch.Tensor, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Predicted class per perturbation for uint8 MNIST-form images [N, 28, 28], resized to the
+    model's size."""
     size = model.arch.image_size
     return {
         name: model_outputs(model, resize(perturb(images), size), batch_size).argmax(1)
@@ -43,7 +54,9 @@ def perturbed_predictions(model: MLP, images: torch.Tensor, batch_size: int) -> 
     }
 
 
-def robustness_metrics(model: MLP, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, float]:
+def robustness_metrics(
+    model: MLP, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> dict[str, float]:
     """`robust_<name>_accuracy`: test accuracy under each perturbation of pipeline/perturb.py."""
     return {
         f"robust_{name}_accuracy": (predicted == labels).double().mean().item()
@@ -67,4 +80,6 @@ def off_distribution_examples() -> tuple[list[str], torch.Tensor]:
         "checkerboard": (((rows // 4) + (cols // 4)) % 2).float() * 255,
         "blurred blob": blob,
     }
-    return list(examples), torch.stack(list(examples.values())).round().clamp(0, 255).to(torch.uint8)
+    return list(examples), torch.stack(list(examples.values())).round().clamp(0, 255).to(
+        torch.uint8
+    )

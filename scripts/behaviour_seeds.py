@@ -1,4 +1,5 @@
-"""Measure, across training seeds, what the behaviour tier (tests/model/) and the promotion gate check.
+"""Measure across training seeds what the behaviour tier (tests/model/) and the promotion gate
+check.
 
     python scripts/behaviour_seeds.py --seeds 1-13,12345 [-S section.key=value ...] [--jobs N]
 
@@ -42,7 +43,12 @@ def measure(seed: int, overrides: list[str]) -> dict:
     from pipeline.data import load_dataset, resize
     from pipeline.losses import probabilities
     from pipeline.model import MLP, Architecture, model_outputs
-    from pipeline.quality import calibration_metrics, off_distribution_examples, perturbed_predictions, robustness_metrics
+    from pipeline.quality import (
+        calibration_metrics,
+        off_distribution_examples,
+        perturbed_predictions,
+        robustness_metrics,
+    )
     from pipeline.stats import pixel_stats
     from pipeline.trainer import Split, Trainer
 
@@ -62,7 +68,12 @@ def measure(seed: int, overrides: list[str]) -> dict:
     valid = Split(resize(data.train_images[valid_idx], size), data.train_labels[valid_idx])
     torch.manual_seed(seed)
     model = MLP(Architecture.from_params(params), stats["mean"], stats["std"])
-    trainer = Trainer(model, params.train, Augmentation.from_params(params), -(-len(train.labels) // params.train.batch_size))
+    trainer = Trainer(
+        model,
+        params.train,
+        Augmentation.from_params(params),
+        -(-len(train.labels) // params.train.batch_size),
+    )
     best, started = None, time.perf_counter()
     for epoch in range(1, params.train.epochs + 1):  # keep the best valid loss, as train does
         result = trainer.run_epoch(train, valid, epoch)
@@ -73,27 +84,52 @@ def measure(seed: int, overrides: list[str]) -> dict:
 
     outputs = model_outputs(model, resize(data.test_images, size), 2000)
     labels, clean = data.test_labels, outputs.argmax(1)
-    found = {"seed": seed, "train_seconds": time.perf_counter() - started,
-             "test_accuracy": (clean == labels).double().mean().item()}
+    found = {
+        "seed": seed,
+        "train_seconds": time.perf_counter() - started,
+        "test_accuracy": (clean == labels).double().mean().item(),
+    }
     found.update(calibration_metrics(outputs, labels, params.train.loss))
     found.update(robustness_metrics(model, data.test_images, labels, 2000))
     perturbed = perturbed_predictions(model, data.test_images, 2000)
-    found.update({f"unchanged_{name}": (answers == clean).double().mean().item()
-                  for name, answers in perturbed.items() if name.startswith("shift_1px")})
+    found.update(
+        {
+            f"unchanged_{name}": (answers == clean).double().mean().item()
+            for name, answers in perturbed.items()
+            if name.startswith("shift_1px")
+        }
+    )
     reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
-    noise = torch.randint(0, 256, (1000, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    noise = torch.randint(
+        0, 256, (1000, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
     found["uniform_noise_flagged"] = float(np.mean([r.ood for r in ood.check(noise, reference)]))
-    found["test_digits_flagged"] = float(np.mean([r.ood for r in ood.check(data.test_images, reference)]))
+    found["test_digits_flagged"] = float(
+        np.mean([r.ood for r in ood.check(data.test_images, reference)])
+    )
     names, pictures = off_distribution_examples()
-    confidence = probabilities(model_outputs(model, resize(pictures, size), 100), params.train.loss).max(1).values
-    found.update({f"confidence_{name.replace(' ', '_')}": c for name, c in zip(names, confidence.tolist())})
+    confidence = (
+        probabilities(model_outputs(model, resize(pictures, size), 100), params.train.loss)
+        .max(1)
+        .values
+    )
+    found.update(
+        {
+            f"confidence_{name.replace(' ', '_')}": c
+            for name, c in zip(names, confidence.tolist(), strict=True)
+        }
+    )
     return found
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", default="1-5", help="e.g. 1-13,12345")
-    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="section.key=value")
+    parser.add_argument(
+        "-S", dest="overrides", action="append", default=[], metavar="section.key=value"
+    )
     parser.add_argument("--jobs", type=int, default=4, help="seeds trained at once")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -102,7 +138,13 @@ def main() -> int:
         return 0
 
     def run(seed: int) -> dict:
-        command = [sys.executable, __file__, "--child", str(seed), *(f"-S{o}" for o in args.overrides)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(seed),
+            *(f"-S{o}" for o in args.overrides),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.splitlines()[-1])
 
@@ -111,8 +153,15 @@ def main() -> int:
     for row in rows:
         print(json.dumps(row))
     keys = [k for k in rows[0] if k != "seed"]
-    print(json.dumps({"seeds": [r["seed"] for r in rows], "overrides": args.overrides,
-                      "range": {k: [min(r[k] for r in rows), max(r[k] for r in rows)] for k in keys}}))
+    print(
+        json.dumps(
+            {
+                "seeds": [r["seed"] for r in rows],
+                "overrides": args.overrides,
+                "range": {k: [min(r[k] for r in rows), max(r[k] for r in rows)] for k in keys},
+            }
+        )
+    )
     return 0
 
 

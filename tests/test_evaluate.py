@@ -90,7 +90,9 @@ def test_calibration_per_digit_and_robustness_metrics(trained_workdir: Path) -> 
     model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
     data = load_dataset(paths.RAW_DIR, 28)
     moved_up = model_outputs(model, shift(data.test_images, -1, 0), 64).argmax(1)
-    assert metrics["robust_shift_1px_n_accuracy"] == pytest.approx((moved_up == data.test_labels).double().mean().item())
+    assert metrics["robust_shift_1px_n_accuracy"] == pytest.approx(
+        (moved_up == data.test_labels).double().mean().item()
+    )
     assert metrics["robust_noise_sigma_0_2_accuracy"] != metrics["test_accuracy"]
     reference = read_reference(paths.OOD_REFERENCE_FILE)
     assert reference is not None and reference.threshold > 0

@@ -23,7 +23,9 @@ def answers(wrong_per_class: dict[int, list[int]]) -> np.ndarray:
     return correct
 
 
-def evidence(version: int, accuracy: float, ece: float = 0.003, signature: str = SIG_28) -> Evidence:
+def evidence(
+    version: int, accuracy: float, ece: float = 0.003, signature: str = SIG_28
+) -> Evidence:
     return Evidence(version, accuracy, ece, signature)
 
 
@@ -43,9 +45,14 @@ def test_a_significant_drop_on_one_digit_fails_only_that_digit() -> None:
     eight = classes[8]
     assert (eight.newly_wrong, eight.newly_right) == (12, 0)
     assert eight.drop_points == pytest.approx(1.2) and eight.p_value == pytest.approx(0.5**12)
-    # Below the 1-point floor, significance alone blocks: 8 newly wrong and none newly right, p = 0.0039.
+    # Below the 1-point floor, significance alone blocks: 8 newly wrong, none newly right,
+    # p = 0.0039.
     small = compare_classes(ACTUAL, champion, answers({8: list(range(18))}), Settings())[8]
-    assert small.drop_points == pytest.approx(0.8) and small.p_value == pytest.approx(0.5**8) and small.failed
+    assert (
+        small.drop_points == pytest.approx(0.8)
+        and small.p_value == pytest.approx(0.5**8)
+        and small.failed
+    )
 
 
 def test_churn_without_a_significant_drop_passes_and_the_floor_still_applies() -> None:
@@ -61,19 +68,55 @@ def test_churn_without_a_significant_drop_passes_and_the_floor_still_applies() -
     ("new", "settings", "promoted", "gates", "words"),
     [
         (evidence(5, 0.9801), Settings(), True, (), "no digit drops significantly"),
-        (evidence(5, 0.9800), Settings(), False, ("accuracy",), "accuracy: 0.9800 vs 0.9800 (+0.0000); the gain must be more than 0"),
-        (evidence(5, 0.9805), Settings(min_delta=0.001), False, ("accuracy",), "must be at least min_delta 0.001"),
-        (evidence(5, 0.9811), Settings(min_delta=0.001), True, (), "test accuracy 0.9811 vs 0.9800"),
-        (evidence(5, 0.9900, ece=0.0131), Settings(), False, ("calibration",),
-         "calibration: test ECE 0.0131 vs 0.0030 (+0.0101); it may rise by at most 0.01"),
-        (evidence(5, 0.9900, ece=0.0127), Settings(), True, (), "test ECE 0.0127 vs 0.0030"),  # challenger-like +0.0097
+        (
+            evidence(5, 0.9800),
+            Settings(),
+            False,
+            ("accuracy",),
+            "accuracy: 0.9800 vs 0.9800 (+0.0000); the gain must be more than 0",
+        ),
+        (
+            evidence(5, 0.9805),
+            Settings(min_delta=0.001),
+            False,
+            ("accuracy",),
+            "must be at least min_delta 0.001",
+        ),
+        (
+            evidence(5, 0.9811),
+            Settings(min_delta=0.001),
+            True,
+            (),
+            "test accuracy 0.9811 vs 0.9800",
+        ),
+        (
+            evidence(5, 0.9900, ece=0.0131),
+            Settings(),
+            False,
+            ("calibration",),
+            "calibration: test ECE 0.0131 vs 0.0030 (+0.0101); it may rise by at most 0.01",
+        ),
+        (
+            evidence(5, 0.9900, ece=0.0127),
+            Settings(),
+            True,
+            (),
+            "test ECE 0.0127 vs 0.0030",
+        ),  # challenger-like +0.0097
         (evidence(5, 0.9900, signature=SIG_16), Settings(), False, ("contract",), ALLOW_FLAG),
-        (evidence(5, 0.9900, signature=SIG_16), Settings(allow_contract_change=True), True, (),
-         "the serving contract changes, as allowed by --allow-contract-change"),
+        (
+            evidence(5, 0.9900, signature=SIG_16),
+            Settings(allow_contract_change=True),
+            True,
+            (),
+            "the serving contract changes, as allowed by --allow-contract-change",
+        ),
         (evidence(4, 0.9900), Settings(), False, (), "version 4 is already the champion"),
     ],
 )
-def test_decide_on_crafted_metrics(new: Evidence, settings: Settings, promoted: bool, gates: tuple, words: str) -> None:
+def test_decide_on_crafted_metrics(
+    new: Evidence, settings: Settings, promoted: bool, gates: tuple, words: str
+) -> None:
     same = compare_classes(ACTUAL, answers({}), answers({}), settings)
     verdict = decide(new, evidence(4, 0.98), same, settings)
     assert verdict.promote is promoted and verdict.failed_gates == gates
@@ -83,7 +126,10 @@ def test_decide_on_crafted_metrics(new: Evidence, settings: Settings, promoted: 
 def test_the_contract_reason_names_both_signatures_and_skips_the_other_gates() -> None:
     verdict = decide(evidence(5, 0.5, ece=0.9, signature=SIG_16), evidence(4, 0.98), [], Settings())
     assert verdict.failed_gates == ("contract",)
-    assert f"version 5 has signature [{SIG_16}] but champion version 4 serves [{SIG_28}]" in verdict.reason
+    assert (
+        f"version 5 has signature [{SIG_16}] but champion version 4 serves [{SIG_28}]"
+        in verdict.reason
+    )
 
 
 def test_every_failed_gate_is_named_with_its_numbers() -> None:
@@ -91,7 +137,10 @@ def test_every_failed_gate_is_named_with_its_numbers() -> None:
     classes = compare_classes(ACTUAL, champion, new, Settings())
     verdict = decide(evidence(5, 0.97, ece=0.05), evidence(4, 0.98), classes, Settings())
     assert verdict.failed_gates == ("accuracy", "class_drop", "calibration")
-    assert "digit 8 1.0000 -> 0.9700 (-3.00 points, 30 newly wrong vs 0 newly right, McNemar p=9.3e-10)" in verdict.reason
+    assert (
+        "digit 8 1.0000 -> 0.9700 (-3.00 points, 30 newly wrong vs 0 newly right, "
+        "McNemar p=9.3e-10)" in verdict.reason
+    )
 
 
 def test_unpaired_answers_are_refused() -> None:

@@ -1,4 +1,5 @@
-"""pipeline/ood.py: off-distribution pictures are flagged with a reason; digits like the training ones are not."""
+"""pipeline/ood.py: off-distribution pictures are flagged with a reason; digits like the training
+ones are not."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from conftest import synthetic_digits
 from pipeline.ood import FEATURES, OodReference, check, fit_reference, pixel_features
+from tests.helpers import synthetic_digits
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,14 @@ def test_the_threshold_is_the_validation_quantile(reference: OodReference) -> No
     assert OodReference.from_dict(reference.to_dict()) == reference
 
 
-def test_fresh_digits_pass_and_odd_pictures_are_flagged_with_the_statistic_that_is_off(reference: OodReference) -> None:
+def test_fresh_digits_pass_and_odd_pictures_are_flagged_with_the_statistic_that_is_off(
+    reference: OodReference,
+) -> None:
     fresh, _ = synthetic_digits(100, seed=7)
     assert sum(r.ood for r in check(torch.from_numpy(fresh), reference)) <= 2
-    noise = torch.randint(0, 256, (5, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    noise = torch.randint(
+        0, 256, (5, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     black = torch.zeros(1, 28, 28, dtype=torch.uint8)
     white = torch.full((1, 28, 28), 255, dtype=torch.uint8)
     results = check(torch.cat([noise, black, white]), reference)
@@ -45,5 +50,7 @@ def test_features_of_known_pictures() -> None:
     half = torch.full((1, 28, 28), 128, dtype=torch.uint8)
     brightness, ink, mid_grey, border = pixel_features(torch.cat([white, half])).T
     assert brightness.tolist() == pytest.approx([math.log(1.001), math.log(128 / 255 + 0.001)])
-    assert ink.tolist() == pytest.approx([math.log(1.001), math.log(1.001)])  # 128/255 is above half
+    assert ink.tolist() == pytest.approx(
+        [math.log(1.001), math.log(1.001)]
+    )  # 128/255 is above half
     assert mid_grey.tolist() == [0.0, 1.0] and border.tolist() == pytest.approx([1.0, 128 / 255])

@@ -20,15 +20,24 @@ def bright_pixels(images: torch.Tensor) -> set[tuple[int, int]]:
 
 def test_the_table_holds_every_perturbation_of_the_issue() -> None:
     names = set(perturb.perturbations())
-    shifts = {f"shift_{p}px_{d}" for p in (1, 2) for d in ("n", "ne", "e", "se", "s", "sw", "w", "nw")}
+    shifts = {
+        f"shift_{p}px_{d}" for p in (1, 2) for d in ("n", "ne", "e", "se", "s", "sw", "w", "nw")
+    }
     assert shifts <= names
     assert {"rotate_ccw_10deg", "rotate_cw_10deg", "rotate_ccw_15deg", "rotate_cw_15deg"} <= names
     assert {"noise_sigma_0_1", "noise_sigma_0_2", "dilate_3x3"} <= names
     assert len(names) == 16 + 4 + 2 + 1
 
 
-@pytest.mark.parametrize(("name", "moved"), [("shift_1px_n", (9, 14)), ("shift_1px_se", (11, 15)),
-                                             ("shift_2px_w", (10, 12)), ("shift_2px_ne", (8, 16))])
+@pytest.mark.parametrize(
+    ("name", "moved"),
+    [
+        ("shift_1px_n", (9, 14)),
+        ("shift_1px_se", (11, 15)),
+        ("shift_2px_w", (10, 12)),
+        ("shift_2px_ne", (8, 16)),
+    ],
+)
 def test_shifts_move_every_pixel_by_whole_pixels(name: str, moved: tuple[int, int]) -> None:
     out = perturb.perturbations()[name](dot_image(10, 14))
     assert out.dtype == torch.uint8 and bright_pixels(out) == {moved}
@@ -38,7 +47,9 @@ def test_shifts_move_every_pixel_by_whole_pixels(name: str, moved: tuple[int, in
 def test_a_shift_fills_with_background_at_the_edge() -> None:
     full = torch.full((2, 28, 28), 200, dtype=torch.uint8)
     out = perturb.shift(full, 2, -1)
-    assert (out[:, :2] == 0).all() and (out[:, :, -1:] == 0).all() and (out[:, 2:, :-1] == 200).all()
+    assert (
+        (out[:, :2] == 0).all() and (out[:, :, -1:] == 0).all() and (out[:, 2:, :-1] == 200).all()
+    )
 
 
 def test_rotation_turns_counter_clockwise_as_displayed() -> None:
@@ -55,7 +66,9 @@ def test_noise_is_deterministic_and_has_the_named_sigma() -> None:
     noisy = perturb.perturbations()["noise_sigma_0_1"](grey)
     assert noisy.equal(perturb.perturbations()["noise_sigma_0_1"](grey))
     assert (noisy.float() - 128).std().item() / 255 == pytest.approx(0.1, rel=0.02)
-    assert (perturb.gaussian_noise(grey, 0.2).float() - 128).std().item() / 255 == pytest.approx(0.2, rel=0.02)
+    assert (perturb.gaussian_noise(grey, 0.2).float() - 128).std().item() / 255 == pytest.approx(
+        0.2, rel=0.02
+    )
 
 
 def test_dilation_grows_a_dot_into_its_3x3_neighbourhood() -> None:

@@ -134,7 +134,9 @@ def test_inputs_far_from_the_training_digits_are_flagged_with_the_reason(
 
     model = tmp_path / "model.pt"
     shutil.copy(models[28], model)
-    code, lines, err = run_cli([str(test_set / TEST_IMAGES), "--model", str(model), "--json"], capsys)
+    code, lines, err = run_cli(
+        [str(test_set / TEST_IMAGES), "--model", str(model), "--json"], capsys
+    )
     assert code == 0 and "has no off-distribution reference" in err and "dvc repro evaluate" in err
     assert {json.loads(line)["ood"] for line in lines} == {None}
 
@@ -146,11 +148,16 @@ def test_inputs_far_from_the_training_digits_are_flagged_with_the_reason(
     Image.fromarray(noise).save(tmp_path / "noise.png")
     digit, _ = synthetic_digits(1, seed=9)
     Image.fromarray(digit[0]).save(tmp_path / "digit.png")
-    code, lines, err = run_cli([str(tmp_path / "noise.png"), str(tmp_path / "digit.png"), "--model", str(model),
-                                "--json"], capsys)
+    code, lines, err = run_cli(
+        [str(tmp_path / "noise.png"), str(tmp_path / "digit.png"), "--model", str(model), "--json"],
+        capsys,
+    )
     assert code == 0 and err == ""
     noisy, plain = map(json.loads, lines)
-    assert noisy["ood"] is True and "standard deviations above the training digits'" in noisy["ood_reason"]
+    assert (
+        noisy["ood"] is True
+        and "standard deviations above the training digits'" in noisy["ood_reason"]
+    )
     assert plain["ood"] is False and "ood_reason" not in plain
     code, lines, _ = run_cli([str(tmp_path / "noise.png"), "--model", str(model)], capsys)
     assert lines[0].startswith(f"{tmp_path / 'noise.png'}: ") and "; off-distribution: " in lines[0]
@@ -215,7 +222,11 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
     code, lines, err = run_cli([*map(str, inputs), "--model", str(models[28])], capsys)
     assert code == 1
     assert [line.split(":")[0] for line in lines] == [str(good), str(good)]
-    errors = [line for line in err.splitlines() if not line.startswith("warning: this model has no off-distribution")]
+    errors = [
+        line
+        for line in err.splitlines()
+        if not line.startswith("warning: this model has no off-distribution")
+    ]
     assert len(errors) == 7  # six bad inputs, then the summary
     for path, words in [
         (text, "not a picture"),

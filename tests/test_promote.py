@@ -1,4 +1,5 @@
-"""Stage promote: the champion alias moves only to a version that passes every gate (pipeline/gate.py).
+"""Stage promote: the champion alias moves only to a version that passes every gate
+(pipeline/gate.py).
 
 The gate's logic is tested on crafted numbers in test_gate.py; here the stage reads the champion's
 evidence from the registry (metrics, signature, per-image answers) and acts on the verdict.
@@ -25,19 +26,33 @@ PER_DIGIT = 100
 
 
 def answers(wrong: dict[int, int]) -> pd.DataFrame:
-    """100 test images per digit, all right except the first `wrong[d]` of digit d (predicted as d+1)."""
+    """100 test images per digit, all right except the first `wrong[d]` of digit d (predicted as
+    d+1)."""
     actual = np.repeat(np.arange(10), PER_DIGIT)
     predicted = actual.copy()
     for digit, count in wrong.items():
         predicted[digit * PER_DIGIT : digit * PER_DIGIT + count] = (digit + 1) % 10
-    return pd.DataFrame({"index": np.arange(len(actual)), "actual": actual, "predicted": predicted,
-                         "confidence": 0.9})
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(actual)),
+            "actual": actual,
+            "predicted": predicted,
+            "confidence": 0.9,
+        }
+    )
 
 
-def finished_run(accuracy: float | None, register: bool = True, ece: float = 0.003, wrong: dict[int, int] | None = None,
-                 inputs: int = 784, name: str = NAME) -> str:
-    """What train and evaluate leave: a run with its metrics, its model's signature (MLmodel only) and its
-    test answers, the registered version, and the local metrics.json, predictions.csv and run reference."""
+def finished_run(
+    accuracy: float | None,
+    register: bool = True,
+    ece: float = 0.003,
+    wrong: dict[int, int] | None = None,
+    inputs: int = 784,
+    name: str = NAME,
+) -> str:
+    """What train and evaluate leave: a run with its metrics, its model's signature (MLmodel only)
+    and its test answers, the registered version, and the local metrics.json, predictions.csv and
+    run reference."""
     import mlflow
     from mlflow.models import Model, infer_signature
 
@@ -49,7 +64,9 @@ def finished_run(accuracy: float | None, register: bool = True, ece: float = 0.0
     with mlflow.start_run() as run:
         if accuracy is not None:
             mlflow.log_metrics({"test_accuracy": accuracy, "test_ece": ece})
-        signature = infer_signature(np.zeros((2, inputs), np.float32), np.zeros((2, 10), np.float32))
+        signature = infer_signature(
+            np.zeros((2, inputs), np.float32), np.zeros((2, 10), np.float32)
+        )
         mlflow.log_dict(Model(signature=signature).to_dict(), "model/MLmodel")
         mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
     run_id = run.info.run_id
@@ -63,7 +80,9 @@ def finished_run(accuracy: float | None, register: bool = True, ece: float = 0.0
     return run_id
 
 
-def promote_stage(min_delta: float = 0.0, allow_contract_change: bool = False, **gate: float) -> dict:
+def promote_stage(
+    min_delta: float = 0.0, allow_contract_change: bool = False, **gate: float
+) -> dict:
     promote.main(parse_params({"promote": {"min_delta": min_delta, **gate}}), allow_contract_change)
     return json.loads(PROMOTION_FILE.read_text())
 
@@ -104,8 +123,13 @@ def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: 
         "previous_champion_signature": None,
         "champion_version": 1,
         "digits": [],
-        "settings": {"min_delta": 0.0, "class_drop_p": 0.01, "max_class_drop": 1.0, "max_ece_increase": 0.01,
-                     "allow_contract_change": False},
+        "settings": {
+            "min_delta": 0.0,
+            "class_drop_p": 0.01,
+            "max_class_drop": 1.0,
+            "max_ece_increase": 0.01,
+            "allow_contract_change": False,
+        },
         "data_changed_since_champion": None,
     }
     assert champion_version() == 1
@@ -114,7 +138,10 @@ def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: 
     second = finished_run(0.95)
     record = promote_stage()
     assert (record["decision"], record["version"], record["champion_version"]) == ("kept", 2, 1)
-    assert (record["previous_champion_version"], record["previous_champion_test_accuracy"]) == (1, 0.95)
+    assert (record["previous_champion_version"], record["previous_champion_test_accuracy"]) == (
+        1,
+        0.95,
+    )
     assert record["failed_gates"] == ["accuracy"]
     assert "accuracy: 0.9500 vs 0.9500 (+0.0000); the gain must be more than 0" in record["reason"]
     assert [d["p_value"] for d in record["digits"]] == [1.0] * 10
@@ -132,7 +159,11 @@ def test_min_delta_decides_between_better_models(mlflow_workdir: Path) -> None:
     assert champion_version() == 1
     finished_run(0.92)
     record = promote_stage(min_delta=0.01)
-    assert (record["decision"], record["champion_version"], record["previous_champion_version"]) == ("promoted", 3, 1)
+    assert (
+        record["decision"],
+        record["champion_version"],
+        record["previous_champion_version"],
+    ) == ("promoted", 3, 1)
     assert champion_version() == 3
     # Promoting the same run again changes nothing and says so.
     record = promote_stage(min_delta=0.01)
@@ -140,17 +171,26 @@ def test_min_delta_decides_between_better_models(mlflow_workdir: Path) -> None:
     assert champion_version() == 3
 
 
-def test_a_better_model_that_is_worse_on_one_digit_is_kept_out_naming_the_digit(mlflow_workdir: Path) -> None:
+def test_a_better_model_that_is_worse_on_one_digit_is_kept_out_naming_the_digit(
+    mlflow_workdir: Path,
+) -> None:
     finished_run(0.97)
     promote_stage()
-    run_id = finished_run(0.98, wrong={8: 9})  # better overall, 9 of the 100 eights newly wrong: p = 0.002
+    run_id = finished_run(
+        0.98, wrong={8: 9}
+    )  # better overall, 9 of the 100 eights newly wrong: p = 0.002
     record = promote_stage()
     assert record["decision"] == "kept" and record["failed_gates"] == ["class_drop"]
-    assert "digit 8 1.0000 -> 0.9100 (-9.00 points, 9 newly wrong vs 0 newly right, McNemar p=0.002)" in record["reason"]
+    assert (
+        "digit 8 1.0000 -> 0.9100 (-9.00 points, 9 newly wrong vs 0 newly right, McNemar p=0.002)"
+        in record["reason"]
+    )
     eight = record["digits"][8]
     assert (eight["digit"], eight["failed"], eight["newly_wrong"]) == (8, True, 9)
     assert eight["p_value"] == pytest.approx(0.5**9)
-    assert json.loads(run_tags(run_id)["promotion.digit_p_values"])["8"] == pytest.approx(0.5**9, abs=1e-6)
+    assert json.loads(run_tags(run_id)["promotion.digit_p_values"])["8"] == pytest.approx(
+        0.5**9, abs=1e-6
+    )
     assert champion_version() == 1
 
 
@@ -159,11 +199,16 @@ def test_a_worse_calibrated_model_is_kept_out(mlflow_workdir: Path) -> None:
     promote_stage()
     finished_run(0.98, ece=0.02)
     record = promote_stage()
-    assert record["failed_gates"] == ["calibration"] and "test ECE 0.0200 vs 0.0040 (+0.0160)" in record["reason"]
+    assert (
+        record["failed_gates"] == ["calibration"]
+        and "test ECE 0.0200 vs 0.0040 (+0.0160)" in record["reason"]
+    )
     assert promote_stage(max_ece_increase=0.02)["decision"] == "promoted"
 
 
-def test_a_new_contract_is_never_promoted_by_itself_but_can_be_deliberately(mlflow_workdir: Path) -> None:
+def test_a_new_contract_is_never_promoted_by_itself_but_can_be_deliberately(
+    mlflow_workdir: Path,
+) -> None:
     finished_run(0.97)
     promote_stage()
     run_id = finished_run(0.99, inputs=256)  # a 16x16 model registered under the 28x28 name
@@ -175,28 +220,43 @@ def test_a_new_contract_is_never_promoted_by_itself_but_can_be_deliberately(mlfl
     assert run_tags(run_id)["promotion.failed_gates"] == "contract"
     assert champion_version() == 1
     Path("params.yaml").write_text("{}\n")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "promote", "--allow-contract-change"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "promote", "--allow-contract-change"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(PROMOTION_FILE.read_text())
-    assert record["decision"] == "promoted" and "as allowed by --allow-contract-change" in record["reason"]
+    assert (
+        record["decision"] == "promoted"
+        and "as allowed by --allow-contract-change" in record["reason"]
+    )
     assert champion_version() == 2
 
 
 def test_champion_numbers_come_from_the_registry_not_local_files(mlflow_workdir: Path) -> None:
     finished_run(0.97, wrong={3: 2})
     promote_stage()
-    finished_run(0.96)  # the local files now hold this run's numbers; the champion's run still its own
+    finished_run(
+        0.96
+    )  # the local files now hold this run's numbers; the champion's run still its own
     record = promote_stage()
     assert record["previous_champion_test_accuracy"] == 0.97 and record["decision"] == "kept"
     assert record["digits"][3]["champion_accuracy"] == 0.98
 
 
 def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
-    with pytest.raises(PipelineError, match=r"reports/metrics.json is missing; run the evaluate stage first"):
+    with pytest.raises(
+        PipelineError,
+        match=r"reports/metrics.json is missing; run the evaluate stage first",
+    ):
         promote_stage()
     finished_run(0.9, register=False)
-    with pytest.raises(PipelineError, match=r"has no version of registered model 'mnist-mlp'.*rerun the train stage"):
+    with pytest.raises(
+        PipelineError,
+        match=r"has no version of registered model 'mnist-mlp'.*rerun the train stage",
+    ):
         promote_stage()
     finished_run(None)
     with pytest.raises(PipelineError, match=r"has no numeric test_accuracy"):
@@ -206,7 +266,10 @@ def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
 
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
     finished_run(0.9)
-    with pytest.raises(PipelineError, match=r"champion version 1 of 'mnist-mlp' has no test_accuracy or test_ece metric"):
+    with pytest.raises(
+        PipelineError,
+        match=r"champion version 1 of 'mnist-mlp' has no test_accuracy or test_ece metric",
+    ):
         promote_stage()
     assert not PROMOTION_FILE.exists()
 
@@ -216,19 +279,26 @@ def test_answers_to_a_different_test_set_are_refused(mlflow_workdir: Path) -> No
     promote_stage()
     finished_run(0.95)
     answers({}).iloc[:-5].to_csv(PREDICTIONS_FILE, index=False)
-    with pytest.raises(PipelineError, match=r"do not hold the same test labels.*evaluate both on the same test set"):
+    with pytest.raises(
+        PipelineError, match=r"do not hold the same test labels.*evaluate both on the same test set"
+    ):
         promote_stage()
 
 
 @pytest.mark.slow
-def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(dvc_project: Path) -> None:
-    """scripts/retrain.sh twice on unchanged data: both retrain, the identical second model is kept."""
+def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(
+    dvc_project: Path,
+) -> None:
+    """scripts/retrain.sh twice on unchanged data: both retrain; the identical second model is
+    kept."""
     import subprocess
 
     import mlflow
 
     def retrain() -> tuple[str, dict, dict]:
-        result = subprocess.run(["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200)
+        result = subprocess.run(
+            ["scripts/retrain.sh"], capture_output=True, text=True, timeout=1200
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         record = json.loads(PROMOTION_FILE.read_text())
         assert f"== promotion: {record['decision']}: {record['reason']}" in result.stdout
@@ -242,9 +312,11 @@ def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(dvc_pr
     assert second_metrics == first_metrics, "same data, params and seed must give the same model"
     assert second["decision"] == "kept" and second["champion_version"] == 1
     assert second["failed_gates"] == ["accuracy"] and second["reason"] == (
-        "version 2 vs champion version 1 kept out by accuracy: {0:.4f} vs {0:.4f} (+0.0000); the gain must be "
-        "more than 0".format(first_metrics["test_accuracy"])
+        "version 2 vs champion version 1 kept out by accuracy: {0:.4f} vs {0:.4f} (+0.0000); "
+        "the gain must be more than 0".format(first_metrics["test_accuracy"])
     )
     client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
-    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": 1}
+    assert {k: int(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
+        "champion": 1
+    }
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2

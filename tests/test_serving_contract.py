@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,38 +17,56 @@ import numpy as np
 import pytest
 
 from pipeline.config import parse_params
-from tests.conftest import TINY_PIPELINE
+from tests.helpers import TINY_PIPELINE, free_port
 
 pytestmark = pytest.mark.slow
 
-CHALLENGER = {"data": {"image_size": 16}, "model": {"activation": "sigmoid", "output_activation": "sigmoid"},
-              "train": {"loss": "mse", "lr": 0.003}, "augment": {"crop_padding": 1}}
+CHALLENGER = {
+    "data": {"image_size": 16},
+    "model": {"activation": "sigmoid", "output_activation": "sigmoid"},
+    "train": {"loss": "mse", "lr": 0.003},
+    "augment": {"crop_padding": 1},
+}
 
 
 def merged(base: dict, extra: dict) -> dict:
-    return {section: {**base.get(section, {}), **extra.get(section, {})} for section in base.keys() | extra.keys()}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return {
+        section: {**base.get(section, {}), **extra.get(section, {})}
+        for section in base.keys() | extra.keys()
+    }
 
 
 def answer(uri: str, pixels: int) -> tuple[int, str]:
-    """Serve `uri` with `mlflow models serve` as a client would reach it; POST one image of `pixels` values."""
+    """Serve `uri` with `mlflow models serve` as a client would reach it; POST one image of
+    `pixels` values."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
     )
     try:
         body = json.dumps({"inputs": np.full((1, pixels), 0.5, np.float32).tolist()}).encode()
         deadline = time.monotonic() + 180
         while True:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                             {"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     return response.status, response.read().decode()
@@ -64,7 +81,9 @@ def answer(uri: str, pixels: int) -> tuple[int, str]:
         server.wait(timeout=30)
 
 
-def test_the_challenger_after_the_reference_leaves_the_champion_endpoint_working(run_stages) -> None:
+def test_the_challenger_after_the_reference_leaves_the_champion_endpoint_working(
+    run_stages,
+) -> None:
     import importlib
 
     run_stages("download", "stats", "split", "train", "evaluate", "promote")
@@ -76,7 +95,11 @@ def test_the_challenger_after_the_reference_leaves_the_champion_endpoint_working
         importlib.import_module(f"pipeline.{stage}").main(challenger)
     record = json.loads(Path("reports/promotion.json").read_text())
     assert (record["registered_model"], record["decision"]) == ("mnist-mlp-16x16", "promoted")
-    status, text = answer("models:/mnist-mlp@champion", 784)  # the same client, after the challenger
+    status, text = answer(
+        "models:/mnist-mlp@champion", 784
+    )  # the same client, after the challenger
     assert status == 200 and len(json.loads(text)["predictions"][0]) == 10
-    status, _ = answer("models:/mnist-mlp-16x16@champion", 256)  # 16x16 clients have their own endpoint
+    status, _ = answer(
+        "models:/mnist-mlp-16x16@champion", 256
+    )  # 16x16 clients have their own endpoint
     assert status == 200

@@ -37,13 +37,29 @@ def trained() -> Trained:
     needed = [REPO / "models/model.pt", REPO / "models/ood_reference.json", REPO / "data/raw"]
     missing = [str(p.relative_to(REPO)) for p in needed if not p.exists()]
     if missing:
-        pytest.fail(f"{', '.join(missing)} missing: run `dvc repro` on real MNIST first (MNIST_MIRROR or the "
-                    "official mirrors), or deselect this tier with -m 'slow and not model'")
+        pytest.fail(
+            f"{', '.join(missing)} missing: run `dvc repro` on real MNIST first (MNIST_MIRROR or "
+            "the "
+            "official mirrors), or deselect this tier with -m 'slow and not model'"
+        )
     payload = load_checkpoint(REPO / "models/model.pt")
     model = model_from_checkpoint(payload)
     data = load_dataset(REPO / "data/raw", 28)
     if len(data.test_labels) != 10_000:
-        pytest.fail(f"data/raw holds {len(data.test_labels)} test images, not MNIST's 10,000; run dvc repro on MNIST")
+        pytest.fail(
+            f"data/raw holds {len(data.test_labels)} test images, not MNIST's 10,000; "
+            "run dvc repro on MNIST"
+        )
     reference = read_reference(REPO / "models/ood_reference.json")
-    predicted = model_outputs(model, resize(data.test_images, model.arch.image_size), BATCH).argmax(1)
-    return Trained(REPO / "models/model.pt", model, str(payload["loss"]), reference, data.test_images, data.test_labels, predicted)
+    predicted = model_outputs(model, resize(data.test_images, model.arch.image_size), BATCH).argmax(
+        1
+    )
+    return Trained(
+        REPO / "models/model.pt",
+        model,
+        str(payload["loss"]),
+        reference,
+        data.test_images,
+        data.test_labels,
+        predicted,
+    )

@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline import predict
@@ -33,7 +32,8 @@ MIN_SHIFT_AGREEMENT = 0.98
 MIN_ROTATED_ACCURACY = 0.95
 # Guards calibration (the bound for the defaults): 0.0018-0.0033 over 14 seeds.
 MAX_ECE = 0.01
-# predict's off-distribution check must not cry wolf on real digits: 0.14% of the test set for every seed.
+# predict's off-distribution check must not cry wolf on real digits: it flags 0.14% of the test
+# set for every seed.
 MAX_DIGITS_FLAGGED = 0.005
 
 
@@ -41,14 +41,18 @@ def test_every_digit_is_recognised(trained) -> None:
     for digit in range(10):
         mask = trained.test_labels == digit
         accuracy = (trained.predicted[mask] == digit).double().mean().item()
-        assert accuracy >= MIN_DIGIT_ACCURACY, f"digit {digit}: {accuracy:.4f} < {MIN_DIGIT_ACCURACY}"
+        assert accuracy >= MIN_DIGIT_ACCURACY, (
+            f"digit {digit}: {accuracy:.4f} < {MIN_DIGIT_ACCURACY}"
+        )
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
 def test_a_one_pixel_shift_rarely_changes_the_answer(trained, direction: str) -> None:
     rows, cols = DIRECTIONS[direction]
     moved = shift(trained.test_images, rows, cols)
-    answers = model_outputs(trained.model, resize(moved, trained.model.arch.image_size), 2000).argmax(1)
+    answers = model_outputs(
+        trained.model, resize(moved, trained.model.arch.image_size), 2000
+    ).argmax(1)
     agreement = (answers == trained.predicted).double().mean().item()
     assert agreement >= MIN_SHIFT_AGREEMENT, f"shifted {direction}: {agreement:.4f} unchanged"
 
@@ -61,7 +65,9 @@ def test_small_rotations_keep_the_accuracy(trained) -> None:
 
 
 def test_confidence_is_calibrated(trained) -> None:
-    outputs = model_outputs(trained.model, resize(trained.test_images, trained.model.arch.image_size), 2000)
+    outputs = model_outputs(
+        trained.model, resize(trained.test_images, trained.model.arch.image_size), 2000
+    )
     probs = probabilities(outputs, trained.loss)
     confidence, predicted = probs.max(1)
     ece = expected_calibration_error(confidence.numpy(), (predicted == trained.test_labels).numpy())

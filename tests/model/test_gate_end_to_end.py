@@ -26,7 +26,10 @@ PARAMS = {"data": {"name": "custom"}, "train": {"epochs": 2, "threads": 1}}
 def real_mnist() -> Path:
     folder = Path(os.environ.get("MNIST_MIRROR") or REPO / "data/raw")
     if not all((folder / name).is_file() for name in FILES):
-        pytest.fail(f"the MNIST files are not in {folder}: set MNIST_MIRROR to a folder holding them or run dvc repro")
+        pytest.fail(
+            f"the MNIST files are not in {folder}: set MNIST_MIRROR to a folder holding them "
+            "or run dvc repro"
+        )
     return folder
 
 
@@ -50,7 +53,9 @@ def test_a_model_with_one_digit_damaged_is_kept_out_naming_the_digit(
         (damaged / name).symlink_to(clean / name)
     labels = read_idx(clean / TRAIN_LABELS).copy()
     chosen = labels == DAMAGED_DIGIT
-    labels[chosen] = np.random.default_rng(0).integers(0, 10, int(chosen.sum()))  # the 8s get random labels
+    labels[chosen] = np.random.default_rng(0).integers(
+        0, 10, int(chosen.sum())
+    )  # the 8s get random labels
     (damaged / TRAIN_LABELS).unlink()
     (damaged / TRAIN_LABELS).write_bytes(encode_idx(labels.astype(np.uint8)))
 
