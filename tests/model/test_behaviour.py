@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import predict
+from pipeline.__main__ import main as cli
 from pipeline.calibration import expected_calibration_error
 from pipeline.data import resize
 from pipeline.losses import probabilities
@@ -83,7 +83,7 @@ def test_predict_flags_uniform_noise_and_not_digits(trained, tmp_path, capsys) -
     for i in range(5):
         paths.append(tmp_path / f"digit{i}.png")
         Image.fromarray(trained.test_images[i].numpy()).save(paths[-1])
-    code = predict.cli([*map(str, paths), "--model", str(trained.checkpoint), "--json"])
+    code = cli(["predict", *map(str, paths), "--model", str(trained.checkpoint), "--json"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0
     assert [row["ood"] for row in rows] == [True] * 5 + [False] * 5
