@@ -320,3 +320,14 @@ def test_two_scheduled_retrains_leave_one_champion_and_explain_the_second(
         "champion": 1
     }
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+
+
+def test_each_input_size_has_its_own_registered_model_and_champion(mlflow_workdir: Path) -> None:
+    finished_run(0.97)
+    promote_stage()
+    finished_run(0.99, inputs=256, name="mnist-mlp-16x16")  # what train registers at image_size 16
+    promote.main(parse_params({"data": {"image_size": 16}}))
+    record = json.loads(PROMOTION_FILE.read_text())
+    assert (record["registered_model"], record["decision"]) == ("mnist-mlp-16x16", "promoted")
+    assert champion_version("mnist-mlp-16x16") == 1 and champion_version() == 1
+    assert tracking.registered_name("mnist-mlp", 28) == "mnist-mlp"
