@@ -115,6 +115,7 @@ WRITTEN_BY = {
     "METRICS_FILE": "evaluate",
     "PER_CLASS_FILE": "evaluate",
     "PREDICTIONS_FILE": "evaluate",
+    "OOD_REFERENCE_FILE": "evaluate",
     "FIGURES_DIR": "report",
     "REPORT_HTML_FILE": "report",
     "REPORT_MD_FILE": "report",
