@@ -12,34 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline import artifacts, promote, tracking
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.paths import METRICS_FILE, PREDICTIONS_FILE, PROMOTION_FILE
+from tests.helpers import answer_table, log_promotion_evidence
 
 NAME = "mnist-mlp"
-PER_DIGIT = 100
-
-
-def answers(wrong: dict[int, int]) -> pd.DataFrame:
-    """100 test images per digit, all right except the first `wrong[d]` of digit d (predicted as
-    d+1)."""
-    actual = np.repeat(np.arange(10), PER_DIGIT)
-    predicted = actual.copy()
-    for digit, count in wrong.items():
-        predicted[digit * PER_DIGIT : digit * PER_DIGIT + count] = (digit + 1) % 10
-    return pd.DataFrame(
-        {
-            "index": np.arange(len(actual)),
-            "actual": actual,
-            "predicted": predicted,
-            "confidence": 0.9,
-        }
-    )
 
 
 def finished_run(
@@ -54,21 +35,16 @@ def finished_run(
     and its test answers, the registered version, and the local metrics.json, predictions.csv and
     run reference."""
     import mlflow
-    from mlflow.models import Model, infer_signature
 
     tracking.configure()
     client = mlflow.MlflowClient()
     mlflow.set_experiment("mnist-mlp")
     METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    answers(wrong or {}).to_csv(PREDICTIONS_FILE, index=False)
+    table = answer_table(wrong)
+    table.to_csv(PREDICTIONS_FILE, index=False)
     with mlflow.start_run() as run:
-        if accuracy is not None:
-            mlflow.log_metrics({"test_accuracy": accuracy, "test_ece": ece})
-        signature = infer_signature(
-            np.zeros((2, inputs), np.float32), np.zeros((2, 10), np.float32)
-        )
-        mlflow.log_dict(Model(signature=signature).to_dict(), "model/MLmodel")
-        mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
+        pass
+    log_promotion_evidence(client, run.info.run_id, accuracy, ece, table, inputs)
     run_id = run.info.run_id
     if register:
         if not client.search_registered_models(f"name='{name}'"):
@@ -278,7 +254,7 @@ def test_answers_to_a_different_test_set_are_refused(mlflow_workdir: Path) -> No
     finished_run(0.9)
     promote_stage()
     finished_run(0.95)
-    answers({}).iloc[:-5].to_csv(PREDICTIONS_FILE, index=False)
+    answer_table().iloc[:-5].to_csv(PREDICTIONS_FILE, index=False)
     with pytest.raises(
         PipelineError, match=r"do not hold the same test labels.*evaluate both on the same test set"
     ):

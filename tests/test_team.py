@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from pipeline import registry_lock
-from tests.helpers import TINY_PIPELINE, free_port
+from tests.helpers import TINY_PIPELINE, answer_table, free_port, log_promotion_evidence
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts" / "stack.sh"
@@ -281,14 +281,23 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
 
 
 def finished_run(client, experiment_id: str, model: str, accuracy: float) -> str:
-    """What train and evaluate leave in the registry: a run with test_accuracy and its version."""
+    """What train and evaluate leave in the registry: a run with what promote compares (test
+    metrics, signature, per-image answers) and its version."""
     run = client.create_run(experiment_id)
-    client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+    log_promotion_evidence(client, run.info.run_id, accuracy)
     client.set_terminated(run.info.run_id)
     client.create_model_version(
         model, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
     )
     return run.info.run_id
+
+
+def promote_run(client, model: str, run_id: str, accuracy: float) -> dict:
+    """promote's decision for a run whose only difference from the champion is its accuracy."""
+    from pipeline import gate, promote
+
+    metrics = {"test_accuracy": accuracy, "test_ece": 0.003}
+    return promote.promote(client, model, run_id, metrics, answer_table(), gate.Settings())
 
 
 @pytest.mark.slow
@@ -299,8 +308,6 @@ def test_concurrent_promotions_always_end_on_the_better_version(
     REPETITIONS times; without the registry lock the worse one wins about half the time."""
     from mlflow import MlflowClient
 
-    from pipeline import promote
-
     url = use_stack(monkeypatch, stack)
     client = MlflowClient(url)
     tag = uuid.uuid4().hex[:8]
@@ -310,7 +317,7 @@ def test_concurrent_promotions_always_end_on_the_better_version(
         model = f"race-{tag}-{rep}"
         client.create_registered_model(model)
         base = finished_run(client, experiment, model, 0.5)
-        promote.promote(client, model, base, 0.5, 0.0)
+        promote_run(client, model, base, 0.5)
         worse, better = (
             finished_run(client, experiment, model, 0.7),
             finished_run(client, experiment, model, 0.9),
@@ -322,7 +329,7 @@ def test_concurrent_promotions_always_end_on_the_better_version(
         ) -> dict:
             own = MlflowClient(url)
             barrier.wait()
-            return promote.promote(own, model, run_id, accuracy, 0.0)
+            return promote_run(own, model, run_id, accuracy)
 
         with ThreadPoolExecutor(2) as pool:
             w, b = [
