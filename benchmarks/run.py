@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -389,7 +390,7 @@ def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean:
 
 def layer_sizes(arch: Architecture) -> list[tuple[int, int]]:
     sizes = [arch.input_size, *arch.hidden, 10]
-    return list(zip(sizes, sizes[1:]))
+    return list(itertools.pairwise(sizes))
 
 
 def epoch_flops(images: int, arch: Architecture) -> float:
@@ -566,7 +567,7 @@ def markdown_table(r: dict[str, Any]) -> str:
         (f"Matmul peak, all {r['peak_matmul_all_cores']['threads']} cores ({r['peak_matmul_all_cores']['size']}² "
          "float32), GFLOP/s; epoch bound at that rate, s",
          f"{fmt(r['peak_matmul_all_cores']['gflops'], 0)}; {fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}"),
-        ("`dvc repro` from raw files ({0}), s".format(", ".join(r["dvc_repro"]["stages"]) or "no stages"),
+        ("`dvc repro` from raw files ({}), s".format(", ".join(r["dvc_repro"]["stages"]) or "no stages"),
          fmt(r["dvc_repro"]["seconds"], 0)),
     ]
     rows += [(f"Peak RSS of `python -m pipeline {s['stage']}`, MiB", fmt(s["peak_rss_mb"], 0)) for s in r["stages"]]

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed_images_per_s": images / min(seed_s),
         "ours_images_per_s": images / min(ours_s),
         "speedup_vs_seed": min(seed_s) / min(ours_s),
-        "speedup_per_repeat": [s / o for s, o in zip(seed_s, ours_s)],
+        "speedup_per_repeat": [s / o for s, o in zip(seed_s, ours_s, strict=True)],
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

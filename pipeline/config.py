@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 
 from pipeline.errors import PipelineError
 
@@ -155,13 +156,15 @@ class Params(Section):
         return flat
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
     if error["type"] == "extra_forbidden":
         section, _, _ = key.rpartition(".")
         owner: type[BaseModel] = Params
         if section:
-            owner = Params.model_fields[section if section != "validate" else "validate_"].annotation
+            annotation = Params.model_fields[section if section != "validate" else "validate_"].annotation
+            assert isinstance(annotation, type) and issubclass(annotation, BaseModel)  # every section is one
+            owner = annotation
         allowed = ", ".join(f.alias or name for name, f in owner.model_fields.items())
         return f"{key} is not a known key (allowed: {allowed})"
     if error["type"] == "value_error":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +35,10 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> World:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> World:
         """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; a plain process is a world of one."""
-        env = os.environ if env is None else env
+        if env is None:
+            env = os.environ
         try:
             size = int(env.get("WORLD_SIZE", "1"))
             rank = int(env.get("RANK", "0"))
@@ -89,7 +90,8 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
     if keyword not in inspect.signature(ddp).parameters:
         keyword = "broadcast_buffers"
     device = next(model.parameters()).device
-    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **{keyword: False})
+    no_buffer_sync: dict[str, Any] = {keyword: False}
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
 
 
 def rows(count: int, batch: int, world: World) -> torch.Tensor:

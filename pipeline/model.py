@@ -42,6 +42,9 @@ class Architecture:
 
 
 class MLP(nn.Module):
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, arch: Architecture, mean: float, std: float) -> None:
         super().__init__()
         self.arch = arch
@@ -69,7 +72,7 @@ class MLP(nn.Module):
 
 
 @torch.no_grad()
-def model_outputs(model: MLP, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def model_outputs(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Raw model outputs for uint8 images [N, S, S], in batches to bound memory."""
     model.eval()
     return torch.cat([model(batch.float().div_(255)) for batch in images.split(batch_size)])

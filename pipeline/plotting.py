@@ -15,8 +15,10 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline.datasets import CLASSES  # noqa: E402
 
@@ -41,13 +43,21 @@ def digit_grid(images: np.ndarray, labels: np.ndarray, title: str, columns: int 
     fig = Figure(figsize=(1.2 * columns, 1.35 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     vmax = 255 if images.dtype == np.uint8 else 1.0
-    for ax, image, label in zip(axes.flat, images, labels):
+    # The grid may have more cells than images: those stay blank.
+    for ax, image, label in zip(axes.flat, images, labels, strict=False):
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_title(f"label {label}", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title, fontsize=12)
     return fig
+
+
+def _integer_epochs(ax: Axes) -> None:
+    """Ticks only at whole epochs on the x axis."""
+    locator = ax.xaxis.get_major_locator()
+    assert isinstance(locator, MaxNLocator)  # matplotlib's default, AutoLocator, is one
+    locator.set_params(integer=True)
 
 
 def learning_curves(history: pd.DataFrame) -> Figure:
@@ -63,7 +73,7 @@ def learning_curves(history: pd.DataFrame) -> Figure:
         ax.set_title(f"{name} per epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _integer_epochs(ax)
     fig.suptitle("Learning curves", fontsize=12)
     return fig
 
@@ -109,7 +119,8 @@ def mistakes(
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, true, pred, p_pred, p_true in zip(axes.flat, images, actual, predicted, p_predicted, p_actual):
+    cells = zip(axes.flat, images, actual, predicted, p_predicted, p_actual, strict=False)  # spare cells blank
+    for ax, image, true, pred, p_pred, p_true in cells:
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(f"true {true}, predicted {pred}\np({pred})={p_pred:.2f}, p({true})={p_true:.2f}", fontsize=9)
     fig.suptitle(f"The {len(images)} most confident mistakes on the test set", fontsize=12)
@@ -189,7 +200,7 @@ def gradient_norms(norms: pd.DataFrame) -> Figure:
     ax.set_title("Gradient norm per layer")
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="layer")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _integer_epochs(ax)
     return fig
 
 

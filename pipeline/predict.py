@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from pipeline.losses import probabilities
 from pipeline.model import checkpoint_field, load_checkpoint, model_from_checkpoint, model_outputs
 from pipeline.ood import OodReference, check, read_reference
 from pipeline.paths import OOD_REFERENCE_FILE
+
+if TYPE_CHECKING:  # mlflow is imported only where it is used, to keep start-up short
+    from mlflow.models.model import ModelInfo
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 MNIST_SIZE = 28
@@ -102,7 +106,7 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def signature_image_size(info) -> int | None:
+def signature_image_size(info: ModelInfo) -> int | None:
     """S from the logged input signature [-1, S*S]; None if the model takes anything else."""
     inputs = info.signature.inputs.to_dict() if info.signature else []
     shape = inputs[0].get("tensor-spec", {}).get("shape") if len(inputs) == 1 else None
@@ -267,7 +271,7 @@ def predict_file(predictor: Predictor, path: str) -> list[Prediction]:
     return [
         Prediction(path, index, int(label), float(conf), flags[i].ood if flags else None,
                    flags[i].reason if flags else None)
-        for i, (index, label, conf) in enumerate(zip(positions, labels.tolist(), confidence.tolist()))
+        for i, (index, label, conf) in enumerate(zip(positions, labels.tolist(), confidence.tolist(), strict=True))
     ]
 
 

@@ -68,7 +68,7 @@ class Inputs:
     predictions: pd.DataFrame
     history: pd.DataFrame
     grad_norms: pd.DataFrame
-    checksums: dict[str, Any]
+    checksums: artifacts.Checksums
     validation: dict[str, Any]
     ood_reference: ood.OodReference | None
 
@@ -285,7 +285,9 @@ def tsne_figure(d: FigureData) -> Figure:
 
 def first_layer_weights_figure(d: FigureData) -> Figure:
     model = d.inputs.model
-    weights = model.hidden[0].weight.detach().numpy()[:WEIGHT_UNITS]
+    first = model.hidden[0]
+    assert isinstance(first, torch.nn.Linear)  # MLP starts with one
+    weights = first.weight.detach().numpy()[:WEIGHT_UNITS]
     return (
         FigureDoc("first_layer_weights.png", "First-layer weights",
                   "Each tile is one hidden unit's input weights on the image grid (red excites, blue inhibits); "

@@ -38,7 +38,7 @@ def score(
     """Outputs, mean loss and top-1 accuracy on un-augmented uint8 images [N, S, S], in eval mode."""
     model.eval()
     loss_sum, hits, outputs = 0.0, 0, []
-    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
         with autocast(x.device, amp):
             scores = model(x.float().div_(255)).float()
         loss_sum += float(loss(scores, y)) * len(y)

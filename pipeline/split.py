@@ -53,7 +53,7 @@ def summary(labels: np.ndarray, train: np.ndarray, valid: np.ndarray, params: Pa
 
     def per_class(index: np.ndarray) -> dict[str, int]:
         counts = np.searchsorted(classes, labels[index])
-        return {str(c): int(k) for c, k in zip(classes, np.bincount(counts, minlength=len(classes)))}
+        return {str(c): int(k) for c, k in zip(classes, np.bincount(counts, minlength=len(classes)), strict=True)}
 
     return {
         "valid_fraction": params.split.valid_fraction,

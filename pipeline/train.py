@@ -213,6 +213,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
     tracking.log_model(model, example, tracking.registered_name(params.mlflow.registered_model, params.data.image_size))
     run = mlflow.active_run()
+    assert run is not None  # rank 0 trains inside the run that tracking_run opened
     artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)

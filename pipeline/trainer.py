@@ -85,7 +85,9 @@ def make_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimize
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainParams, steps_per_epoch: int):
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Stepped once per batch; `none` keeps train.lr throughout."""
     total = steps_per_epoch * train.epochs
     if train.lr_schedule == "cosine":
@@ -174,7 +176,7 @@ class Trainer:
                 losses, sizes, predictions = [], [], []
                 whole = [min(batch, len(index) - first) for first in range(0, len(index), batch)]
                 offset = 0
-                for size, batch_size in zip(distributed.local_sizes(len(index), batch, world), whole):
+                for size, batch_size in zip(distributed.local_sizes(len(index), batch, world), whole, strict=True):
                     x, y = pixels[offset : offset + size], labels[offset : offset + size]
                     offset += size
                     loss, predicted = self._step(x, y, size * world.size / batch_size, norm_sum)
@@ -195,7 +197,7 @@ class Trainer:
                 progress.update(len(losses))
         distributed.all_sum(hits, world)
         norms = (norm_sum / steps).tolist()  # of the averaged gradients: the same on every rank
-        return float(loss_sum) / n, int(hits) / n, dict(zip(self.layers, norms))
+        return float(loss_sum) / n, int(hits) / n, dict(zip(self.layers, norms, strict=True))
 
     def _step(
         self, x: torch.Tensor, y: torch.Tensor, share: float, norm_sum: torch.Tensor

@@ -275,6 +275,12 @@ def _errors(info: dict[str, Any] | None) -> list[str]:
     return list(dict.fromkeys(m for value in info.values() if isinstance(value, dict) for m in _errors(value)))
 
 
+def _expectation_name(meta: dict[str, Any] | None) -> str:
+    """The stable name `_expect` puts in each expectation's meta; GX copies it into the result."""
+    assert meta is not None
+    return str(meta["name"])
+
+
 def _entry(table: str, outcome: Any) -> dict[str, Any]:
     config = outcome.expectation_config
     error = "; ".join(_errors(outcome.exception_info))
@@ -357,8 +363,8 @@ def run_checks(tables: dict[str, pd.DataFrame], expected: Expected, docs_dir: Pa
         if ROW_IDS[table]:
             result_format["unexpected_index_column_names"] = ROW_IDS[table]
         result = definition.run(batch_parameters={"dataframe": tables[table]}, result_format=result_format, run_id=run_id)
-        by_name = {outcome.expectation_config.meta["name"]: outcome for outcome in result.results}
-        entries += [_entry(table, by_name[e.meta["name"]]) for e in expectations]
+        by_name = {_expectation_name(outcome.expectation_config.meta): outcome for outcome in result.results}
+        entries += [_entry(table, by_name[_expectation_name(e.meta)]) for e in expectations]
     if docs_dir is not None:
         _build_docs(context, docs_dir, entries)
     return entries
