@@ -564,31 +564,36 @@ def markdown_table(r: dict[str, Any]) -> str:
         (f"Matmul lower bound on an epoch at batch {best}, s", fmt(r["limit_epoch_seconds"], 2, missing="n/a")),
         (f"Ours at batch {best} / lower bound, wall (CPU) time", f"{fmt(r['ratio_to_limit'], 1, 'x', 'n/a')} "
                                                                 f"({fmt(r['ratio_to_limit_cpu'], 1, 'x', 'n/a')})"),
-        (f"Matmul peak, all {r['peak_matmul_all_cores']['threads']} cores ({r['peak_matmul_all_cores']['size']}² "
-         "float32), GFLOP/s; epoch bound at that rate, s",
-         f"{fmt(r['peak_matmul_all_cores']['gflops'], 0)}; {fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}"),
+        (f"Matmul peak, all {r['peak_matmul_all_cores']['threads']} cores "
+         f"({r['peak_matmul_all_cores']['size']}² float32), GFLOP/s; epoch bound at that "
+         "rate, s",
+         f"{fmt(r['peak_matmul_all_cores']['gflops'], 0)}; "
+         f"{fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}"),
         ("`dvc repro` from raw files ({}), s".format(", ".join(r["dvc_repro"]["stages"]) or "no stages"),
          fmt(r["dvc_repro"]["seconds"], 0)),
     ]
     rows += [(f"Peak RSS of `python -m pipeline {s['stage']}`, MiB", fmt(s["peak_rss_mb"], 0)) for s in r["stages"]]
     lines = ["| measurement | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
-    lines.append("| batch size | lr, schedule | test accuracy | epoch, s (CPU s) | matmul bound, s (CPU s) | matmul GFLOP/s |")
+    lines.append("| batch size | lr, schedule | test accuracy | epoch, s (CPU s) "
+                 "| matmul bound, s (CPU s) | matmul GFLOP/s |")
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for run in r["batch_runs"]:
         limit = r["limits"][str(run["batch_size"])]
         lines.append(
-            f"| {run['batch_size']} | {run['lr']:.2g}, {run['lr_schedule']} | {run['test_accuracy']:.4f} "
-            f"| {run['epoch_seconds']:.2f} ({run['epoch_cpu_seconds']:.2f}) "
-            f"| {limit['limit_epoch_seconds']:.2f} ({limit['limit_epoch_cpu_seconds']:.2f}) | {limit['gflops']:.0f} |"
+            f"| {run['batch_size']} | {run['lr']:.2g}, {run['lr_schedule']} | "
+            f"{run['test_accuracy']:.4f} | {run['epoch_seconds']:.2f} "
+            f"({run['epoch_cpu_seconds']:.2f}) | {limit['limit_epoch_seconds']:.2f} "
+            f"({limit['limit_epoch_cpu_seconds']:.2f}) | {limit['gflops']:.0f} |"
         )
     lines += ["", *breakdown_table(r["throughput"]), "", *startup_table(r["dvc_repro"])]
     machine = r["machine"]
     load = machine["loadavg"]
     lines += ["", (
-        f"Measured by `{r['command']}` on {machine['cpu_count']} CPU cores ({machine['model']}; torch CPU "
-        f"capability {machine['torch_cpu_capability']}), torch {machine['torch']}, {r['threads']} thread(s), "
-        f"{r['finished']}; 1-minute load average {load['start']:.1f} at the start, "
-        f"{max(load.values()):.1f} at most, {load['end']:.1f} at the end."
+        f"Measured by `{r['command']}` on {machine['cpu_count']} CPU cores "
+        f"({machine['model']}; torch CPU capability {machine['torch_cpu_capability']}), "
+        f"torch {machine['torch']}, {r['threads']} thread(s), {r['finished']}; 1-minute load "
+        f"average {load['start']:.1f} at the start, {max(load.values()):.1f} at most, "
+        f"{load['end']:.1f} at the end."
     )]
     return "\n".join(lines)
 
@@ -596,7 +601,8 @@ def markdown_table(r: dict[str, Any]) -> str:
 def breakdown_table(speed: dict[str, Any]) -> list[str]:
     """Where an epoch of each loop goes (the fastest timed repeat; timers add a little)."""
     parts = speed["breakdown_seconds"]
-    lines = [f"| part of an epoch ({speed['images']:,} images, batch 64), s (share) | reference loop | ours |",
+    lines = [f"| part of an epoch ({speed['images']:,} images, batch 64), s (share) | reference loop "
+             "| ours |",
              "| --- | --- | --- |"]
     for phase in (*PHASES, "other", "total"):
         cells = [f"{parts[loop][phase]:.2f} ({parts[loop][phase] / parts[loop]['total']:.0%})" for loop in ("reference", "ours")]
@@ -608,13 +614,13 @@ def startup_table(repro: dict[str, Any]) -> list[str]:
     """`python -m pipeline <stage>` runs split into start-up and work, and what `dvc repro` adds."""
     rows = repro.get("per_stage", [])
     lines = ["| stage | run alone, s | start-up (imports), s (CPU s) | work, s |", "| --- | --- | --- | --- |"]
-    lines += [f"| {row['stage']} | {row['seconds']:.1f} | {row['startup_seconds']:.2f} ({row['startup_cpu_seconds']:.2f}) "
-              f"| {row['work_seconds']:.1f} |" for row in rows]
+    lines += [f"| {row['stage']} | {row['seconds']:.1f} | {row['startup_seconds']:.2f} "
+              f"({row['startup_cpu_seconds']:.2f}) | {row['work_seconds']:.1f} |" for row in rows]
     if rows and repro.get("seconds"):
         total = sum(row["seconds"] for row in rows)
         startup = sum(row["startup_seconds"] for row in rows)
-        lines.append(f"| all, run alone (`dvc repro`: {repro['seconds']:.0f}) | {total:.1f} | {startup:.1f} | "
-                     f"{total - startup:.1f} |")
+        lines.append(f"| all, run alone (`dvc repro`: {repro['seconds']:.0f}) | {total:.1f} | "
+                     f"{startup:.1f} | {total - startup:.1f} |")
     return lines
 
 
@@ -622,7 +628,8 @@ def update_page(page: Path, table: str) -> None:
     text = page.read_text()
     start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
-        raise SystemExit(f"error: {page} lacks the {TABLE_START} ... {TABLE_END} markers; add them where the table goes")
+        raise SystemExit(f"error: {page} lacks the {TABLE_START} ... {TABLE_END} markers; add them where the "
+                         "table goes")
     atomic.write_text(page, text[: start + len(TABLE_START)] + "\n" + table + "\n" + text[end:])
 
 
@@ -659,7 +666,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stages = stage_memory(stages_dir, env)
         ran = {s.stage for s in stages if s.returncode == 0}
         if not {"download", "stats", "split"} <= ran:
-            raise SystemExit("error: download, stats and split must succeed for the benchmarks; see the lines above")
+            raise SystemExit("error: download, stats and split must succeed for the benchmarks; see the "
+                             "lines above")
         print("== start-up (interpreter and imports) of each stage", file=sys.stderr)
         load["startup"] = os.getloadavg()[0]
         startup = startup_vs_work(stages_dir, env, [s for s in stages if s.returncode == 0], repeats)
@@ -685,7 +693,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 run = training_run(stages_dir, params, env, f"bench-b{b}")
             run["epoch_seconds"], run["epoch_cpu_seconds"] = epoch_seconds(train, params, mean, std, repeats)
-            print(f"  batch {b}: test accuracy {run['test_accuracy']:.4f}, epoch {run['epoch_seconds']:.2f} s",
+            print(f"  batch {b}: test accuracy {run['test_accuracy']:.4f}, epoch "
+                  f"{run['epoch_seconds']:.2f} s",
                   file=sys.stderr)
             batch_runs.append(run)
         b64 = batch_runs[0]

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"stage": stage, **{f"{tree}_{kind}": best[tree, stage][i] for tree in trees
                                 for i, kind in enumerate(("seconds", "cpu_seconds"))}} for stage in STAGES]
     for row in rows:
-        print(f"{row['stage']:>9}: {row['before_seconds']:.2f} s ({row['before_cpu_seconds']:.2f} CPU) -> "
-              f"{row['after_seconds']:.2f} s ({row['after_cpu_seconds']:.2f} CPU)")
+        print(f"{row['stage']:>9}: {row['before_seconds']:.2f} s ({row['before_cpu_seconds']:.2f} "
+              f"CPU) -> {row['after_seconds']:.2f} s ({row['after_cpu_seconds']:.2f} CPU)")
     result = {
         "command": f"python benchmarks/startup.py --before {revision}" + (
             f" --repeats {args.repeats}" if args.repeats != 5 else ""),

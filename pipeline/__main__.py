@@ -48,13 +48,15 @@ def parser() -> argparse.ArgumentParser:
         "predict",
         parents=[params],
         help="the digit in each picture or IDX image (pipeline/predict.py)",
-        description="Predict the digit in each image (PNG, JPEG, ...) or in each image of an IDX file.",
+        description="Predict the digit in each image (PNG, JPEG, ...) or in each image of an "
+                    "IDX file.",
     )
     predict.add_argument("paths", nargs="+", metavar="PATH", help="picture or IDX images file")
     predict.add_argument(
         "--model",
         default=str(MODEL_FILE),
-        help=f"checkpoint file or MLflow URI such as models:/mnist-mlp@champion (default: {MODEL_FILE})",
+        help="checkpoint file or MLflow URI such as models:/mnist-mlp@champion (default: "
+             f"{MODEL_FILE})",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per prediction per line (JSON Lines)")
     return main

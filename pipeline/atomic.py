@@ -59,7 +59,8 @@ def _unwritable(path: Path, exc: OSError) -> PipelineError:
         return PipelineError(f"cannot write {path}: it is a folder, not a file; move it away and rerun the stage")
     blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        return PipelineError(f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the stage")
+        return PipelineError(f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the "
+                             "stage")
     return PipelineError(
         f"cannot write {path}: {path.parent} is not writable ({exc.strerror or exc}); "
         "fix its permissions and rerun the stage"

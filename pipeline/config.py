@@ -44,9 +44,9 @@ class DataParams(Section):
             parts = urllib.parse.urlsplit(mirror)
             if parts.username is not None or parts.password is not None:
                 raise ValueError(
-                    f"entry {i} carries credentials (user:password@), which would be committed with "
-                    "params.yaml and dvc.lock and logged to MLflow; give that URL in the MNIST_MIRROR "
-                    "environment variable instead"
+                    f"entry {i} carries credentials (user:password@), which would be committed "
+                    "with params.yaml and dvc.lock and logged to MLflow; give that URL in the "
+                    "MNIST_MIRROR environment variable instead"
                 )
         return value
 

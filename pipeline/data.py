@@ -40,8 +40,8 @@ def _pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]
         raise PipelineError(f"{labels_path}: expected uint8 labels [N], got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
         raise PipelineError(
-            f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels; "
-            "re-run the download stage"
+            f"{images_path.name} has {len(images)} images but {labels_path.name} has "
+            f"{len(labels)} labels; re-run the download stage"
         )
     return images, labels
 

@@ -45,7 +45,8 @@ class World:
             local = int(env.get("LOCAL_RANK", str(rank)))
         except ValueError:
             raise PipelineError(
-                "RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun, which sets them"
+                "RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun, which "
+                "sets them"
             ) from None
         if size < 1 or not 0 <= rank < size or local < 0:
             raise PipelineError(f"RANK={rank} does not fit WORLD_SIZE={size}; launch with torchrun, which sets them")
@@ -59,7 +60,8 @@ def device_for(world: World, device: torch.device) -> torch.device:
     if world.local_rank >= torch.cuda.device_count():
         raise PipelineError(
             f"LOCAL_RANK {world.local_rank} needs GPU {world.local_rank} but this machine has "
-            f"{torch.cuda.device_count()}; start at most that many processes per node (--nproc_per_node)"
+            f"{torch.cuda.device_count()}; start at most that many processes per node "
+            "(--nproc_per_node)"
         )
     torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)

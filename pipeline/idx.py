@@ -48,7 +48,8 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise PipelineError(
-            f"{name}: truncated IDX header ({ndim} dimensions need {header_len} bytes, found {len(data)})"
+            f"{name}: truncated IDX header ({ndim} dimensions need {header_len} bytes, found "
+            f"{len(data)})"
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = _DTYPES[code]

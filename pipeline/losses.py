@@ -32,7 +32,8 @@ LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
 
 def _check(name: str) -> None:
     if name not in LOSSES:
-        raise PipelineError(f"unknown loss {name!r} (known: {', '.join(LOSSES)}); retrain the model with this pipeline")
+        raise PipelineError(f"unknown loss {name!r} (known: {', '.join(LOSSES)}); retrain the model with this "
+                            "pipeline")
 
 
 def loss_fn(name: str) -> LossFn:

@@ -127,18 +127,20 @@ def load_logged(uri: str) -> Predictor:
         info = mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as exc:
         raise PipelineError(
-            f"cannot find {uri} in {tracking.tracking_uri()} ({first_line(exc)}); check the name and alias or "
-            "version (e.g. models:/mnist-mlp@champion) and MLFLOW_TRACKING_URI"
+            f"cannot find {uri} in {tracking.tracking_uri()} ({first_line(exc)}); check the name "
+            "and alias or version (e.g. models:/mnist-mlp@champion) and MLFLOW_TRACKING_URI"
         ) from None
     try:
         graph = mlflow.pytorch.load_model(uri, map_location="cpu")
     except (MlflowException, OSError) as exc:
         raise PipelineError(
-            f"cannot load {uri} ({first_line(exc)}); only models logged by this pipeline's train stage load"
+            f"cannot load {uri} ({first_line(exc)}); only models logged by this pipeline's train "
+            "stage load"
         ) from None
     size = signature_image_size(info)
     if size is None:
-        raise PipelineError(f"{uri} has no [-1, S*S] tensor signature, so it is not this pipeline's MLP; pick another version")
+        raise PipelineError(f"{uri} has no [-1, S*S] tensor signature, so it is not this pipeline's MLP; pick "
+                            "another version")
     loss = mlflow.MlflowClient().get_run(info.run_id).data.params.get("train.loss") if info.run_id else None
     if loss is None:
         raise PipelineError(f"{uri} comes from a run without the train.loss param; log it with the train stage")
@@ -229,8 +231,8 @@ def idx_images(data: bytes) -> np.ndarray:
         array = array[None]
     if array.ndim != 3 or array.dtype != np.uint8:
         raise PipelineError(
-            f"holds {array.dtype} data of shape {array.shape}, not uint8 images [N, H, W]; pass an images file "
-            "(e.g. t10k-images-idx3-ubyte.gz), not a labels file"
+            f"holds {array.dtype} data of shape {array.shape}, not uint8 images [N, H, W]; pass "
+            "an images file (e.g. t10k-images-idx3-ubyte.gz), not a labels file"
         )
     return array
 

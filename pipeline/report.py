@@ -80,8 +80,8 @@ def load_inputs() -> Inputs:
     predictions = artifacts.read_predictions()
     if len(predictions) != len(data.test_labels):
         raise PipelineError(
-            f"{PREDICTIONS_FILE} has {len(predictions)} rows but the test set {len(data.test_labels)} images; "
-            "rerun dvc repro evaluate"
+            f"{PREDICTIONS_FILE} has {len(predictions)} rows but the test set "
+            f"{len(data.test_labels)} images; rerun dvc repro evaluate"
         )
     return Inputs(
         model=model,
@@ -125,8 +125,8 @@ def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     """Barnes-Hut t-SNE after PCA to 50 dimensions: ~20 s for 5,000 points on 2 cores."""
     if perplexity >= len(features):
         raise PipelineError(
-            f"report.tsne_perplexity ({perplexity:g}) must be below the number of t-SNE points ({len(features)}); "
-            "lower it or raise report.tsne_samples"
+            f"report.tsne_perplexity ({perplexity:g}) must be below the number of t-SNE points "
+            f"({len(features)}); lower it or raise report.tsne_samples"
         )
     if features.shape[1] > TSNE_PCA_DIMS:
         features = PCA(n_components=min(TSNE_PCA_DIMS, len(features)), random_state=seed).fit_transform(features)
@@ -213,8 +213,9 @@ def augmented_digits_figure(d: FigureData) -> Figure:
 def learning_curves_figure(d: FigureData) -> Figure:
     return (
         FigureDoc("learning_curves.png", "Learning curves",
-                  "Validation loss rising while training loss keeps falling means overfitting; train values are "
-                  "averaged over augmented batches while the weights change, so they can sit above validation."),
+                  "Validation loss rising while training loss keeps falling means overfitting; train "
+                  "values are averaged over augmented batches while the weights change, so they can "
+                  "sit above validation."),
         plotting.learning_curves(d.inputs.history),
     )
 
@@ -222,7 +223,8 @@ def learning_curves_figure(d: FigureData) -> Figure:
 def confusion_counts_figure(d: FigureData) -> Figure:
     return (
         FigureDoc("confusion_counts.png", "Confusion matrix (counts)",
-                  "Rows are true digits and columns predictions, so every off-diagonal cell counts one kind of error."),
+                  "Rows are true digits and columns predictions, so every off-diagonal cell counts "
+                  "one kind of error."),
         plotting.confusion(d.confusion, normalized=False),
     )
 
@@ -230,8 +232,8 @@ def confusion_counts_figure(d: FigureData) -> Figure:
 def confusion_normalized_figure(d: FigureData) -> Figure:
     return (
         FigureDoc("confusion_normalized.png", "Confusion matrix (normalised)",
-                  "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells compare across "
-                  "digits of different frequency."),
+                  "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells "
+                  "compare across digits of different frequency."),
         plotting.confusion(d.confusion, normalized=True),
     )
 
@@ -246,8 +248,8 @@ def mistakes_figure(d: FigureData) -> Figure:
     rows = np.arange(len(worst))
     return (
         FigureDoc("mistakes.png", "Most confident mistakes",
-                  "The test errors the model was surest of, worst first; p(d) is the probability it gives digit d, and "
-                  "such digits are often ambiguous even to a person."),
+                  "The test errors the model was surest of, worst first; p(d) is the probability it "
+                  "gives digit d, and such digits are often ambiguous even to a person."),
         plotting.mistakes(data.test_images[index].numpy(), worst["actual"].to_numpy(), worst["predicted"].to_numpy(),
                           probs[rows, worst["predicted"].to_numpy()], probs[rows, worst["actual"].to_numpy()]),
     )
@@ -258,8 +260,8 @@ def pca_figure(d: FigureData) -> Figure:
     width = d.features.shape[1]
     return (
         FigureDoc("pca.png", "PCA of the last hidden layer",
-                  "The two directions of largest variance of the last hidden layer on the test set: digits that "
-                  "already separate here are linearly easy for the output layer."),
+                  "The two directions of largest variance of the last hidden layer on the test set: "
+                  "digits that already separate here are linearly easy for the output layer."),
         plotting.embedding_scatter(points, d.inputs.data.test_labels.numpy(), f"PCA of the last hidden layer "
                                    f"({width} units), {len(points):,} test images", f"PC1 ({ratio[0]:.0%} of variance)",
                                    f"PC2 ({ratio[1]:.0%} of variance)"),
@@ -274,9 +276,9 @@ def tsne_figure(d: FigureData) -> Figure:
     log(f"report: t-SNE on {len(sample):,} points took {time.perf_counter() - started:.1f} s")
     return (
         FigureDoc("tsne.png", "t-SNE of the last hidden layer",
-                  f"A nonlinear 2-D map of the same layer for {len(sample):,} test images: compact, separate clusters "
-                  "mean well-separated digits, and points inside another digit's cluster are likely errors (distances "
-                  "between clusters mean little)."),
+                  f"A nonlinear 2-D map of the same layer for {len(sample):,} test images: compact, "
+                  "separate clusters mean well-separated digits, and points inside another digit's "
+                  "cluster are likely errors (distances between clusters mean little)."),
         plotting.embedding_scatter(embedded, d.inputs.data.test_labels.numpy()[sample], f"t-SNE of the last hidden "
                                    f"layer, {len(sample):,} test images (perplexity {r.tsne_perplexity:g})",
                                    "t-SNE 1", "t-SNE 2"),
@@ -290,8 +292,9 @@ def first_layer_weights_figure(d: FigureData) -> Figure:
     weights = first.weight.detach().numpy()[:WEIGHT_UNITS]
     return (
         FigureDoc("first_layer_weights.png", "First-layer weights",
-                  "Each tile is one hidden unit's input weights on the image grid (red excites, blue inhibits); "
-                  "stroke-like blobs are learned detectors, salt-and-pepper tiles are units that learned little."),
+                  "Each tile is one hidden unit's input weights on the image grid (red excites, blue "
+                  "inhibits); stroke-like blobs are learned detectors, salt-and-pepper tiles are "
+                  "units that learned little."),
         plotting.first_layer_weights(weights, model.arch.image_size),
     )
 
@@ -299,8 +302,8 @@ def first_layer_weights_figure(d: FigureData) -> Figure:
 def per_class_accuracy_figure(d: FigureData) -> Figure:
     return (
         FigureDoc("per_class_accuracy.png", "Per-class accuracy",
-                  "The share of each digit's test images classified correctly; bars below the dashed overall line "
-                  "are the hardest digits."),
+                  "The share of each digit's test images classified correctly; bars below the dashed "
+                  "overall line are the hardest digits."),
         plotting.per_class_accuracy(d.inputs.per_class, float(d.inputs.metrics["test_accuracy"])),
     )
 
@@ -308,8 +311,9 @@ def per_class_accuracy_figure(d: FigureData) -> Figure:
 def grad_norms_figure(d: FigureData) -> Figure:
     return (
         FigureDoc("grad_norms.png", "Gradient norms",
-                  "Mean gradient norm of each layer's weights per epoch on a log scale: steady lines are healthy, "
-                  "while a layer falling orders of magnitude below the others signals vanishing gradients."),
+                  "Mean gradient norm of each layer's weights per epoch on a log scale: steady lines "
+                  "are healthy, while a layer falling orders of magnitude below the others signals "
+                  "vanishing gradients."),
         plotting.gradient_norms(d.inputs.grad_norms),
     )
 
@@ -412,20 +416,24 @@ def summary(inputs: Inputs, params: Params) -> list[Section]:
         Section(
             "Result",
             [
-                f"Test accuracy {_pct(accuracy)} against the reference notebook's {_pct(REFERENCE_ACCURACY)} "
-                f"({delta:+.2f} percentage points); {int(m.get('test_errors', 0)):,} of "
-                f"{len(inputs.predictions):,} test images misclassified.",
-                f"Test loss {m['test_loss']:.4f}; validation accuracy {_pct(float(m['valid_accuracy']))} "
-                f"(loss {m['valid_loss']:.4f}); macro-F1 {m['macro_f1']:.4f}.",
-                f"Training time {seconds:.1f} s over {len(inputs.history)} epochs; the kept weights are from epoch "
-                f"{inputs.best_epoch} (lowest validation loss), trained with the {inputs.loss_name} loss.",
+                f"Test accuracy {_pct(accuracy)} against the reference notebook's "
+                f"{_pct(REFERENCE_ACCURACY)} ({delta:+.2f} percentage points); "
+                f"{int(m.get('test_errors', 0)):,} of {len(inputs.predictions):,} test images "
+                "misclassified.",
+                f"Test loss {m['test_loss']:.4f}; validation accuracy "
+                f"{_pct(float(m['valid_accuracy']))} (loss {m['valid_loss']:.4f}); macro-F1 "
+                f"{m['macro_f1']:.4f}.",
+                f"Training time {seconds:.1f} s over {len(inputs.history)} epochs; the kept "
+                f"weights are from epoch {inputs.best_epoch} (lowest validation loss), trained "
+                f"with the {inputs.loss_name} loss.",
             ],
         ),
         Section(
             "Data",
             [
-                f"Dataset {inputs.checksums['dataset']}; data checks {'passed' if v['success'] else 'FAILED'} "
-                f"({passed} of {len(checks)} expectations) on {counts} images.",
+                f"Dataset {inputs.checksums['dataset']}; data checks "
+                f"{'passed' if v['success'] else 'FAILED'} ({passed} of {len(checks)} "
+                f"expectations) on {counts} images.",
             ],
             Table(["file", "bytes", "MD5", "SHA-256"],
                   [[name, f"{entry.get('bytes', 0):,}", entry.get("md5", ""), entry.get("sha256", "")]

@@ -38,8 +38,9 @@ def split_indices(labels: np.ndarray, cfg: SplitParams) -> tuple[np.ndarray, np.
     n_valid = cfg.valid_count(n)
     if not 0 < n_valid < n:
         raise PipelineError(
-            f"split.valid_fraction {cfg.valid_fraction} of {n} training images leaves {n_valid} for validation "
-            f"and {n - n_valid} for training; choose a fraction that leaves both non-empty"
+            f"split.valid_fraction {cfg.valid_fraction} of {n} training images leaves {n_valid} "
+            f"for validation and {n - n_valid} for training; choose a fraction that leaves both "
+            "non-empty"
         )
     rng = np.random.default_rng(cfg.seed)
     valid = _stratified_valid(labels, n_valid, rng) if cfg.stratify else rng.permutation(n)[:n_valid]

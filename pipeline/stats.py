@@ -45,4 +45,5 @@ def main(params: Params) -> None:
         "mean": moments["mean"], "std": moments["std"], "image_size": size, "count": len(images)
     }
     artifacts.write_stats(stats)
-    log(f"stats: mean {stats['mean']:.6f}, std {stats['std']:.6f} over {len(images):,} images at {size}x{size}")
+    log(f"stats: mean {stats['mean']:.6f}, std {stats['std']:.6f} over {len(images):,} images at "
+        f"{size}x{size}")

@@ -51,8 +51,8 @@ def read_stats(image_size: int) -> tuple[float, float]:
     stats = artifacts.read_stats()
     if stats.get("image_size") != image_size:
         raise PipelineError(
-            f"{STATS_FILE} is for image_size {stats.get('image_size')} but data.image_size is {image_size}; "
-            "run dvc repro stats"
+            f"{STATS_FILE} is for image_size {stats.get('image_size')} but data.image_size is "
+            f"{image_size}; run dvc repro stats"
         )
     if not stats.get("std", 0) > 0:
         raise PipelineError(f"{STATS_FILE} has std {stats.get('std')!r}; the images are constant, check data/raw")
@@ -135,7 +135,8 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
     tags = run_tags(inputs.dataset_md5)
     with tracking.start_run(params.mlflow.experiment, params.flat(), tags, state.mlflow_run_id) as run:
         if state.mlflow_run_id not in (None, run.info.run_id):
-            log(f"MLflow run {state.mlflow_run_id} of the interrupted training is gone; logging to a new run")
+            log(f"MLflow run {state.mlflow_run_id} of the interrupted training is gone; logging "
+                "to a new run")
         state.mlflow_run_id = run.info.run_id
         yield
 
@@ -217,8 +218,8 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)
-    log(f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy {best.valid_accuracy:.4f}; "
-        f"saved {MODEL_FILE}, MLflow run {run.info.run_id}")
+    log(f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy "
+        f"{best.valid_accuracy:.4f}; saved {MODEL_FILE}, MLflow run {run.info.run_id}")
 
 
 def main(params: Params) -> None:

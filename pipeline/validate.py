@@ -94,8 +94,9 @@ def read_raw(raw_dir: Path) -> RawData:
         images, labels = read_idx(raw_dir / images_name), read_idx(raw_dir / labels_name)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise PipelineError(
-                f"{raw_dir}: {images_name} {images.shape} and {labels_name} {labels.shape} are not "
-                "N images [N, H, W] with N labels [N]; fix the source files and re-run the download stage"
+                f"{raw_dir}: {images_name} {images.shape} and {labels_name} {labels.shape} are "
+                "not N images [N, H, W] with N labels [N]; fix the source files and re-run the "
+                "download stage"
             )
         arrays += [images, labels]
     return RawData(*arrays)
@@ -222,7 +223,8 @@ def suites(expected: Expected) -> dict[str, list[gxe.Expectation]]:
         "images": images,
         "class_shares": [
             _expect("class_share_within_tolerance",
-                    f"each class's share of each split is within {tolerance} of its share of the training set",
+                    f"each class's share of each split is within {tolerance} of its share of the "
+                    "training set",
                     gxe.ExpectColumnValuesToBeBetween, column="share_gap", max_value=tolerance),
         ],
         "training_indices": [
@@ -418,12 +420,14 @@ def main(params: Params) -> None:
     counts = ", ".join(f"{report['counts'][s]:,} {s}" for s in SPLITS)
     passed = sum(entry["success"] for entry in report["expectations"])
     log(f"validate: {passed}/{len(report['expectations'])} expectations passed on {counts}")
-    log(f"validate: {report['reported']['test_train_duplicates']} test images duplicate a training image (reported only)")
+    log(f"validate: {report['reported']['test_train_duplicates']} test images duplicate a "
+        "training image (reported only)")
     failed = failures(report)
     for entry in failed:
         log(f"failed: {entry['name']} ({entry['checks']}), observed {json.dumps(entry['observed'])}")
     if failed:
         names = ", ".join(entry["name"] for entry in failed)
         raise PipelineError(
-            f"data validation failed: {names}; see {DATA_VALIDATION_FILE} and {DATA_DOCS_DIR / 'index.html'}"
+            f"data validation failed: {names}; see {DATA_VALIDATION_FILE} and "
+            f"{DATA_DOCS_DIR / 'index.html'}"
         )
