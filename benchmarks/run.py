@@ -1,4 +1,5 @@
-"""Benchmarks against the reference loop, scikit-learn, the matmul limit, plus memory and end to end.
+"""Benchmarks against the reference loop, scikit-learn, the matmul limit, plus memory and end to
+end.
 
     python benchmarks/run.py            # full run (also `make bench`), about 20-30 min on 2 cores
     python benchmarks/run.py --quick    # smoke run: 1 epoch, small samples, docs untouched
@@ -490,7 +491,7 @@ def source_commit() -> str:
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model and feature flags (AVX-512, AMX, ...): they decide both loops' speed, so the ratio."""
+    """CPU model and feature flags (AVX-512, AMX, ...): they set both loops' speed, so the ratio."""
     fields: dict[str, str] = {}
     try:
         text = Path("/proc/cpuinfo").read_text()

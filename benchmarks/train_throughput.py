@@ -37,7 +37,7 @@ from pipeline.trainer import Split, Trainer
 
 
 def torchvision_root(raw_dir: Path, root: Path) -> Path:
-    """torchvision's MNIST layout from our verified files; it finds them present and skips the download."""
+    """torchvision's MNIST layout from our verified files; it finds them and skips the download."""
     target = root / "MNIST" / "raw"
     target.mkdir(parents=True)
     for name in FILES:

@@ -89,7 +89,7 @@ def _fix(stage: str) -> str:
 
 
 def _load(path: Path, stage: str, kind: str, parse: Any) -> Any:
-    """`parse(path)`, with a missing or unreadable file turned into one line naming the stage to run."""
+    """`parse(path)`; a missing or unreadable file becomes one line naming the stage to run."""
     try:
         return parse(path)
     except FileNotFoundError:

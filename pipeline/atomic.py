@@ -45,7 +45,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's contents to the disk (a read-only descriptor suffices on Linux)."""
+    """Flush a file's or folder's contents to disk (a read-only descriptor suffices on Linux)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,7 +54,7 @@ def _fsync(path: Path) -> None:
 
 
 def _unwritable(path: Path, exc: OSError) -> PipelineError:
-    """Name what is in the way: a read-only folder, a file where a folder should be, or the reverse."""
+    """What is in the way: a read-only folder, a file where a folder should be, or the reverse."""
     if path.is_dir():
         return PipelineError(f"cannot write {path}: it is a folder, not a file; move it away and rerun the stage")
     blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)

@@ -1,4 +1,4 @@
-"""Known datasets in MNIST's IDX layout: canonical file names, official checksums, sizes and mirrors.
+"""Known datasets in MNIST's IDX layout: canonical file names, official checksums, sizes, mirrors.
 
 The MD5s are the ones torchvision verifies; SHA-256s are given where they are published. The
 image counts are each dataset's published training and test sizes: validate checks the data

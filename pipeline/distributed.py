@@ -36,7 +36,7 @@ class World:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> World:
-        """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them; a plain process is a world of one."""
+        """RANK, WORLD_SIZE, LOCAL_RANK as torchrun sets them; a plain process is a world of one."""
         if env is None:
             env = os.environ
         try:
@@ -69,7 +69,7 @@ def device_for(world: World, device: torch.device) -> torch.device:
 
 @contextmanager
 def process_group(world: World, device: torch.device) -> Iterator[None]:
-    """Join the ranks (gloo on CPU, nccl on GPU) for the duration; nothing to do for a world of one."""
+    """Join the ranks (gloo on CPU, nccl on GPU) for the duration; a no-op for a world of one."""
     if world.size == 1:
         yield
         return
@@ -97,7 +97,7 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
 
 
 def rows(count: int, batch: int, world: World) -> torch.Tensor:
-    """Positions, in a run of `count` images cut into global batches of `batch`, that this rank trains on."""
+    """The positions this rank trains on in `count` images cut into global batches of `batch`."""
     within = torch.arange(count) % batch
     return torch.nonzero(within % world.size == world.rank)[:, 0]
 

@@ -1,4 +1,4 @@
-"""Stage `download`: fetch the four IDX files into data/raw/, verified, from the first mirror that works.
+"""Stage `download`: fetch the four IDX files to data/raw/, verified, from the first working mirror.
 
 Sources are tried in order: $MNIST_MIRROR, then `data.mirrors` (or the dataset's official
 mirrors). A source is a local folder, a file:// URL or an http(s) URL. pooch was considered, but
@@ -246,7 +246,7 @@ def sources_for(params: Params, env: dict[str, str]) -> list[str]:
 
 
 def expected_checksums(params: Params) -> dict[str, Expected]:
-    """What each file must hash to: the official checksums, or data.md5 (possibly partial) for custom."""
+    """What each file must hash to: official checksums, or data.md5 (maybe partial) for custom."""
     if params.data.name != "custom":
         spec = DATASETS[params.data.name]
         basis = "official MD5" + (" and SHA-256" if spec.sha256 else "")
@@ -320,7 +320,7 @@ def download(
 
 
 def _read_previous(path: Path, dataset: str) -> dict[str, dict]:
-    """What the last run recorded for this dataset; nothing if it is absent, damaged or for another."""
+    """What the last run recorded for this dataset; nothing if absent, damaged or for another."""
     try:
         previous = artifacts.read_checksums(path)
     except PipelineError:

@@ -54,13 +54,13 @@ def confusion_counts(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator in float64, 0 where the denominator is 0 (sklearn's zero_division=0)."""
+    """numerator / denominator in float64, 0 where denominator is 0 (sklearn's zero_division=0)."""
     return np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator != 0)
 
 
 def per_class_table(confusion: np.ndarray) -> pd.DataFrame:
-    """Precision, recall and F1 per class with sklearn's arithmetic (F1 = 2 tp / (support + predicted)),
-    so the numbers are bit for bit those of precision_recall_fscore_support."""
+    """Precision, recall and F1 per class with sklearn's arithmetic (F1 = 2 tp / (support +
+    predicted)), so the numbers are bit for bit those of precision_recall_fscore_support."""
     tp, predicted, support = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
     return pd.DataFrame({"class": CLASSES, "precision": _ratio(tp, predicted), "recall": _ratio(tp, support),
                          "f1": _ratio(2.0 * tp, (support + predicted).astype(np.float64)), "support": support})

@@ -31,7 +31,7 @@ _FIX = "delete it and fetch it again (dvc repro download)"
 
 
 def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parse IDX bytes (gzipped or raw) into an array; any defect raises PipelineError naming `name`.
+    """Parse IDX bytes (gzipped or raw) to an array; any defect raises PipelineError naming `name`.
 
     The message says what is wrong, not how to fix it: that depends on where the bytes came from.
     """
@@ -63,8 +63,8 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def is_idx(data: bytes) -> bool:
-    """gzip (how IDX files ship) or the IDX magic: two zero bytes, then a dtype code (0x08 up; parse_idx
-    names a bad one)."""
+    """gzip (how IDX files ship) or the IDX magic: two zero bytes, then a dtype code (0x08 up;
+    parse_idx names a bad one)."""
     return data[:2] == _GZIP_MAGIC or (len(data) >= 4 and data[:2] == b"\x00\x00" and data[2] >= 0x08)
 
 

@@ -127,7 +127,7 @@ def model_from_checkpoint(payload: dict[str, Any]) -> MLP:
 
 
 def checkpoint_field(payload: dict[str, Any], key: str, path: Path) -> Any:
-    """An entry train records beside the weights (e.g. "loss", "epoch") of the checkpoint at `path`."""
+    """What train recorded beside the weights (e.g. "loss", "epoch") of the checkpoint at `path`."""
     if key not in payload:
         raise PipelineError(f"{path} lacks the {key!r} entry train records; retrain it (dvc repro train)")
     return payload[key]

@@ -79,7 +79,8 @@ def learning_curves(history: pd.DataFrame) -> Figure:
 
 
 def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
-    """Rows are true digits, columns predictions; normalised rows sum to 1 (per-class recall on the diagonal)."""
+    """Rows are true digits, columns predictions; normalised rows sum to 1 (per-class recall on the
+    diagonal)."""
     values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalized else matrix
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.subplots()
@@ -154,7 +155,8 @@ def mosaic(tiles: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
 
 
 def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10) -> Figure:
-    """Rows of the first Linear layer [units, S*S] drawn as S x S images on one shared, zero-centred scale.
+    """Rows of the first Linear layer [units, S*S] drawn as S x S images on one shared, zero-centred
+    scale.
 
     One image of all tiles (not one axes per unit) keeps this fast. The scale ends at the 99.5th
     percentile of |w|: a few large weights would otherwise wash out every tile.
@@ -173,7 +175,8 @@ def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10)
 
 
 def per_class_accuracy(per_class: pd.DataFrame, overall: float) -> Figure:
-    """Recall of each digit (the share of its test images classified correctly), with the overall accuracy."""
+    """Recall of each digit (the share of its test images classified correctly), with the overall
+    accuracy."""
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     accuracy = per_class["recall"].to_numpy()

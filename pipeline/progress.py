@@ -1,4 +1,4 @@
-"""Progress bars on a terminal, silence elsewhere: CI logs get the stages' own one-line summaries."""
+"""Progress bars on a terminal, silence elsewhere: CI logs get the stages' one-line summaries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 
 def interactive() -> bool:
-    """A terminal, and not a second process of a torchrun job (those would draw over rank 0's bars)."""
+    """A terminal, and not a second process of a torchrun job (those would draw over rank 0's
+    bars)."""
     return sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
 
 

@@ -163,7 +163,8 @@ def augmentation_text(aug: Augmentation) -> str:
 
 
 class FigureData:
-    """The report's inputs and params, plus what several figures share, each computed once on first use."""
+    """The report's inputs and params, plus what several figures share, each computed once on first
+    use."""
 
     def __init__(self, inputs: Inputs, params: Params) -> None:
         self.inputs = inputs

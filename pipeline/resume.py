@@ -48,7 +48,7 @@ class BestEpoch:
 
 @dataclass
 class TrainState:
-    """What last.pt holds. On disk it is a plain dict (`to_dict`), the format older files have too."""
+    """What last.pt holds. On disk a plain dict (`to_dict`), the format older files have too."""
 
     fingerprint: str
     completed: bool = False

@@ -1,4 +1,5 @@
-"""Loss and accuracy of a model on labelled images: one computation for train's validation and evaluate.
+"""Loss and accuracy of a model on labelled images: one computation for train's validation and
+evaluate.
 
 Train keeps the epoch with the lowest validation loss, so this arithmetic fixes the best epoch:
 per-batch mean losses, weighted by batch size and summed in float64, under bf16 autocast when
@@ -35,7 +36,7 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 def score(
     model: MLP, images: torch.Tensor, labels: torch.Tensor, loss: LossFn, batch_size: int, amp: bool = False
 ) -> Scores:
-    """Outputs, mean loss and top-1 accuracy on un-augmented uint8 images [N, S, S], in eval mode."""
+    """Outputs, mean loss and top-1 accuracy on unaugmented uint8 images [N, S, S], in eval mode."""
     model.eval()
     loss_sum, hits, outputs = 0.0, 0, []
     for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):

@@ -33,7 +33,7 @@ def _stratified_valid(labels: np.ndarray, n_valid: int, rng: np.random.Generator
 
 
 def split_indices(labels: np.ndarray, cfg: SplitParams) -> tuple[np.ndarray, np.ndarray]:
-    """(train, valid): int64 indices into `labels`, each sorted ascending, disjoint, covering all."""
+    """(train, valid): int64 indices into `labels`, each ascending, disjoint, covering all."""
     n = len(labels)
     n_valid = cfg.valid_count(n)
     if not 0 < n_valid < n:

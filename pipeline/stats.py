@@ -1,4 +1,5 @@
-"""Stage `stats`: mean and std of the training pixels, as the model sees them, for its input normalisation.
+"""Stage `stats`: mean and std of the training pixels, as the model sees them, for its input
+normalisation.
 
 Taken on all official training images (not only the train split), so that changing the split
 seed leaves data/stats.json, and everything built on it, unchanged.

@@ -54,7 +54,7 @@ def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None
 
 
 def configure() -> str:
-    """Point MLflow at the store, bounding its HTTP retries so that a dead server fails in seconds."""
+    """Point MLflow at the store, bounding its HTTP retries so a dead server fails in seconds."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -108,7 +108,7 @@ def resume_run(run_file: Path) -> Iterator[object]:
 
 
 def _reusable(client: Any, run_id: str | None, experiment_id: str) -> bool:
-    """A run id from an interrupted execution is reopened only if it still exists in this experiment."""
+    """An interrupted execution's run id is reopened only if it still exists in this experiment."""
     from mlflow.exceptions import MlflowException
 
     if not run_id:
@@ -145,8 +145,8 @@ def use_experiment(name: str) -> str:
 def start_run(
     experiment: str, params: dict[str, Any], tags: dict[str, str], resume_id: str | None = None
 ) -> Iterator[Any]:
-    """Open the run of this pipeline execution with its params and tags; `resume_id` reopens the
-    run of an interrupted execution (if it still exists) so that a resumed training keeps one run."""
+    """Open the run of this pipeline execution with its params and tags; `resume_id` reopens the run
+    of an interrupted execution (if it still exists) so that a resumed training keeps one run."""
     import mlflow
 
     configure()

@@ -115,8 +115,8 @@ def build(params: Params, world: World) -> tuple[Inputs, Trainer]:
 
 
 def restore(trainer: Trainer, digest: str, world: World) -> TrainState:
-    """The interrupted run's state, loaded into `trainer`, when last.pt may be resumed; else a fresh one.
-    Only rank 0 reads last.pt; it hands the state on to the other ranks."""
+    """The interrupted run's state, loaded into `trainer`, when last.pt may be resumed; else a fresh
+    one. Only rank 0 reads last.pt; it hands the state on to the other ranks."""
     saved = load_resume_state(LAST_CHECKPOINT_FILE, digest) if world.main else None
     state = distributed.from_main(saved, world)
     if state is None:
@@ -127,7 +127,8 @@ def restore(trainer: Trainer, digest: str, world: World) -> TrainState:
 
 @contextlib.contextmanager
 def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World) -> Iterator[None]:
-    """Rank 0 logs into the interrupted run if it still exists, else a new one; other ranks log nothing."""
+    """Rank 0 logs into the interrupted run if it still exists, else a new one; other ranks log
+    nothing."""
     if not world.main:
         state.mlflow_run_id = None
         yield
@@ -142,7 +143,8 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
 
 
 def record_epoch(state: TrainState, result: EpochResult, trainer: Trainer) -> None:
-    """Add the epoch to the history; keep a CPU copy of its weights if its validation loss is the lowest yet."""
+    """Add the epoch to the history; keep a CPU copy of its weights if its validation loss is the
+    lowest yet."""
     state.history.append(result.history_row())
     state.grad_norms.append({"epoch": result.epoch, **result.grad_norms})
     if state.best is None or result.valid_loss < state.best.valid_loss:
@@ -166,7 +168,8 @@ def publish_epoch(state: TrainState, result: EpochResult, epochs: int) -> None:
 
 
 def train(params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()) -> TrainState:
-    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt there).
+    """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt
+    there).
 
     With several ranks (torchrun) each trains on its share of every batch; only rank 0 reads
     last.pt (and hands it on), writes files and talks to MLflow.

@@ -150,7 +150,8 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self, data: Split, epoch: int) -> tuple[float, float, dict[str, float]]:
-        """One pass in a fresh random order: (mean loss, accuracy, mean weight-gradient L2 norm per layer).
+        """One pass in a fresh random order: (mean loss, accuracy, mean weight-gradient L2 norm per
+        layer).
 
         With several ranks each trains on its rows of every global batch (pipeline/distributed.py)
         and weights its loss by its share, so DDP's gradient average is the whole batch's gradient.

@@ -88,7 +88,7 @@ def official_sizes(name: str, raw: RawData) -> tuple[int, int]:
 
 
 def read_raw(raw_dir: Path) -> RawData:
-    """Read the IDX files as stored, any dtype: the pixel checks, not the reader, judge the values."""
+    """Read the IDX files as stored, any dtype: the pixel checks, not the reader, judge values."""
     arrays = []
     for images_name, labels_name in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
         images, labels = read_idx(raw_dir / images_name), read_idx(raw_dir / labels_name)
@@ -130,7 +130,7 @@ def image_table(raw: RawData, train_index: np.ndarray, valid_index: np.ndarray) 
 
 
 def with_shared_content(images: pd.DataFrame) -> pd.DataFrame:
-    """Adds `shared_train_valid`: the image's exact content also occurs in the other of train/valid."""
+    """Adds `shared_train_valid`: the image's exact content also occurs in the other split."""
     split, content = images["split"], images["content_hash"]
     in_train = content.isin(content[split == "train"].dropna())
     in_valid = content.isin(content[split == "valid"].dropna())
@@ -255,7 +255,7 @@ def _builtin(value: Any) -> Any:
 
 
 def _observed(result: dict[str, Any]) -> Any:
-    """The one value that tells what GX saw: the observed value, the missing set or a few bad values."""
+    """The one value that tells what GX saw: observed value, missing set or a few bad values."""
     if result.get("observed_value") is not None:
         observed: Any = result["observed_value"]
     elif "partial_missing_list" in result:
@@ -269,7 +269,8 @@ def _observed(result: dict[str, Any]) -> Any:
 
 
 def _errors(info: dict[str, Any] | None) -> list[str]:
-    """Messages of exceptions GX caught; it nests them per metric, or not, depending on where they arose."""
+    """Messages of exceptions GX caught; it nests them per metric, or not, depending on where they
+    arose."""
     if not info:
         return []
     if "raised_exception" in info:
@@ -325,7 +326,8 @@ def offline_index(docs_dir: Path, entries: list[dict[str, Any]]) -> str:
 
 
 def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> None:
-    """Render Data Docs into a staging folder, then swap it in: the old docs stay until the new are complete."""
+    """Render Data Docs into a staging folder, then swap it in: the old docs stay until the new are
+    complete."""
     docs_dir.parent.mkdir(parents=True, exist_ok=True)
     for leftover in docs_dir.parent.glob(f".{docs_dir.name}.*"):
         shutil.rmtree(leftover)  # from a run that was killed before it could clean up
