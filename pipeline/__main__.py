@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "upstream",
         parents=[params],
-        help="fingerprint a custom dataset's sources into data/upstream.json (pipeline/upstream.py)",
+        help="fingerprint a custom dataset's sources into data/upstream.json "
+             "(pipeline/upstream.py)",
     )
     predict = commands.add_parser(
         "predict",

@@ -136,7 +136,8 @@ def write_upstream(files: dict[str, dict[str, str]], path: Path = UPSTREAM_FILE)
 
 
 def read_upstream(path: Path = UPSTREAM_FILE) -> dict[str, dict[str, str]]:
-    """Each unpinned file's fingerprint at its source; empty when none was taken (nothing to compare)."""
+    """Each unpinned file's fingerprint at its source; empty when none was taken (nothing to
+    compare)."""
     try:
         files = json.loads(path.read_text()).get("files", {})
     except (OSError, ValueError, AttributeError):

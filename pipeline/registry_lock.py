@@ -1,4 +1,4 @@
-"""A lease lock held in the MLflow registry itself, so that promotions from several machines take turns.
+"""A lease lock held in the MLflow registry itself, so promotions from several machines take turns.
 
 Promotion reads the champion, decides and moves the alias; two promoters that interleave those
 steps can both read the old champion and the worse one can set the alias last. Re-reading after
@@ -102,7 +102,8 @@ def holder(client: Any, name: str) -> Holder | None:
 def _break_if_stale(client: Any, name: str, stale: Holder, now: float) -> None:
     if stale.expires_at + CLOCK_SKEW_S >= now:
         return
-    marker = f"{name}.break.{hashlib.sha256(f'{stale.owner}@{stale.created_ms}'.encode()).hexdigest()[:16]}"
+    digest = hashlib.sha256(f"{stale.owner}@{stale.created_ms}".encode()).hexdigest()[:16]
+    marker = f"{name}.break.{digest}"
     expires = f"{now + LEASE_S:.3f}"
     if not _create(client, marker, {OWNER_TAG: "breaker", EXPIRES_TAG: expires}):
         # Another waiter is breaking it; if that waiter died too, its marker expires like a lock.
@@ -114,7 +115,8 @@ def _break_if_stale(client: Any, name: str, stale: Holder, now: float) -> None:
         current = holder(client, name)
         if current == stale:
             _delete(client, name)
-            log(f"registry lock {name}: broke the lease of {stale.owner}, expired at {stale.expires_at:.0f}")
+            log(f"registry lock {name}: broke the lease of {stale.owner}, expired at "
+                f"{stale.expires_at:.0f}")
     finally:
         _delete(client, marker)
 
@@ -140,7 +142,7 @@ def release(client: Any, name: str, owner: str) -> None:
 
 @contextmanager
 def held(client: Any, model: str, lease_s: float = LEASE_S, wait_s: float = WAIT_S) -> Iterator[str]:
-    """Hold `<model>.lock` for the body of the with-block; yields the owner id written into the lock."""
+    """Hold `<model>.lock` for the with-block's body; yields the owner id written into the lock."""
     name = lock_name(model)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
     deadline = time.monotonic() + wait_s
@@ -149,8 +151,9 @@ def held(client: Any, model: str, lease_s: float = LEASE_S, wait_s: float = WAIT
             current = holder(client, name)
             who = f"{current.owner} until {time.ctime(current.expires_at)}" if current else "nobody now"
             raise PipelineError(
-                f"registry lock {name} not acquired within {wait_s:g} s (held by {who}); another promotion is "
-                f"running or hung. Rerun later, or delete the lock: MlflowClient().delete_registered_model({name!r})"
+                f"registry lock {name} not acquired within {wait_s:g} s (held by {who}); another "
+                "promotion is running or hung. Rerun later, or delete the lock: "
+                f"MlflowClient().delete_registered_model({name!r})"
             )
         time.sleep(POLL_S * random.uniform(0.5, 1.5))
     try:

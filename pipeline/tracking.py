@@ -194,6 +194,7 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
         # MLflow uploads the files before it registers, so a failed upload leaves no version.
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PipelineError(
-            f"could not store the model in MLflow's artifact store ({first}); no model version was registered. "
-            "Check that the tracking server reaches its object storage, then rerun: dvc repro train"
+            f"could not store the model in MLflow's artifact store ({first}); no model version "
+            "was registered. Check that the tracking server reaches its object storage, then "
+            "rerun: dvc repro train"
         ) from None

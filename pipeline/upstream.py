@@ -68,7 +68,7 @@ def fingerprint(location: str, timeout_s: float) -> dict[str, str]:
 
 
 def current(params: Params, env: dict[str, str]) -> dict[str, dict[str, str]] | None:
-    """Fingerprints of the unpinned files at the first source that has them all; None if none does."""
+    """Fingerprints of the unpinned files at the first source having them all; None if none does."""
     unpinned = [f for f, e in expected_checksums(params).items() if not (e.md5 or e.sha256)]
     if not unpinned:
         return {}
