@@ -259,7 +259,7 @@ def off_distribution(images: np.ndarray, titles: list[str], flagged: list[bool])
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title, flag in zip(axes.flat, images, titles, flagged):
+    for ax, image, title, flag in zip(axes.flat, images, titles, flagged, strict=False):  # spare cells blank
         # Pixel values as they are (0 black, 255 white), framed, so that "black" and "white" look it.
         ax.axis("on")
         ax.set_xticks([])

@@ -27,8 +27,10 @@ from pipeline.errors import PipelineError
 from pipeline.paths import MLFLOW_RUN_FILE, PREDICTIONS_FILE
 from pipeline.progress import log
 
-if TYPE_CHECKING:  # pandas loads only when a table is read (pipeline/artifacts.py)
+if TYPE_CHECKING:  # pandas and mlflow load only where used (pipeline/artifacts.py), for start-up
     import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 CHAMPION_ALIAS = "champion"
 ACCURACY_METRIC = "test_accuracy"
@@ -47,7 +49,7 @@ class Version:
     data_md5: dict[str, str] = field(default_factory=dict)
 
 
-def registered_version(client, name: str, run_id: str) -> int:
+def registered_version(client: MlflowClient, name: str, run_id: str) -> int:
     """The version that train registered from this run."""
     versions = [int(v.version) for v in client.search_model_versions(f"run_id='{run_id}'") if v.name == name]
     if not versions:
@@ -73,38 +75,44 @@ def signature_text(name: str, version: int) -> str:
     return f"inputs {signature.inputs} -> outputs {signature.outputs}" if signature else "no signature"
 
 
-def champion_version(client, name: str) -> Version | None:
+def champion_version(client: MlflowClient, name: str) -> Version | None:
     # Reading the alias map avoids telling "no such alias" apart from other errors by error code.
     number = client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
     if number is None:
         return None
     version = client.get_model_version(name, str(number))
-    run = client.get_run(version.run_id)
-    metrics = run.data.metrics
     remedy = (
         f"re-evaluate that run with this pipeline or remove the alias "
         f"(MlflowClient().delete_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}))"
     )
+    run_id = version.run_id
+    if run_id is None:  # a version registered from files rather than from a run
+        raise PipelineError(
+            f"{CHAMPION_ALIAS} version {version.version} of {name!r} was registered without a run, "
+            f"so nothing can be compared with it; {remedy}"
+        )
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
     missing = [key for key in (ACCURACY_METRIC, ECE_METRIC) if key not in metrics]
     if missing:
         raise PipelineError(
             f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {' or '.join(missing)} metric in run "
-            f"{version.run_id}, so nothing can be compared with it; {remedy}"
+            f"{run_id}, so nothing can be compared with it; {remedy}"
         )
     try:
-        answers = client.download_artifacts(version.run_id, PREDICTIONS_ARTIFACT)
+        answers = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT)
     except Exception as exc:  # MLflow raises several kinds for a missing artifact  # noqa: BLE001
         raise PipelineError(
             f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {PREDICTIONS_ARTIFACT} in run "
-            f"{version.run_id} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
+            f"{run_id} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
             f"cannot be compared; {remedy}"
         ) from None
     evidence = gate.Evidence(int(version.version), float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
                              signature_text(name, int(version.version)))
-    return Version(evidence, version.run_id, artifacts.read_predictions(Path(answers)), data_md5(run))
+    return Version(evidence, run_id, artifacts.read_predictions(Path(answers)), data_md5(run))
 
 
-def data_md5(run) -> dict[str, str]:
+def data_md5(run: Run) -> dict[str, str]:
     return {k.removeprefix(DATA_TAG): v for k, v in run.data.tags.items() if k.startswith(DATA_TAG)}
 
 
@@ -133,7 +141,7 @@ def settings_from(params: Params, allow_contract_change: bool) -> gate.Settings:
     return gate.Settings(p.min_delta, p.class_drop_p, p.max_class_drop, p.max_ece_increase, allow_contract_change)
 
 
-def promote(client, name: str, run_id: str, metrics: dict[str, float], answers: pd.DataFrame,
+def promote(client: MlflowClient, name: str, run_id: str, metrics: dict[str, float], answers: pd.DataFrame,
             settings: gate.Settings) -> dict:
     """Decide, move the alias if earned, tag the run; returns the record for reports/promotion.json."""
     version = registered_version(client, name, run_id)
@@ -171,7 +179,7 @@ def promote(client, name: str, run_id: str, metrics: dict[str, float], answers: 
         "previous_champion_test_accuracy": old.accuracy if old else None,
         "previous_champion_test_ece": old.ece if old else None,
         "previous_champion_signature": old.signature if old else None,
-        "champion_version": version if verdict.promote else old.version,
+        "champion_version": version if verdict.promote or old is None else old.version,
         "digits": [{**asdict(c), "drop_points": round(c.drop_points, 4)} for c in verdict.classes],
         "settings": asdict(settings),
         "data_changed_since_champion": changed_files(data_md5(client.get_run(run_id)), before),

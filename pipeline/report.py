@@ -351,7 +351,7 @@ def off_distribution_figure(d: FigureData) -> Figure:
     probs = probabilities(model_outputs(model, resize(pictures, model.arch.image_size), BATCH), d.inputs.loss_name)
     flags = [r.ood for r in ood.check(pictures, reference)] if reference else [False] * len(names)
     titles = [f"{name}: {label} ({conf:.2f})"
-              for name, label, conf in zip(names, probs.argmax(1).tolist(), probs.max(1).values.tolist())]
+              for name, label, conf in zip(names, probs.argmax(1).tolist(), probs.max(1).values.tolist(), strict=True)]
     return (
         FigureDoc("off_distribution.png", "Off the digit distribution",
                   "Pictures that are not digits and the model's answer with its confidence: an MLP is confidently "
