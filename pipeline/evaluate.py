@@ -124,8 +124,8 @@ def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
         )
         mlflow.log_artifact(str(PER_CLASS_FILE), "evaluation")
         mlflow.log_artifact(str(METRICS_FILE), "evaluation")
-        # promote pairs the champion's per-image answers with a candidate's (per-digit McNemar test),
-        # and predict checks inputs against the model's off-distribution reference.
+        # promote pairs the champion's per-image answers with a candidate's (per-digit McNemar
+        # test), and predict checks inputs against the model's off-distribution reference.
         mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
         mlflow.log_artifact(str(OOD_REFERENCE_FILE), "evaluation")
 
@@ -151,8 +151,8 @@ def main(params: Params) -> None:
     artifacts.write_ood_reference(reference.to_dict())
     m = result.metrics
     log(
-        f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), "
-        f"valid accuracy {m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}, "
+        f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), valid accuracy "
+        f"{m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}, "
         f"ECE {m['test_ece']:.4f}; off-distribution threshold {reference.threshold:.2f}"
     )
     log_to_mlflow(result, epoch)

@@ -208,7 +208,8 @@ def gradient_norms(norms: pd.DataFrame) -> Figure:
 
 
 def reliability_diagram(bins: list, ece: float) -> Figure:
-    """Accuracy against mean confidence per confidence bin (pipeline.calibration.ReliabilityBin), with counts.
+    """Accuracy against mean confidence per confidence bin (pipeline.calibration.ReliabilityBin),
+    with counts.
 
     Bars on the diagonal are calibrated; below it, over-confident. The lower panel gives each
     bin's number of test images on a log scale: most predictions sit in the last bin.
@@ -253,20 +254,21 @@ def robustness(accuracies: dict[str, float], clean: float) -> Figure:
 
 
 def off_distribution(images: np.ndarray, titles: list[str], flagged: list[bool]) -> Figure:
-    """Inputs that are not digits, each titled with the model's answer and whether predict flags it."""
+    """Non-digit inputs, each titled with the model's answer and whether predict flags it."""
     rows, columns = _grid_shape(len(images), 4)
     fig = Figure(figsize=(2.4 * columns, 2.6 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title, flag in zip(axes.flat, images, titles, flagged, strict=False):  # spare cells blank
-        # Pixel values as they are (0 black, 255 white), framed, so that "black" and "white" look it.
+        # Pixel values as they are (0 black, 255 white), framed, so "black" and "white" look it.
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title + ("\nflagged off-distribution" if flag else "\nnot flagged"), fontsize=9,
                      color="black" if flag else "tab:red")
-    fig.suptitle("The model's answer (confidence) to pictures that are not digits; MNIST digits are white on black",
+    fig.suptitle("The model's answer (confidence) to pictures that are not digits; MNIST digits are "
+                 "white on black",
                  fontsize=12)
     return fig

@@ -1,4 +1,5 @@
-"""`python -m pipeline predict PATH... [--model FILE|URI] [--json]`: the digit in each image, with confidence.
+"""`python -m pipeline predict PATH... [--model FILE|URI] [--json]`: the digit in each image, with
+confidence.
 
 Inputs are PNG/JPEG (or any format Pillow reads) of any size and mode, or IDX image files (each
 image in one is a prediction). Pictures are brought to the form the model was trained on:
@@ -7,11 +8,12 @@ picture is already 28x28 like an MNIST image, the digit is cropped to its boundi
 a 20x20 box and centred by its centre of mass in a 28x28 frame, as MNIST itself was made. Then the
 same antialiased resize as training brings it to the model's image size; the model normalises.
 
-Each prediction also says whether the input's pixel statistics lie far from the training
-digits' ("ood", pipeline/ood.py), against the reference evaluate stored with the model: an MLP
-gives confident answers to noise too. A bad input gets a one-line error naming it; the other inputs are still predicted and the exit
-status is 1. Nothing pickled is ever loaded: checkpoints are read with weights_only=True, and
-MLflow models (train logs them as pt2 graphs) only after MLflow has checked them pickle-free.
+Each prediction also says whether the input's pixel statistics lie far from the training digits'
+("ood", pipeline/ood.py), against the reference evaluate stored with the model: an MLP gives
+confident answers to noise too. A bad input gets a one-line error naming it; the other inputs are
+still predicted and the exit status is 1. Nothing pickled is ever loaded: checkpoints are read with
+weights_only=True, and MLflow models (train logs them as pt2 graphs) only after MLflow has checked
+them pickle-free.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def signature_image_size(info: ModelInfo) -> int | None:
 
 
 def load_logged(uri: str) -> Predictor:
-    """A model from the MLflow registry or a run; MLflow is told to refuse anything pickled in it."""
+    """A model from the MLflow registry or a run; MLflow is set to refuse anything pickled in it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -164,7 +166,8 @@ def border(image: np.ndarray) -> np.ndarray:
 
 
 def decode_picture(data: bytes) -> np.ndarray:
-    """Any Pillow-readable picture -> float grey levels 0..255 [H, W]; transparency shows white paper."""
+    """Any Pillow-readable picture -> float grey levels 0..255 [H, W]; transparency shows white
+    paper."""
     from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as opened:
@@ -188,7 +191,7 @@ def mnist_polarity(grey: np.ndarray) -> np.ndarray:
 
 
 def fit_digit(ink: np.ndarray) -> np.ndarray:
-    """Crop to the digit, scale it into 20x20 keeping its aspect, centre its mass in 28x28 (uint8)."""
+    """Crop to the digit, scale it into 20x20 keeping aspect, centre its mass in 28x28 (uint8)."""
     background = float(np.median(border(ink)))
     peak = float(ink.max())
     if peak - background < MIN_CONTRAST:
@@ -214,7 +217,7 @@ def fit_digit(ink: np.ndarray) -> np.ndarray:
 
 
 def picture_to_mnist(grey: np.ndarray) -> np.ndarray:
-    """Grey levels [H, W] -> uint8 28x28 in MNIST form; a 28x28 picture is taken as already framed."""
+    """Grey levels [H, W] -> uint8 28x28 in MNIST form; a 28x28 picture counts as already framed."""
     ink = mnist_polarity(grey)
     if ink.shape == (MNIST_SIZE, MNIST_SIZE):
         return np.clip(ink.round(), 0, 255).astype(np.uint8)
@@ -238,7 +241,8 @@ def idx_images(data: bytes) -> np.ndarray:
 
 
 def read_input(path: str) -> tuple[list[int | None], np.ndarray]:
-    """One file -> (IDX positions or [None], uint8 images [N, H, W]) in MNIST form, before the resize."""
+    """One file -> (IDX positions or [None], uint8 images [N, H, W]) in MNIST form, before the
+    resize."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -313,10 +317,10 @@ def run(paths: list[str], model: str, as_json: bool) -> int:
 
 
 def predict_all(predictor: Predictor, paths: list[str], as_json: bool) -> int:
-    """Print each input's predictions as they come, errors to stderr; returns how many inputs failed."""
+    """Print each input's predictions as they come, errors to stderr; returns how many failed."""
     if predictor.reference is None:
-        print("warning: this model has no off-distribution reference (evaluate writes it: dvc repro evaluate), "
-              "so inputs are not checked (\"ood\": null)", file=sys.stderr)
+        print("warning: this model has no off-distribution reference (evaluate writes it: "
+              "dvc repro evaluate), so inputs are not checked (\"ood\": null)", file=sys.stderr)
     failed = 0
     for path in paths:
         try:

@@ -1,4 +1,4 @@
-"""Stage `promote`: point the registered model's `champion` alias at this run's version if it earns it.
+"""Stage `promote`: point the registered model's `champion` alias at this run's version if earned.
 
 A version earns it when there is no champion yet, or when it passes every gate of
 pipeline/gate.py against the champion: the same serving contract (MLflow input and output
@@ -54,14 +54,16 @@ def registered_version(client: MlflowClient, name: str, run_id: str) -> int:
     versions = [int(v.version) for v in client.search_model_versions(f"run_id='{run_id}'") if v.name == name]
     if not versions:
         raise PipelineError(
-            f"run {run_id} has no version of registered model {name!r} in {tracking.tracking_uri()}; "
-            "rerun the train stage against this tracking store (dvc repro train)"
+            f"run {run_id} has no version of registered model {name!r} in "
+            f"{tracking.tracking_uri()}; rerun the train stage against this tracking store (dvc "
+            "repro train)"
         )
     return max(versions)
 
 
 def signature_text(name: str, version: int) -> str:
-    """The version's MLflow signature as one line, e.g. inputs [Tensor('float32', (-1, 784))] -> outputs [...]."""
+    """The version's MLflow signature as one line, e.g. inputs [Tensor('float32', (-1, 784))] ->
+    outputs [...]."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -69,8 +71,9 @@ def signature_text(name: str, version: int) -> str:
         signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
     except (MlflowException, OSError) as exc:
         raise PipelineError(
-            f"cannot read the model of version {version} of {name!r} ({str(exc).splitlines()[0]}); its files are "
-            "missing from the artifact store, so its serving contract is unknown; retrain it (dvc repro train)"
+            f"cannot read the model of version {version} of {name!r} "
+            f"({str(exc).splitlines()[0]}); its files are missing from the artifact store, so "
+            "its serving contract is unknown; retrain it (dvc repro train)"
         ) from None
     return f"inputs {signature.inputs} -> outputs {signature.outputs}" if signature else "no signature"
 
@@ -96,15 +99,17 @@ def champion_version(client: MlflowClient, name: str) -> Version | None:
     missing = [key for key in (ACCURACY_METRIC, ECE_METRIC) if key not in metrics]
     if missing:
         raise PipelineError(
-            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {' or '.join(missing)} metric in run "
-            f"{run_id}, so nothing can be compared with it; {remedy}"
+            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no "
+            f"{' or '.join(missing)} metric in run {run_id}, so nothing can be compared with it; "
+            f"{remedy}"
         )
     try:
         answers = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT)
     except Exception as exc:  # MLflow raises several kinds for a missing artifact  # noqa: BLE001
         raise PipelineError(
-            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no {PREDICTIONS_ARTIFACT} in run "
-            f"{run_id} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
+            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no "
+            f"{PREDICTIONS_ARTIFACT} in run {run_id} "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
             f"cannot be compared; {remedy}"
         ) from None
     evidence = gate.Evidence(int(version.version), float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
@@ -127,9 +132,9 @@ def compare_digits(new: pd.DataFrame, champion: pd.DataFrame, settings: gate.Set
     """Pair the two versions' answers image by image; they must cover the same test set."""
     if len(new) != len(champion) or not np.array_equal(new["actual"].to_numpy(), champion["actual"].to_numpy()):
         raise PipelineError(
-            f"{PREDICTIONS_FILE} ({len(new)} test images) and the champion's ({len(champion)}) do not hold the same "
-            "test labels, so the versions were tested on different data and cannot be compared per digit; "
-            "evaluate both on the same test set"
+            f"{PREDICTIONS_FILE} ({len(new)} test images) and the champion's ({len(champion)}) "
+            "do not hold the same test labels, so the versions were tested on different data "
+            "and cannot be compared per digit; evaluate both on the same test set"
         )
     actual = new["actual"].to_numpy()
     return gate.compare_classes(actual, champion["predicted"].to_numpy() == actual,
@@ -143,7 +148,7 @@ def settings_from(params: Params, allow_contract_change: bool) -> gate.Settings:
 
 def promote(client: MlflowClient, name: str, run_id: str, metrics: dict[str, float], answers: pd.DataFrame,
             settings: gate.Settings) -> dict:
-    """Decide, move the alias if earned, tag the run; returns the record for reports/promotion.json."""
+    """Decide, move the alias if earned, tag the run -> the record for reports/promotion.json."""
     version = registered_version(client, name, run_id)
     new = gate.Evidence(version, float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
                         signature_text(name, version))

@@ -324,9 +324,10 @@ def reliability_figure(d: FigureData) -> Figure:
     correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
     return (
         FigureDoc("reliability.png", "Reliability diagram",
-                  "Each bar is the accuracy of the test predictions whose confidence falls in that bin, against the "
-                  "diagonal of perfect calibration; bars below it are over-confident. The lower panel counts the "
-                  "images per bin, so a gap in a bin of 5 images matters less than one in a bin of 9,000."),
+                  "Each bar is the accuracy of the test predictions whose confidence falls in that "
+                  "bin, against the diagonal of perfect calibration; bars below it are "
+                  "over-confident. The lower panel counts the images per bin, so a gap in a bin of 5 "
+                  "images matters less than one in a bin of 9,000."),
         plotting.reliability_diagram(reliability_bins(predictions["confidence"].to_numpy(), correct),
                                      float(d.inputs.metrics["test_ece"])),
     )
@@ -338,9 +339,9 @@ def robustness_figure(d: FigureData) -> Figure:
               for key, value in metrics.items() if key.startswith("robust_") and key.endswith("_accuracy")}
     return (
         FigureDoc("robustness.png", "Robustness to small perturbations",
-                  "Test accuracy after each deterministic change (pipeline/perturb.py: whole-pixel shifts, rotations, "
-                  "Gaussian pixel noise, thicker strokes); a bar far left of the dashed unperturbed accuracy is an "
-                  "invariance the model has not learned."),
+                  "Test accuracy after each deterministic change (pipeline/perturb.py: whole-pixel "
+                  "shifts, rotations, Gaussian pixel noise, thicker strokes); a bar far left of the "
+                  "dashed unperturbed accuracy is an invariance the model has not learned."),
         plotting.robustness(robust, float(metrics["test_accuracy"])),
     )
 
@@ -354,9 +355,10 @@ def off_distribution_figure(d: FigureData) -> Figure:
               for name, label, conf in zip(names, probs.argmax(1).tolist(), probs.max(1).values.tolist(), strict=True)]
     return (
         FigureDoc("off_distribution.png", "Off the digit distribution",
-                  "Pictures that are not digits and the model's answer with its confidence: an MLP is confidently "
-                  "wrong away from digits, which is why predict flags inputs whose pixel statistics are far from the "
-                  "training digits' (a red title is a picture it does not flag)."),
+                  "Pictures that are not digits and the model's answer with its confidence: an MLP is "
+                  "confidently wrong away from digits, which is why predict flags inputs whose pixel "
+                  "statistics are far from the training digits' (a red title is a picture it does not "
+                  "flag)."),
         plotting.off_distribution(pictures.numpy(), titles, flags),
     )
 

@@ -158,7 +158,8 @@ def start_run(
 
 
 def registered_name(base: str, image_size: int) -> str:
-    """One registered model per input contract, so the `champion` alias never changes what clients send.
+    """One registered model per input contract, so the `champion` alias never changes what clients
+    send.
 
     28x28 models (784 inputs, MNIST's own size) register under `base` (mlflow.registered_model);
     models of another data.image_size S under `base-SxS`, with their own champion.
