@@ -250,6 +250,22 @@ def test_missing_pieces_are_clear_errors(mlflow_workdir: Path) -> None:
     assert not PROMOTION_FILE.exists()
 
 
+def test_a_champion_registered_without_a_run_is_a_clear_error(mlflow_workdir: Path) -> None:
+    import mlflow
+
+    finished_run(0.9)
+    client = mlflow.MlflowClient()
+    orphan = client.create_model_version(NAME, source=str(mlflow_workdir / "model"))  # no run_id
+    client.set_registered_model_alias(NAME, "champion", orphan.version)
+    with pytest.raises(
+        PipelineError,
+        match=r"champion version 2 of 'mnist-mlp' was registered without a run, so nothing can be "
+        r"compared with it; .*delete_registered_model_alias",
+    ):
+        promote_stage()
+    assert not PROMOTION_FILE.exists()
+
+
 def test_answers_to_a_different_test_set_are_refused(mlflow_workdir: Path) -> None:
     finished_run(0.9)
     promote_stage()
