@@ -81,10 +81,16 @@ class StageRun:
 
 def scratch_copy(source: Path, target: Path) -> Path:
     """The working tree as git sees it (tracked plus untracked, not ignored), without outputs."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=source, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=source,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         src = source / name
         if src.is_file():  # a tracked file deleted in the work tree is skipped
@@ -109,12 +115,14 @@ def with_overrides(params: Params, overrides: dict[str, dict[str, Any]]) -> Para
 
 def stage_env(folder: Path, threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "OPENBLAS_NUM_THREADS": str(threads),
-    })
+    env.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(threads),
+        }
+    )
     env.pop("DVC_ROOT", None)
     return env
 
@@ -139,23 +147,35 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
     waited for), exit code, and the last stderr line when it failed."""
     with tempfile.TemporaryFile() as err:  # unnamed: nothing to lose if /tmp is tidied meanwhile
         started = time.perf_counter()
-        code = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], cwd=cwd, env=env,
-                              stdout=subprocess.DEVNULL, stderr=err).returncode
+        code = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, *cmd],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        ).returncode
         seconds = time.perf_counter() - started
         err.seek(0)
         lines = [line for line in err.read().decode(errors="replace").splitlines() if line.strip()]
     if not lines or not lines[-1].startswith(RSS_MARKER):
-        raise SystemExit(f"error: the launcher of {' '.join(cmd)} ended without its report: {lines[-1:]}")
-    rss_kib = int(lines.pop()[len(RSS_MARKER):])  # KiB on Linux
+        raise SystemExit(
+            f"error: the launcher of {' '.join(cmd)} ended without its report: {lines[-1:]}"
+        )
+    rss_kib = int(lines.pop()[len(RSS_MARKER) :])  # KiB on Linux
     return seconds, rss_kib / 1024, code, (lines[-1] if lines and code else "")
 
 
-def run_stage(folder: Path, stage: str, env: dict[str, str], params_file: str = "params.yaml") -> StageRun:
+def run_stage(
+    folder: Path, stage: str, env: dict[str, str], params_file: str = "params.yaml"
+) -> StageRun:
     seconds, rss, code, error = run_measured(
         [sys.executable, "-m", "pipeline", stage, "--params", params_file], folder, env
     )
-    print(f"  {stage}: {seconds:.1f} s, peak RSS {rss:.0f} MiB" + (f", FAILED: {error}" if code else ""),
-          file=sys.stderr)
+    print(
+        f"  {stage}: {seconds:.1f} s, peak RSS {rss:.0f} MiB"
+        + (f", FAILED: {error}" if code else ""),
+        file=sys.stderr,
+    )
     return StageRun(stage, seconds, rss, code, error)
 
 
@@ -173,35 +193,64 @@ def stage_memory(folder: Path, env: dict[str, str]) -> list[StageRun]:
     return runs
 
 
-def startup_seconds(folder: Path, stage: str, env: dict[str, str], repeats: int) -> tuple[float, float]:
+def startup_seconds(
+    folder: Path, stage: str, env: dict[str, str], repeats: int
+) -> tuple[float, float]:
     """Best-of-`repeats` wall and CPU seconds of `python -c 'import pipeline.<stage>'`: the
     interpreter start and imports every `python -m pipeline <stage>` pays before any work."""
     best = (math.inf, math.inf)
     for _ in range(repeats):
         before, started = os.times(), time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import pipeline.config, pipeline.{stage}"], cwd=folder, env=env,
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", f"import pipeline.config, pipeline.{stage}"],
+            cwd=folder,
+            env=env,
+            check=True,
+        )
         wall, after = time.perf_counter() - started, os.times()
-        cpu = after.children_user - before.children_user + after.children_system - before.children_system
+        cpu = (
+            after.children_user
+            - before.children_user
+            + after.children_system
+            - before.children_system
+        )
         best = min(best, (wall, cpu))
     return best
 
 
-def startup_vs_work(folder: Path, env: dict[str, str], stages: list[StageRun], repeats: int) -> list[dict[str, Any]]:
+def startup_vs_work(
+    folder: Path, env: dict[str, str], stages: list[StageRun], repeats: int
+) -> list[dict[str, Any]]:
     """Per stage: its run as `python -m pipeline <stage>` (what `dvc repro` runs), split into
     start-up (interpreter and imports) and work (the rest)."""
     rows = []
     for run in stages:
         wall, cpu = startup_seconds(folder, run.stage, env, repeats)
-        rows.append({"stage": run.stage, "seconds": run.seconds, "startup_seconds": wall,
-                     "startup_cpu_seconds": cpu, "work_seconds": run.seconds - wall})
-        print(f"  {run.stage}: start-up {wall:.2f} s ({cpu:.2f} s CPU) of {run.seconds:.1f} s", file=sys.stderr)
+        rows.append(
+            {
+                "stage": run.stage,
+                "seconds": run.seconds,
+                "startup_seconds": wall,
+                "startup_cpu_seconds": cpu,
+                "work_seconds": run.seconds - wall,
+            }
+        )
+        print(
+            f"  {run.stage}: start-up {wall:.2f} s ({cpu:.2f} s CPU) of {run.seconds:.1f} s",
+            file=sys.stderr,
+        )
     return rows
 
 
 def dvc_stage_names(folder: Path, env: dict[str, str]) -> list[str]:
-    out = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=folder, env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["dvc", "stage", "list", "--name-only"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -219,9 +268,18 @@ def dvc_repro(folder: Path, env: dict[str, str]) -> dict[str, Any]:
             break
         chain.append(stage)
     if not chain:
-        return {"stages": [], "missing_stages": list(STAGES), "seconds": None, "returncode": None, "error": ""}
+        return {
+            "stages": [],
+            "missing_stages": list(STAGES),
+            "seconds": None,
+            "returncode": None,
+            "error": "",
+        }
     seconds, rss, code, error = run_measured(["dvc", "repro", chain[-1]], folder, env)
-    print(f"  dvc repro {chain[-1]}: {seconds:.1f} s" + (f", FAILED: {error}" if code else ""), file=sys.stderr)
+    print(
+        f"  dvc repro {chain[-1]}: {seconds:.1f} s" + (f", FAILED: {error}" if code else ""),
+        file=sys.stderr,
+    )
     return {
         "stages": chain,
         "missing_stages": [s for s in STAGES if s not in chain],
@@ -240,7 +298,9 @@ def read_history(folder: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def seconds_to_accuracy(history: list[dict[str, float]], target: float) -> tuple[float | None, int | None]:
+def seconds_to_accuracy(
+    history: list[dict[str, float]], target: float
+) -> tuple[float | None, int | None]:
     """Cumulative training seconds (validation included) until valid_acc first reaches `target`."""
     total = 0.0
     for row in history:
@@ -298,7 +358,9 @@ def load_split(folder: Path) -> tuple[Split, Split, float, float]:
     return split(train_idx), split(valid_idx), stats["mean"], stats["std"]
 
 
-def epoch_seconds(data: Split, params: Params, mean: float, std: float, repeats: int = 1) -> tuple[float, float]:
+def epoch_seconds(
+    data: Split, params: Params, mean: float, std: float, repeats: int = 1
+) -> tuple[float, float]:
     """Wall and CPU seconds of one Trainer.train_epoch (augmentation included, no validation);
     the fastest of `repeats` fresh runs, as load from other processes only ever adds time."""
     best = (math.inf, math.inf)
@@ -329,13 +391,26 @@ def epoch_breakdown(data: Split, params: Params, mean: float, std: float) -> dic
                 return fn(*args, **kwargs)
             finally:
                 phases[phase] += time.perf_counter() - started
+
         return wrapper
 
     torch.manual_seed(params.train.seed)
     model = MLP(Architecture.from_params(params), mean, std)
-    trainer = Trainer(model, params.train, Augmentation.from_params(params), -(-len(data.labels) // params.train.batch_size))
-    trainer.net, trainer.loss = timed("forward_backward", trainer.net), timed("forward_backward", trainer.loss)
-    for owner, name in ((trainer.optimizer, "step"), (trainer.optimizer, "zero_grad"), (trainer.scheduler, "step")):
+    trainer = Trainer(
+        model,
+        params.train,
+        Augmentation.from_params(params),
+        -(-len(data.labels) // params.train.batch_size),
+    )
+    trainer.net, trainer.loss = (
+        timed("forward_backward", trainer.net),
+        timed("forward_backward", trainer.loss),
+    )
+    for owner, name in (
+        (trainer.optimizer, "step"),
+        (trainer.optimizer, "zero_grad"),
+        (trainer.scheduler, "step"),
+    ):
         if owner is not None:
             setattr(owner, name, timed("optimizer", getattr(owner, name)))
     backward, augment = torch.Tensor.backward, pipeline.trainer.augment
@@ -352,8 +427,16 @@ def epoch_breakdown(data: Split, params: Params, mean: float, std: float) -> dic
     return {**phases, "other": total - sum(phases.values()), "total": total}
 
 
-def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean: float, std: float,
-               batches: int, repeats: int) -> dict[str, Any]:
+def throughput(
+    raw_dir: Path,
+    scratch: Path,
+    train: Split,
+    params: Params,
+    mean: float,
+    std: float,
+    batches: int,
+    repeats: int,
+) -> dict[str, Any]:
     """Reference loop vs ours at batch 64 on the same number of images, alternating so that
     load from other processes hits both alike. CPU seconds (with one thread: the time on an
     idle core) are kept beside the wall times, as they hardly depend on that load."""
@@ -371,10 +454,15 @@ def throughput(raw_dir: Path, scratch: Path, train: Split, params: Params, mean:
         ours_s.append(wall)
         ours_cpu.append(cpu)
         ours_parts.append(epoch_breakdown(data, params, mean, std))
-        print(f"  repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s", file=sys.stderr)
+        print(
+            f"  repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s",
+            file=sys.stderr,
+        )
     # The breakdowns of the fastest timed runs (timers add a little: their totals sit beside).
-    breakdown = {"reference": min(seed_parts, key=lambda p: p["total"]),
-                 "ours": min(ours_parts, key=lambda p: p["total"])}
+    breakdown = {
+        "reference": min(seed_parts, key=lambda p: p["total"]),
+        "ours": min(ours_parts, key=lambda p: p["total"]),
+    }
     return {
         "images": images,
         "seed_seconds": seed_s,
@@ -411,7 +499,11 @@ def step_operands(batch: int, arch: Architecture) -> list[tuple[torch.Tensor, to
     layouts: forward x @ W^T, weight gradient g^T @ x, input gradient g @ W (all but layer 1)."""
     operands = []
     for layer, (fan_in, fan_out) in enumerate(layer_sizes(arch)):
-        x, w, g = torch.randn(batch, fan_in), torch.randn(fan_out, fan_in), torch.randn(batch, fan_out)
+        x, w, g = (
+            torch.randn(batch, fan_in),
+            torch.randn(fan_out, fan_in),
+            torch.randn(batch, fan_out),
+        )
         operands += [(x, w.t()), (g.t(), x)]
         if layer:
             operands.append((g, w))
@@ -422,7 +514,9 @@ def matmul_flops(operands: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     return float(sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in operands))
 
 
-def matmul_step_seconds(batch: int, arch: Architecture, min_seconds: float, repeats: int) -> tuple[float, float]:
+def matmul_step_seconds(
+    batch: int, arch: Architecture, min_seconds: float, repeats: int
+) -> tuple[float, float]:
     """Best-of-`repeats` wall and CPU time of the matmuls of one training step, float32, torch's
     own kernels."""
     operands = step_operands(batch, arch)
@@ -442,8 +536,9 @@ def matmul_step_seconds(batch: int, arch: Architecture, min_seconds: float, repe
     return best
 
 
-def hardware_limit(batches: list[int], arch: Architecture, images: int, min_seconds: float,
-                   repeats: int) -> dict[int, dict[str, float]]:
+def hardware_limit(
+    batches: list[int], arch: Architecture, images: int, min_seconds: float, repeats: int
+) -> dict[int, dict[str, float]]:
     """Lower bound on an epoch's time at each batch size: its matmuls alone, at the speed
     measured for that batch size's shapes."""
     out = {}
@@ -451,10 +546,17 @@ def hardware_limit(batches: list[int], arch: Architecture, images: int, min_seco
         wall, cpu = matmul_step_seconds(b, arch, min_seconds, repeats)
         step = training_flops(b, arch)
         epoch = training_flops(images, arch)
-        out[b] = {"gflops": step / wall / 1e9, "limit_epoch_seconds": epoch / step * wall,
-                  "gflops_cpu": step / cpu / 1e9, "limit_epoch_cpu_seconds": epoch / step * cpu}
-        print(f"  matmuls at batch {b}: {out[b]['gflops']:.1f} GFLOP/s -> epoch >= "
-              f"{out[b]['limit_epoch_seconds']:.3f} s", file=sys.stderr)
+        out[b] = {
+            "gflops": step / wall / 1e9,
+            "limit_epoch_seconds": epoch / step * wall,
+            "gflops_cpu": step / cpu / 1e9,
+            "limit_epoch_cpu_seconds": epoch / step * cpu,
+        }
+        print(
+            f"  matmuls at batch {b}: {out[b]['gflops']:.1f} GFLOP/s -> epoch >= "
+            f"{out[b]['limit_epoch_seconds']:.3f} s",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -476,7 +578,9 @@ def peak_gemm(threads: int, size: int, min_seconds: float, repeats: int) -> dict
     finally:
         torch.set_num_threads(previous)
     gflops = 2 * size**3 / best / 1e9
-    print(f"  peak matmul on {threads} threads ({size}x{size}): {gflops:.0f} GFLOP/s", file=sys.stderr)
+    print(
+        f"  peak matmul on {threads} threads ({size}x{size}): {gflops:.0f} GFLOP/s", file=sys.stderr
+    )
     return {"threads": threads, "size": size, "gflops": gflops}
 
 
@@ -484,7 +588,9 @@ def source_commit() -> str:
     """The commit measured, with `+changes` when the working tree differed from it."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     changed = git("status", "--porcelain", "--untracked-files=no")
     return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
@@ -507,8 +613,16 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
-def sklearn_seconds_to(train: Split, valid: Split, mean: float, std: float, threads: int,
-                       max_epochs: int, seed: int, target: float) -> dict[str, Any]:
+def sklearn_seconds_to(
+    train: Split,
+    valid: Split,
+    mean: float,
+    std: float,
+    threads: int,
+    max_epochs: int,
+    seed: int,
+    target: float,
+) -> dict[str, Any]:
     """MLPClassifier (250, 100), Adam, batch 64, one partial_fit epoch at a time until the
     validation accuracy reaches `target`; same normalised float32 pixels, no augmentation."""
     from sklearn.neural_network import MLPClassifier
@@ -519,8 +633,14 @@ def sklearn_seconds_to(train: Split, valid: Split, mean: float, std: float, thre
 
     x, y = features(train), train.labels.numpy()
     xv, yv = features(valid), valid.labels.numpy()
-    model = MLPClassifier(hidden_layer_sizes=(250, 100), solver="adam", batch_size=64, alpha=0.0,
-                          learning_rate_init=0.001, random_state=seed)
+    model = MLPClassifier(
+        hidden_layer_sizes=(250, 100),
+        solver="adam",
+        batch_size=64,
+        alpha=0.0,
+        learning_rate_init=0.001,
+        random_state=seed,
+    )
     total, accuracies = 0.0, []
     with threadpool_limits(threads):
         for epoch in range(1, max_epochs + 1):
@@ -528,10 +648,18 @@ def sklearn_seconds_to(train: Split, valid: Split, mean: float, std: float, thre
             model.partial_fit(x, y, classes=np.arange(10))
             accuracies.append(float((model.predict(xv) == yv).mean()))
             total += time.perf_counter() - started
-            print(f"  sklearn epoch {epoch}: valid accuracy {accuracies[-1]:.4f}, {total:.1f} s", file=sys.stderr)
+            print(
+                f"  sklearn epoch {epoch}: valid accuracy {accuracies[-1]:.4f}, {total:.1f} s",
+                file=sys.stderr,
+            )
             if accuracies[-1] >= target:
                 return {"seconds_to_98": total, "epochs": epoch, "valid_accuracy": accuracies}
-    return {"seconds_to_98": None, "epochs": None, "valid_accuracy": accuracies, "epoch_cap": max_epochs}
+    return {
+        "seconds_to_98": None,
+        "epochs": None,
+        "valid_accuracy": accuracies,
+        "epoch_cap": max_epochs,
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -556,27 +684,52 @@ def markdown_table(r: dict[str, Any]) -> str:
     rows = [
         ("Reference loop (torchvision + PIL, batch 64), images/s", fmt(r["seed_images_per_s"], 0)),
         ("Ours (batch 64), images/s", fmt(r["ours_images_per_s"], 0)),
-        ("Speedup vs reference, wall (CPU) time", f"{fmt(r['speedup_vs_seed'], 1, 'x')} "
-                                                  f"({fmt(r['speedup_vs_seed_cpu'], 1, 'x')})"),
-        ("scikit-learn MLPClassifier (batch 64), seconds to 98% valid", fmt(r["sklearn_seconds_to_98"], 1)),
+        (
+            "Speedup vs reference, wall (CPU) time",
+            f"{fmt(r['speedup_vs_seed'], 1, 'x')} ({fmt(r['speedup_vs_seed_cpu'], 1, 'x')})",
+        ),
+        (
+            "scikit-learn MLPClassifier (batch 64), seconds to 98% valid",
+            fmt(r["sklearn_seconds_to_98"], 1),
+        ),
         ("Ours (batch 64), seconds to 98% valid", fmt(r["ours_seconds_to_98"], 1)),
         ("Ours, epoch at batch 64, s", fmt(r["ours_epoch_seconds_b64"], 2)),
-        (f"Ours, epoch at batch {best} (fastest with >= 98% test), s", fmt(r["ours_epoch_seconds_best"], 2, missing="n/a")),
-        (f"Matmul lower bound on an epoch at batch {best}, s", fmt(r["limit_epoch_seconds"], 2, missing="n/a")),
-        (f"Ours at batch {best} / lower bound, wall (CPU) time", f"{fmt(r['ratio_to_limit'], 1, 'x', 'n/a')} "
-                                                                f"({fmt(r['ratio_to_limit_cpu'], 1, 'x', 'n/a')})"),
-        (f"Matmul peak, all {r['peak_matmul_all_cores']['threads']} cores "
-         f"({r['peak_matmul_all_cores']['size']}² float32), GFLOP/s; epoch bound at that "
-         "rate, s",
-         f"{fmt(r['peak_matmul_all_cores']['gflops'], 0)}; "
-         f"{fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}"),
-        ("`dvc repro` from raw files ({}), s".format(", ".join(r["dvc_repro"]["stages"]) or "no stages"),
-         fmt(r["dvc_repro"]["seconds"], 0)),
+        (
+            f"Ours, epoch at batch {best} (fastest with >= 98% test), s",
+            fmt(r["ours_epoch_seconds_best"], 2, missing="n/a"),
+        ),
+        (
+            f"Matmul lower bound on an epoch at batch {best}, s",
+            fmt(r["limit_epoch_seconds"], 2, missing="n/a"),
+        ),
+        (
+            f"Ours at batch {best} / lower bound, wall (CPU) time",
+            f"{fmt(r['ratio_to_limit'], 1, 'x', 'n/a')} "
+            f"({fmt(r['ratio_to_limit_cpu'], 1, 'x', 'n/a')})",
+        ),
+        (
+            f"Matmul peak, all {r['peak_matmul_all_cores']['threads']} cores "
+            f"({r['peak_matmul_all_cores']['size']}² float32), GFLOP/s; epoch bound at that "
+            "rate, s",
+            f"{fmt(r['peak_matmul_all_cores']['gflops'], 0)}; "
+            f"{fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}",
+        ),
+        (
+            "`dvc repro` from raw files ({}), s".format(
+                ", ".join(r["dvc_repro"]["stages"]) or "no stages"
+            ),
+            fmt(r["dvc_repro"]["seconds"], 0),
+        ),
     ]
-    rows += [(f"Peak RSS of `python -m pipeline {s['stage']}`, MiB", fmt(s["peak_rss_mb"], 0)) for s in r["stages"]]
+    rows += [
+        (f"Peak RSS of `python -m pipeline {s['stage']}`, MiB", fmt(s["peak_rss_mb"], 0))
+        for s in r["stages"]
+    ]
     lines = ["| measurement | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows), ""]
-    lines.append("| batch size | lr, schedule | test accuracy | epoch, s (CPU s) "
-                 "| matmul bound, s (CPU s) | matmul GFLOP/s |")
+    lines.append(
+        "| batch size | lr, schedule | test accuracy | epoch, s (CPU s) "
+        "| matmul bound, s (CPU s) | matmul GFLOP/s |"
+    )
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for run in r["batch_runs"]:
         limit = r["limits"][str(run["batch_size"])]
@@ -589,24 +742,32 @@ def markdown_table(r: dict[str, Any]) -> str:
     lines += ["", *breakdown_table(r["throughput"]), "", *startup_table(r["dvc_repro"])]
     machine = r["machine"]
     load = machine["loadavg"]
-    lines += ["", (
-        f"Measured by `{r['command']}` on {machine['cpu_count']} CPU cores "
-        f"({machine['model']}; torch CPU capability {machine['torch_cpu_capability']}), "
-        f"torch {machine['torch']}, {r['threads']} thread(s), {r['finished']}; 1-minute load "
-        f"average {load['start']:.1f} at the start, {max(load.values()):.1f} at most, "
-        f"{load['end']:.1f} at the end."
-    )]
+    lines += [
+        "",
+        (
+            f"Measured by `{r['command']}` on {machine['cpu_count']} CPU cores "
+            f"({machine['model']}; torch CPU capability {machine['torch_cpu_capability']}), "
+            f"torch {machine['torch']}, {r['threads']} thread(s), {r['finished']}; 1-minute load "
+            f"average {load['start']:.1f} at the start, {max(load.values()):.1f} at most, "
+            f"{load['end']:.1f} at the end."
+        ),
+    ]
     return "\n".join(lines)
 
 
 def breakdown_table(speed: dict[str, Any]) -> list[str]:
     """Where an epoch of each loop goes (the fastest timed repeat; timers add a little)."""
     parts = speed["breakdown_seconds"]
-    lines = [f"| part of an epoch ({speed['images']:,} images, batch 64), s (share) | reference loop "
-             "| ours |",
-             "| --- | --- | --- |"]
+    lines = [
+        f"| part of an epoch ({speed['images']:,} images, batch 64), s (share) | reference loop "
+        "| ours |",
+        "| --- | --- | --- |",
+    ]
     for phase in (*PHASES, "other", "total"):
-        cells = [f"{parts[loop][phase]:.2f} ({parts[loop][phase] / parts[loop]['total']:.0%})" for loop in ("reference", "ours")]
+        cells = [
+            f"{parts[loop][phase]:.2f} ({parts[loop][phase] / parts[loop]['total']:.0%})"
+            for loop in ("reference", "ours")
+        ]
         lines.append(f"| {phase.replace('_', ' + ')} | {cells[0]} | {cells[1]} |")
     return lines
 
@@ -614,14 +775,22 @@ def breakdown_table(speed: dict[str, Any]) -> list[str]:
 def startup_table(repro: dict[str, Any]) -> list[str]:
     """`python -m pipeline <stage>` runs split into start-up and work, and what `dvc repro` adds."""
     rows = repro.get("per_stage", [])
-    lines = ["| stage | run alone, s | start-up (imports), s (CPU s) | work, s |", "| --- | --- | --- | --- |"]
-    lines += [f"| {row['stage']} | {row['seconds']:.1f} | {row['startup_seconds']:.2f} "
-              f"({row['startup_cpu_seconds']:.2f}) | {row['work_seconds']:.1f} |" for row in rows]
+    lines = [
+        "| stage | run alone, s | start-up (imports), s (CPU s) | work, s |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {row['stage']} | {row['seconds']:.1f} | {row['startup_seconds']:.2f} "
+        f"({row['startup_cpu_seconds']:.2f}) | {row['work_seconds']:.1f} |"
+        for row in rows
+    ]
     if rows and repro.get("seconds"):
         total = sum(row["seconds"] for row in rows)
         startup = sum(row["startup_seconds"] for row in rows)
-        lines.append(f"| all, run alone (`dvc repro`: {repro['seconds']:.0f}) | {total:.1f} | "
-                     f"{startup:.1f} | {total - startup:.1f} |")
+        lines.append(
+            f"| all, run alone (`dvc repro`: {repro['seconds']:.0f}) | {total:.1f} | "
+            f"{startup:.1f} | {total - startup:.1f} |"
+        )
     return lines
 
 
@@ -629,8 +798,10 @@ def update_page(page: Path, table: str) -> None:
     text = page.read_text()
     start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
-        raise SystemExit(f"error: {page} lacks the {TABLE_START} ... {TABLE_END} markers; add them where the "
-                         "table goes")
+        raise SystemExit(
+            f"error: {page} lacks the {TABLE_START} ... {TABLE_END} markers; add them where the "
+            "table goes"
+        )
     atomic.write_text(page, text[: start + len(TABLE_START)] + "\n" + table + "\n" + text[end:])
 
 
@@ -639,16 +810,33 @@ def update_page(page: Path, table: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, small samples, docs untouched")
-    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads everywhere (default 1)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[128, 256, 512, 1024],
-                        help="batch sizes tried against batch 64 for the fastest that reaches 98%% test accuracy")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 epoch, small samples, docs untouched"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch and BLAS threads everywhere (default 1)"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[128, 256, 512, 1024],
+        help="batch sizes tried against batch 64 for the fastest that reaches 98%% test accuracy",
+    )
     parser.add_argument("--keep", type=Path, help="keep the scratch copies in this folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
-    command = "python benchmarks/run.py" + (" --quick" if args.quick else "") + (
-        f" --threads {args.threads}" if args.threads != 1 else "")
+    os.environ.update(
+        {
+            k: str(args.threads)
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        }
+    )
+    command = (
+        "python benchmarks/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
+    )
     load = {"start": os.getloadavg()[0]}  # 1-minute load average as each part begins
 
     base = with_overrides(load_params(REPO / "params.yaml"), {"train": {"threads": args.threads}})
@@ -667,36 +855,73 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stages = stage_memory(stages_dir, env)
         ran = {s.stage for s in stages if s.returncode == 0}
         if not {"download", "stats", "split"} <= ran:
-            raise SystemExit("error: download, stats and split must succeed for the benchmarks; see the "
-                             "lines above")
+            raise SystemExit(
+                "error: download, stats and split must succeed for the benchmarks; see the "
+                "lines above"
+            )
         print("== start-up (interpreter and imports) of each stage", file=sys.stderr)
         load["startup"] = os.getloadavg()[0]
-        startup = startup_vs_work(stages_dir, env, [s for s in stages if s.returncode == 0], repeats)
+        startup = startup_vs_work(
+            stages_dir, env, [s for s in stages if s.returncode == 0], repeats
+        )
 
         print("== reference loop vs ours at batch 64", file=sys.stderr)
         load["throughput"] = os.getloadavg()[0]
         train, valid, mean, std = load_split(stages_dir)
-        speed = throughput(stages_dir / RAW_DIR, scratch / "torchvision", train, base, mean, std,
-                           batches=60 if args.quick else SEED_BATCHES_PER_EPOCH, repeats=repeats)
+        speed = throughput(
+            stages_dir / RAW_DIR,
+            scratch / "torchvision",
+            train,
+            base,
+            mean,
+            std,
+            batches=60 if args.quick else SEED_BATCHES_PER_EPOCH,
+            repeats=repeats,
+        )
 
         print("== scikit-learn to 98% validation accuracy", file=sys.stderr)
-        sk = sklearn_seconds_to(train, valid, mean, std, args.threads, max_epochs=1 if args.quick else 20,
-                                seed=base.train.seed, target=TARGET_ACCURACY)
+        sk = sklearn_seconds_to(
+            train,
+            valid,
+            mean,
+            std,
+            args.threads,
+            max_epochs=1 if args.quick else 20,
+            seed=base.train.seed,
+            target=TARGET_ACCURACY,
+        )
 
-        print("== batch sizes: real training runs (train + evaluate stages) and epoch times", file=sys.stderr)
+        print(
+            "== batch sizes: real training runs (train + evaluate stages) and epoch times",
+            file=sys.stderr,
+        )
         batch_runs = []
         for b in batches:
             # Larger batches take fewer, larger steps: lr scaled up, then decayed to 0 (cosine).
-            params = with_overrides(base, {"train": {"batch_size": b, "lr": batch_lr(b, base.train.lr),
-                                                     "lr_schedule": "cosine" if b != 64 else base.train.lr_schedule}})
+            params = with_overrides(
+                base,
+                {
+                    "train": {
+                        "batch_size": b,
+                        "lr": batch_lr(b, base.train.lr),
+                        "lr_schedule": "cosine" if b != 64 else base.train.lr_schedule,
+                    }
+                },
+            )
             if b == 64 and "evaluate" in ran:
-                run = summarize_run(stages_dir, params, next(s for s in stages if s.stage == "train"))
+                run = summarize_run(
+                    stages_dir, params, next(s for s in stages if s.stage == "train")
+                )
             else:
                 run = training_run(stages_dir, params, env, f"bench-b{b}")
-            run["epoch_seconds"], run["epoch_cpu_seconds"] = epoch_seconds(train, params, mean, std, repeats)
-            print(f"  batch {b}: test accuracy {run['test_accuracy']:.4f}, epoch "
-                  f"{run['epoch_seconds']:.2f} s",
-                  file=sys.stderr)
+            run["epoch_seconds"], run["epoch_cpu_seconds"] = epoch_seconds(
+                train, params, mean, std, repeats
+            )
+            print(
+                f"  batch {b}: test accuracy {run['test_accuracy']:.4f}, epoch "
+                f"{run['epoch_seconds']:.2f} s",
+                file=sys.stderr,
+            )
             batch_runs.append(run)
         b64 = batch_runs[0]
         best = pick_best(batch_runs)
@@ -704,10 +929,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("== matmul lower bound", file=sys.stderr)
         arch = Architecture.from_params(base)
         load["matmul"] = os.getloadavg()[0]
-        limits = hardware_limit(batches, arch, len(train.labels), min_seconds=0.2 if args.quick else 1.0,
-                                repeats=2 if args.quick else 5)
-        peak = peak_gemm(os.cpu_count() or 1, 2048, min_seconds=0.5 if args.quick else 2.0, repeats=2 if args.quick else 3)
-        peak["limit_epoch_seconds"] = training_flops(len(train.labels), arch) / (peak["gflops"] * 1e9)
+        limits = hardware_limit(
+            batches,
+            arch,
+            len(train.labels),
+            min_seconds=0.2 if args.quick else 1.0,
+            repeats=2 if args.quick else 5,
+        )
+        peak = peak_gemm(
+            os.cpu_count() or 1,
+            2048,
+            min_seconds=0.5 if args.quick else 2.0,
+            repeats=2 if args.quick else 3,
+        )
+        peak["limit_epoch_seconds"] = training_flops(len(train.labels), arch) / (
+            peak["gflops"] * 1e9
+        )
 
         print("== dvc repro from raw files", file=sys.stderr)
         scratch_copy(REPO, dvc_dir)
@@ -744,8 +981,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "best_batch": best["batch_size"] if best else None,
         "ratio_to_limit": best["epoch_seconds"] / best_limit if best else None,
         "speedup_vs_seed_cpu": speed["speedup_vs_seed_cpu"],
-        "ratio_to_limit_cpu": (best["epoch_cpu_seconds"] / limits[best["batch_size"]]["limit_epoch_cpu_seconds"]
-                               if best else None),
+        "ratio_to_limit_cpu": (
+            best["epoch_cpu_seconds"] / limits[best["batch_size"]]["limit_epoch_cpu_seconds"]
+            if best
+            else None
+        ),
         "epoch_flops": training_flops(len(train.labels), arch),
         "epoch_flops_3x_forward": epoch_flops(len(train.labels), arch),
         "throughput": speed,

@@ -29,7 +29,9 @@ from pipeline.__main__ import STAGES  # noqa: E402
 
 def checkout(revision: str, target: Path) -> Path:
     """The tree of `revision` (git archive), without touching the working tree."""
-    archive = subprocess.run(["git", "archive", revision], cwd=REPO, capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", revision], cwd=REPO, capture_output=True, check=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return target
@@ -37,35 +39,68 @@ def checkout(revision: str, target: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="git revision to compare the working tree with")
+    parser.add_argument(
+        "--before", required=True, help="git revision to compare the working tree with"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    revision = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", args.before],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"before": checkout(revision, Path(tmp) / "before"), "after": scratch_copy(REPO, Path(tmp) / "after")}
+        trees = {
+            "before": checkout(revision, Path(tmp) / "before"),
+            "after": scratch_copy(REPO, Path(tmp) / "after"),
+        }
         best = {(tree, stage): (float("inf"), float("inf")) for tree in trees for stage in STAGES}
         for _ in range(args.repeats):
             for stage in STAGES:
                 for tree, folder in trees.items():
                     env = {**os.environ, "PYTHONPATH": str(folder)}
-                    best[tree, stage] = min(best[tree, stage], startup_seconds(folder, stage, env, 1))
+                    best[tree, stage] = min(
+                        best[tree, stage], startup_seconds(folder, stage, env, 1)
+                    )
         load.append(os.getloadavg()[0])
-    rows = [{"stage": stage, **{f"{tree}_{kind}": best[tree, stage][i] for tree in trees
-                                for i, kind in enumerate(("seconds", "cpu_seconds"))}} for stage in STAGES]
+    rows = [
+        {
+            "stage": stage,
+            **{
+                f"{tree}_{kind}": best[tree, stage][i]
+                for tree in trees
+                for i, kind in enumerate(("seconds", "cpu_seconds"))
+            },
+        }
+        for stage in STAGES
+    ]
     for row in rows:
-        print(f"{row['stage']:>9}: {row['before_seconds']:.2f} s ({row['before_cpu_seconds']:.2f} "
-              f"CPU) -> {row['after_seconds']:.2f} s ({row['after_cpu_seconds']:.2f} CPU)")
+        print(
+            f"{row['stage']:>9}: {row['before_seconds']:.2f} s ({row['before_cpu_seconds']:.2f} "
+            f"CPU) -> {row['after_seconds']:.2f} s ({row['after_cpu_seconds']:.2f} CPU)"
+        )
     result = {
-        "command": f"python benchmarks/startup.py --before {revision}" + (
-            f" --repeats {args.repeats}" if args.repeats != 5 else ""),
+        "command": f"python benchmarks/startup.py --before {revision}"
+        + (f" --repeats {args.repeats}" if args.repeats != 5 else ""),
         "before": revision,
-        "after": "working tree at " + subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                                     capture_output=True, text=True, check=True).stdout.strip(),
+        "after": "working tree at "
+        + subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip(),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"model": cpu_info()["model"], "cpu_count": os.cpu_count(), "loadavg_start": load[0],
-                    "loadavg_end": load[1]},
+        "machine": {
+            "model": cpu_info()["model"],
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": load[0],
+            "loadavg_end": load[1],
+        },
         "stages": rows,
     }
     atomic.write_json(REPO / "reports" / "startup.json", result)

@@ -45,19 +45,23 @@ def torchvision_root(raw_dir: Path, root: Path) -> Path:
     return root
 
 
-def seed_loop(root: Path, batches: int, mean: float, std: float, seed: int) -> tuple[float, dict[str, float]]:
+def seed_loop(
+    root: Path, batches: int, mean: float, std: float, seed: int
+) -> tuple[float, dict[str, float]]:
     """The reference notebook's epoch, cut after `batches` batches: seconds, and where they went
     (data: the DataLoader's PIL transforms and collation; forward_backward; optimizer: zero_grad
     and step; other: the rest of the loop)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomRotation(5, fill=(0,)),
-        transforms.RandomCrop(28, padding=2),
-        transforms.ToTensor(),
-        transforms.Normalize((mean,), (std,)),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomRotation(5, fill=(0,)),
+            transforms.RandomCrop(28, padding=2),
+            transforms.ToTensor(),
+            transforms.Normalize((mean,), (std,)),
+        ]
+    )
     train_set = datasets.MNIST(str(root), train=True, download=True, transform=transform)
     loader = DataLoader(train_set, batch_size=64, shuffle=True)
     torch.manual_seed(seed)
@@ -102,11 +106,22 @@ def our_loop(data: Split, mean: float, std: float, seed: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--raw", type=Path, default=RAW_DIR, help="folder with the four IDX .gz files")
-    parser.add_argument("--batches", type=int, default=938, help="batches of 64 per measurement (938 = 60,000 images)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating measurements of each loop")
+    parser.add_argument(
+        "--raw", type=Path, default=RAW_DIR, help="folder with the four IDX .gz files"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=938,
+        help="batches of 64 per measurement (938 = 60,000 images)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="alternating measurements of each loop"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops")
-    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/train_throughput.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/benchmarks/train_throughput.json")
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -122,7 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
         for repeat in range(args.repeats):
             seed_s.append(seed_loop(root, args.batches, mean, std, repeat)[0])
             ours_s.append(our_loop(ours_data, mean, std, repeat))
-            print(f"repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s", file=sys.stderr)
+            print(
+                f"repeat {repeat + 1}: reference {seed_s[-1]:.2f} s, ours {ours_s[-1]:.2f} s",
+                file=sys.stderr,
+            )
 
     result = {
         "images": images,

@@ -28,11 +28,19 @@ def parser() -> argparse.ArgumentParser:
     """`--params` goes before or after the subcommand; predict accepts it but needs no params."""
     params = argparse.ArgumentParser(add_help=False)
     params.add_argument(
-        "--params", type=Path, default=argparse.SUPPRESS, help=f"params file (default: {PARAMS_FILE})"
+        "--params",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"params file (default: {PARAMS_FILE})",
     )
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
-    commands = main.add_subparsers(dest="command", required=True, metavar="{stage,predict,upstream}")
-    stages = {stage: commands.add_parser(stage, parents=[params], help=f"run the {stage} stage") for stage in STAGES}
+    commands = main.add_subparsers(
+        dest="command", required=True, metavar="{stage,predict,upstream}"
+    )
+    stages = {
+        stage: commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
+        for stage in STAGES
+    }
     stages["promote"].add_argument(
         "--allow-contract-change",
         action="store_true",
@@ -43,23 +51,25 @@ def parser() -> argparse.ArgumentParser:
         "upstream",
         parents=[params],
         help="fingerprint a custom dataset's sources into data/upstream.json "
-             "(pipeline/upstream.py)",
+        "(pipeline/upstream.py)",
     )
     predict = commands.add_parser(
         "predict",
         parents=[params],
         help="the digit in each picture or IDX image (pipeline/predict.py)",
         description="Predict the digit in each image (PNG, JPEG, ...) or in each image of an "
-                    "IDX file.",
+        "IDX file.",
     )
     predict.add_argument("paths", nargs="+", metavar="PATH", help="picture or IDX images file")
     predict.add_argument(
         "--model",
         default=str(MODEL_FILE),
         help="checkpoint file or MLflow URI such as models:/mnist-mlp@champion (default: "
-             f"{MODEL_FILE})",
+        f"{MODEL_FILE})",
     )
-    predict.add_argument("--json", action="store_true", help="one JSON object per prediction per line (JSON Lines)")
+    predict.add_argument(
+        "--json", action="store_true", help="one JSON object per prediction per line (JSON Lines)"
+    )
     return main
 
 
@@ -84,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
-    options = {"allow_contract_change": True} if getattr(args, "allow_contract_change", False) else {}
+    options = (
+        {"allow_contract_change": True} if getattr(args, "allow_contract_change", False) else {}
+    )
     return run_stage(args.command, getattr(args, "params", PARAMS_FILE), options)
 
 

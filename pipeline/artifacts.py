@@ -93,7 +93,9 @@ def _load(path: Path, stage: str, kind: str, parse: Any) -> Any:
     try:
         return parse(path)
     except FileNotFoundError:
-        raise PipelineError(f"{path} is missing; run the {stage} stage first (dvc repro {stage})") from None
+        raise PipelineError(
+            f"{path} is missing; run the {stage} stage first (dvc repro {stage})"
+        ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PipelineError(f"{path} is not a readable {kind} ({reason}); {_fix(stage)}") from None
@@ -102,7 +104,9 @@ def _load(path: Path, stage: str, kind: str, parse: Any) -> Any:
 def _json_object(path: Path, stage: str, keys: Sequence[str] = ()) -> dict[str, Any]:
     content = _load(path, stage, "JSON file", lambda p: json.loads(Path(p).read_text()))
     if not isinstance(content, dict):
-        raise PipelineError(f"{path} must hold a JSON object, got {type(content).__name__}; {_fix(stage)}")
+        raise PipelineError(
+            f"{path} must hold a JSON object, got {type(content).__name__}; {_fix(stage)}"
+        )
     missing = [key for key in keys if key not in content]
     if missing:
         raise PipelineError(f"{path} lacks {', '.join(missing)}; {_fix(stage)}")
@@ -187,8 +191,14 @@ def read_index(path: Path, limit: int | None = None) -> np.ndarray:
     non-empty and hold valid positions. The validate stage passes none: it reports bad indices."""
     index = _load(path, "split", ".npy file", lambda p: np.load(p, allow_pickle=False))
     if not isinstance(index, np.ndarray) or index.ndim != 1 or index.dtype.kind not in "iu":
-        shape = f"{index.dtype} {index.shape}" if isinstance(index, np.ndarray) else type(index).__name__
-        raise PipelineError(f"{path} must hold a 1-D integer index array, got {shape}; {_fix('split')}")
+        shape = (
+            f"{index.dtype} {index.shape}"
+            if isinstance(index, np.ndarray)
+            else type(index).__name__
+        )
+        raise PipelineError(
+            f"{path} must hold a 1-D integer index array, got {shape}; {_fix('split')}"
+        )
     if limit is not None:
         if len(index) == 0:
             raise PipelineError(f"{path} holds no indices; {_fix('split')}")
@@ -226,7 +236,9 @@ def write_run_reference(run_id: str, experiment_id: str, path: Path = MLFLOW_RUN
 def read_run_reference(path: Path = MLFLOW_RUN_FILE) -> RunReference:
     content = _json_object(path, "train", ("run_id", "experiment_id"))
     if not all(isinstance(content[key], str) for key in ("run_id", "experiment_id")):
-        raise PipelineError(f"{path} must give run_id and experiment_id as strings; {_fix('train')}")
+        raise PipelineError(
+            f"{path} must give run_id and experiment_id as strings; {_fix('train')}"
+        )
     return cast(RunReference, content)
 
 
@@ -263,7 +275,8 @@ def read_metrics(path: Path = METRICS_FILE) -> dict[str, float]:
     """Every metric evaluate writes, each a number."""
     content = _json_object(path, "evaluate")
     bad = [
-        key for key in METRIC_KEYS
+        key
+        for key in METRIC_KEYS
         if isinstance(content.get(key), bool) or not isinstance(content.get(key), (int, float))
     ]
     if bad:
@@ -272,7 +285,9 @@ def read_metrics(path: Path = METRICS_FILE) -> dict[str, float]:
 
 
 def write_per_class(table: pd.DataFrame, path: Path = PER_CLASS_FILE) -> None:
-    atomic.write_text(path, table.to_csv(index=False, columns=list(PER_CLASS_COLUMNS), float_format="%.6f"))
+    atomic.write_text(
+        path, table.to_csv(index=False, columns=list(PER_CLASS_COLUMNS), float_format="%.6f")
+    )
 
 
 def read_per_class(path: Path = PER_CLASS_FILE) -> pd.DataFrame:

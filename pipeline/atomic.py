@@ -56,11 +56,17 @@ def _fsync(path: Path) -> None:
 def _unwritable(path: Path, exc: OSError) -> PipelineError:
     """What is in the way: a read-only folder, a file where a folder should be, or the reverse."""
     if path.is_dir():
-        return PipelineError(f"cannot write {path}: it is a folder, not a file; move it away and rerun the stage")
-    blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        return PipelineError(
+            f"cannot write {path}: it is a folder, not a file; move it away and rerun the stage"
+        )
+    blocker = next(
+        (p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None
+    )
     if blocker is not None:
-        return PipelineError(f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the "
-                             "stage")
+        return PipelineError(
+            f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the "
+            "stage"
+        )
     return PipelineError(
         f"cannot write {path}: {path.parent} is not writable ({exc.strerror or exc}); "
         "fix its permissions and rerun the stage"

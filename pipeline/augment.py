@@ -32,7 +32,14 @@ class Augmentation:
     @classmethod
     def from_params(cls, params: Params) -> Augmentation:
         a = params.augment
-        return cls(a.rotation_deg, a.crop_padding, a.scale, a.elastic_alpha, a.elastic_sigma, a.interpolation)
+        return cls(
+            a.rotation_deg,
+            a.crop_padding,
+            a.scale,
+            a.elastic_alpha,
+            a.elastic_sigma,
+            a.interpolation,
+        )
 
     @property
     def enabled(self) -> bool:
@@ -43,21 +50,27 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return torch.rand(n, generator=generator, dtype=torch.float64) * (high - low) + low
 
 
-def affine_matrices(n: int, size: int, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+def affine_matrices(
+    n: int, size: int, aug: Augmentation, generator: torch.Generator
+) -> torch.Tensor:
     """[n, 2, 3] maps from output to input coordinates (normalised, align_corners=False).
 
     Output pixel q samples the source at M (q + d): M undoes rotation and zoom about the centre,
     d is the crop's integer shift (2 / size per pixel in normalised units).
     """
     angle = _uniform(n, -1.0, 1.0, generator) * math.radians(aug.rotation_deg)
-    zoom = _uniform(n, 1.0 - aug.scale, 1.0 + aug.scale, generator) if aug.scale else torch.ones(n, dtype=torch.float64)
+    zoom = (
+        _uniform(n, 1.0 - aug.scale, 1.0 + aug.scale, generator)
+        if aug.scale
+        else torch.ones(n, dtype=torch.float64)
+    )
     shift = torch.zeros(n, 2, dtype=torch.float64)
     if aug.crop_padding:
         pad = aug.crop_padding
         shift = torch.randint(-pad, pad + 1, (n, 2), generator=generator).double() * (2.0 / size)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     linear = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [n, 2, 2]
-    offset = (linear @ shift[:, :, None])  # [n, 2, 1]
+    offset = linear @ shift[:, :, None]  # [n, 2, 1]
     return torch.cat([linear, offset], 2).float()
 
 
@@ -80,19 +93,28 @@ def _gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def elastic_displacement(n: int, size: int, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+def elastic_displacement(
+    n: int, size: int, aug: Augmentation, generator: torch.Generator
+) -> torch.Tensor:
     """Simard et al. (2003): uniform(-1, 1) fields smoothed by a Gaussian of `elastic_sigma`
     pixels and scaled by `elastic_alpha` pixels; returned as [n, S, S, 2] normalised offsets."""
     field = torch.rand(n, 2, size, size, generator=generator) * 2 - 1
     kernel = _gaussian_kernel(aug.elastic_sigma, size)
     k = len(kernel)
-    field = F.conv2d(field, kernel.view(1, 1, 1, k).expand(2, 1, 1, k), padding=(0, k // 2), groups=2)
-    field = F.conv2d(field, kernel.view(1, 1, k, 1).expand(2, 1, k, 1), padding=(k // 2, 0), groups=2)
+    field = F.conv2d(
+        field, kernel.view(1, 1, 1, k).expand(2, 1, 1, k), padding=(0, k // 2), groups=2
+    )
+    field = F.conv2d(
+        field, kernel.view(1, 1, k, 1).expand(2, 1, k, 1), padding=(k // 2, 0), groups=2
+    )
     return field.permute(0, 2, 3, 1) * (aug.elastic_alpha * 2.0 / size)
 
 
 def augment(
-    images: torch.Tensor, aug: Augmentation, generator: torch.Generator, rows: torch.Tensor | None = None
+    images: torch.Tensor,
+    aug: Augmentation,
+    generator: torch.Generator,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 [N, S, S] -> float32 [N, S, S] in [0, 1], each image with its own random draw.
 
@@ -117,5 +139,7 @@ def augment(
     grid = sampling_grid(theta.to(images.device), size)
     if field is not None:
         grid = grid + field.to(images.device)
-    out = F.grid_sample(pixels[:, None], grid, mode=aug.interpolation, padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        pixels[:, None], grid, mode=aug.interpolation, padding_mode="zeros", align_corners=False
+    )
     return out[:, 0]

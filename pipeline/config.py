@@ -157,13 +157,19 @@ class Params(Section):
 
 
 def _describe(error: ErrorDetails) -> str:
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    key = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+    ).lstrip(".")
     if error["type"] == "extra_forbidden":
         section, _, _ = key.rpartition(".")
         owner: type[BaseModel] = Params
         if section:
-            annotation = Params.model_fields[section if section != "validate" else "validate_"].annotation
-            assert isinstance(annotation, type) and issubclass(annotation, BaseModel)  # every section is one
+            annotation = Params.model_fields[
+                section if section != "validate" else "validate_"
+            ].annotation
+            assert isinstance(annotation, type) and issubclass(
+                annotation, BaseModel
+            )  # every section is one
             owner = annotation
         allowed = ", ".join(f.alias or name for name, f in owner.model_fields.items())
         return f"{key} is not a known key (allowed: {allowed})"
@@ -219,9 +225,13 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read {path} ({exc}); point --params at a readable YAML file") from None
+        raise PipelineError(
+            f"cannot read {path} ({exc}); point --params at a readable YAML file"
+        ) from None
     except yaml.YAMLError as exc:
-        raise PipelineError(f"{path} is not valid YAML: {_yaml_problem(exc)}; fix the syntax") from None
+        raise PipelineError(
+            f"{path} is not valid YAML: {_yaml_problem(exc)}; fix the syntax"
+        ) from None
     if raw is not None and not isinstance(raw, dict):
         raise PipelineError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw)

@@ -27,7 +27,11 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     scaled = F.interpolate(
-        images[:, None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        images[:, None].float(),
+        size=(size, size),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
     )
     return scaled[:, 0].round_().clamp_(0, 255).to(torch.uint8)
 
@@ -35,9 +39,13 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def _pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise PipelineError(f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+        raise PipelineError(
+            f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or labels.dtype != np.uint8:
-        raise PipelineError(f"{labels_path}: expected uint8 labels [N], got {labels.dtype} {labels.shape}")
+        raise PipelineError(
+            f"{labels_path}: expected uint8 labels [N], got {labels.dtype} {labels.shape}"
+        )
     if len(images) != len(labels):
         raise PipelineError(
             f"{images_path.name} has {len(images)} images but {labels_path.name} has "

@@ -29,7 +29,10 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
         md5={
             TRAIN_IMAGES: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             TRAIN_LABELS: "d53e105ee54ea40749a09fcbcd1e9432",

@@ -49,7 +49,9 @@ class World:
                 "sets them"
             ) from None
         if size < 1 or not 0 <= rank < size or local < 0:
-            raise PipelineError(f"RANK={rank} does not fit WORLD_SIZE={size}; launch with torchrun, which sets them")
+            raise PipelineError(
+                f"RANK={rank} does not fit WORLD_SIZE={size}; launch with torchrun, which sets them"
+            )
         return cls(rank, size, local)
 
 
@@ -93,7 +95,9 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
         keyword = "broadcast_buffers"
     device = next(model.parameters()).device
     no_buffer_sync: dict[str, Any] = {keyword: False}
-    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+    return ddp(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync
+    )
 
 
 def rows(count: int, batch: int, world: World) -> torch.Tensor:
@@ -104,7 +108,10 @@ def rows(count: int, batch: int, world: World) -> torch.Tensor:
 
 def local_sizes(count: int, batch: int, world: World) -> list[int]:
     """This rank's number of images in each global batch of that run (some may be 0 at the end)."""
-    return [len(range(start + world.rank, min(start + batch, count), world.size)) for start in range(0, count, batch)]
+    return [
+        len(range(start + world.rank, min(start + batch, count), world.size))
+        for start in range(0, count, batch)
+    ]
 
 
 def all_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:

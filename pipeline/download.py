@@ -110,7 +110,10 @@ def http_request(location: str) -> urllib.request.Request:
 
 def _copy_stream(stream: BinaryIO, dest: Path, total: int | None, label: str) -> int:
     written = 0
-    with open(dest, "wb") as out, bar(total=total, unit="B", unit_scale=True, desc=label, leave=False) as progress:
+    with (
+        open(dest, "wb") as out,
+        bar(total=total, unit="B", unit_scale=True, desc=label, leave=False) as progress,
+    ):
         while chunk := stream.read(_CHUNK):
             out.write(chunk)
             written += len(chunk)
@@ -241,7 +244,9 @@ def sources_for(params: Params, env: dict[str, str]) -> list[str]:
             )
     sources = list(dict.fromkeys(source for _, source in named))
     if not sources:
-        raise PipelineError(f"data.name is custom but no source is given; set data.mirrors or {MIRROR_ENV}")
+        raise PipelineError(
+            f"data.name is custom but no source is given; set data.mirrors or {MIRROR_ENV}"
+        )
     return sources
 
 
@@ -257,10 +262,14 @@ def expected_checksums(params: Params) -> dict[str, Expected]:
         raise PipelineError(
             f"data.md5 names unknown file(s) {', '.join(unknown)} (allowed: {', '.join(FILES)})"
         )
-    return {f: Expected(md5=given[f], basis="data.md5") if f in given else Expected() for f in FILES}
+    return {
+        f: Expected(md5=given[f], basis="data.md5") if f in given else Expected() for f in FILES
+    }
 
 
-def already_verified(path: Path, expected: Expected, recorded: dict, locations: set[str]) -> Digests | None:
+def already_verified(
+    path: Path, expected: Expected, recorded: dict, locations: set[str]
+) -> Digests | None:
     """A file in place is kept when it matches the known checksums or, lacking those, the ones
     recorded when it was fetched from one of the current sources (not from some other dataset)."""
     if not path.is_file():
@@ -276,7 +285,10 @@ def already_verified(path: Path, expected: Expected, recorded: dict, locations: 
 
 
 def download(
-    params: Params, raw_dir: Path, env: dict[str, str], upstream: dict[str, dict[str, str]] | None = None
+    params: Params,
+    raw_dir: Path,
+    env: dict[str, str],
+    upstream: dict[str, dict[str, str]] | None = None,
 ) -> artifacts.Checksums:
     """`upstream`: file name -> the fingerprint its source shows now; a file fetched under another
     fingerprint is fetched again, since the source's content changed."""
@@ -302,7 +314,13 @@ def download(
             log(f"{fname}: already present and verified")
         else:
             found, origin = fetch_verified(
-                fname, sources, raw_dir, expected[fname], params.data.timeout_s, params.data.retries, down
+                fname,
+                sources,
+                raw_dir,
+                expected[fname],
+                params.data.timeout_s,
+                params.data.retries,
+                down,
             )
             log(f"{fname}: {found.size:,} bytes from {origin}, MD5 {found.md5}")
         record[fname] = {

@@ -25,8 +25,8 @@ from pipeline.paths import (
     METRICS_FILE,
     MLFLOW_RUN_FILE,
     MODEL_FILE,
-    PER_CLASS_FILE,
     OOD_REFERENCE_FILE,
+    PER_CLASS_FILE,
     PREDICTIONS_FILE,
     RAW_DIR,
     TRAIN_INDEX_FILE,
@@ -50,7 +50,9 @@ def confusion_counts(actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     takes seconds, several times this stage's work."""
     n = NUM_CLASSES
     inside = (actual >= 0) & (actual < n) & (predicted >= 0) & (predicted < n)
-    return np.bincount(actual[inside].astype(np.int64) * n + predicted[inside], minlength=n * n).reshape(n, n)
+    return np.bincount(
+        actual[inside].astype(np.int64) * n + predicted[inside], minlength=n * n
+    ).reshape(n, n)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -62,8 +64,15 @@ def per_class_table(confusion: np.ndarray) -> pd.DataFrame:
     """Precision, recall and F1 per class with sklearn's arithmetic (F1 = 2 tp / (support +
     predicted)), so the numbers are bit for bit those of precision_recall_fscore_support."""
     tp, predicted, support = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
-    return pd.DataFrame({"class": CLASSES, "precision": _ratio(tp, predicted), "recall": _ratio(tp, support),
-                         "f1": _ratio(2.0 * tp, (support + predicted).astype(np.float64)), "support": support})
+    return pd.DataFrame(
+        {
+            "class": CLASSES,
+            "precision": _ratio(tp, predicted),
+            "recall": _ratio(tp, support),
+            "f1": _ratio(2.0 * tp, (support + predicted).astype(np.float64)),
+            "support": support,
+        }
+    )
 
 
 def evaluate(
@@ -119,7 +128,12 @@ def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
         # At the checkpoint's epoch, so valid_* lines up with the per-epoch values train logged.
         mlflow.log_metrics(result.metrics, step=checkpoint_epoch)
         mlflow.log_dict(
-            {"labels": CLASSES, "rows": "actual", "columns": "predicted", "counts": result.confusion.tolist()},
+            {
+                "labels": CLASSES,
+                "rows": "actual",
+                "columns": "predicted",
+                "counts": result.confusion.tolist(),
+            },
             "evaluation/confusion_matrix.json",
         )
         mlflow.log_artifact(str(PER_CLASS_FILE), "evaluation")

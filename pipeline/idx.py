@@ -41,7 +41,9 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         except (OSError, EOFError, zlib.error) as exc:
             raise PipelineError(f"{name}: corrupt or truncated gzip stream ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise PipelineError(f"{name}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
+        raise PipelineError(
+            f"{name}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})"
+        )
     code, ndim = data[2], data[3]
     if code not in _DTYPES:
         raise PipelineError(f"{name}: unknown IDX data type code 0x{code:02x}")
@@ -57,7 +59,9 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     found = len(data) - header_len
     if found != expected:
         problem = "truncated" if found < expected else "has trailing bytes"
-        raise PipelineError(f"{name}: {problem}: header {shape} needs {expected} data bytes, found {found}")
+        raise PipelineError(
+            f"{name}: {problem}: header {shape} needs {expected} data bytes, found {found}"
+        )
     array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
 
@@ -65,7 +69,9 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 def is_idx(data: bytes) -> bool:
     """gzip (how IDX files ship) or the IDX magic: two zero bytes, then a dtype code (0x08 up;
     parse_idx names a bad one)."""
-    return data[:2] == _GZIP_MAGIC or (len(data) >= 4 and data[:2] == b"\x00\x00" and data[2] >= 0x08)
+    return data[:2] == _GZIP_MAGIC or (
+        len(data) >= 4 and data[:2] == b"\x00\x00" and data[2] >= 0x08
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -84,6 +90,8 @@ def encode_idx(array: np.ndarray, compress: bool = True) -> bytes:
     big_endian = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
     if big_endian not in _CODES:
         raise ValueError(f"IDX cannot store dtype {array.dtype}")
-    header = bytes([0, 0, _CODES[big_endian], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = bytes([0, 0, _CODES[big_endian], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     raw = header + array.astype(big_endian).tobytes()
     return gzip.compress(raw, mtime=0) if compress else raw

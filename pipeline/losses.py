@@ -32,8 +32,10 @@ LOSSES: dict[str, LossFn] = {"cross_entropy": _cross_entropy, "mse": _mse}
 
 def _check(name: str) -> None:
     if name not in LOSSES:
-        raise PipelineError(f"unknown loss {name!r} (known: {', '.join(LOSSES)}); retrain the model with this "
-                            "pipeline")
+        raise PipelineError(
+            f"unknown loss {name!r} (known: {', '.join(LOSSES)}); retrain the model with this "
+            "pipeline"
+        )
 
 
 def loss_fn(name: str) -> LossFn:
@@ -55,4 +57,6 @@ def probabilities(outputs: torch.Tensor, name: str) -> torch.Tensor:
         return torch.softmax(outputs, dim=1)
     clipped = outputs.clamp(0.0, 1.0)
     total = clipped.sum(1, keepdim=True)
-    return torch.where(total > 0, clipped / total.clamp_min(1e-30), torch.full_like(clipped, 1.0 / NUM_CLASSES))
+    return torch.where(
+        total > 0, clipped / total.clamp_min(1e-30), torch.full_like(clipped, 1.0 / NUM_CLASSES)
+    )

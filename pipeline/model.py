@@ -38,7 +38,9 @@ class Architecture:
     @classmethod
     def from_params(cls, params: Params) -> Architecture:
         m = params.model
-        return cls(params.data.image_size, tuple(m.hidden), m.activation, m.output_activation, m.dropout)
+        return cls(
+            params.data.image_size, tuple(m.hidden), m.activation, m.output_activation, m.dropout
+        )
 
 
 class MLP(nn.Module):
@@ -112,9 +114,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PipelineError(f"{path} is not a readable checkpoint ({reason}); retrain or restore it") from None
+        raise PipelineError(
+            f"{path} is not a readable checkpoint ({reason}); retrain or restore it"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise PipelineError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; retrain with this pipeline")
+        raise PipelineError(
+            f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; retrain with this pipeline"
+        )
     return payload
 
 
@@ -129,5 +135,7 @@ def model_from_checkpoint(payload: dict[str, Any]) -> MLP:
 def checkpoint_field(payload: dict[str, Any], key: str, path: Path) -> Any:
     """What train recorded beside the weights (e.g. "loss", "epoch") of the checkpoint at `path`."""
     if key not in payload:
-        raise PipelineError(f"{path} lacks the {key!r} entry train records; retrain it (dvc repro train)")
+        raise PipelineError(
+            f"{path} lacks the {key!r} entry train records; retrain it (dvc repro train)"
+        )
     return payload[key]

@@ -66,7 +66,9 @@ def learning_curves(history: pd.DataFrame) -> Figure:
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = history["epoch"]
     for ax, column, name in [(loss_ax, "loss", "Loss"), (acc_ax, "acc", "Accuracy")]:
-        ax.plot(epochs, history[f"train_{column}"], "o-", label="train (augmented, during the epoch)")
+        ax.plot(
+            epochs, history[f"train_{column}"], "o-", label="train (augmented, during the epoch)"
+        )
         ax.plot(epochs, history[f"valid_{column}"], "s-", label="validation (after the epoch)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name.lower())
@@ -85,14 +87,23 @@ def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else max(values.max(), 1))
-    fig.colorbar(image, ax=ax, label="share of the true class" if normalized else "test images", shrink=0.85)
+    fig.colorbar(
+        image, ax=ax, label="share of the true class" if normalized else "test images", shrink=0.85
+    )
     threshold = (1 if normalized else values.max()) / 2
     for (row, col), value in np.ndenumerate(values):
         text = f"{value:.2f}" if normalized else f"{int(value)}"
         if normalized and value == 0:
             text = "0"
-        ax.text(col, row, text, ha="center", va="center", fontsize=8,
-                color="white" if value > threshold else "black")
+        ax.text(
+            col,
+            row,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if value > threshold else "black",
+        )
     ticks = range(matrix.shape[0])
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
@@ -105,7 +116,11 @@ def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
 
 
 def mistakes(
-    images: np.ndarray, actual: np.ndarray, predicted: np.ndarray, p_predicted: np.ndarray, p_actual: np.ndarray
+    images: np.ndarray,
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    p_predicted: np.ndarray,
+    p_actual: np.ndarray,
 ) -> Figure:
     """The given misclassified images, each titled with both labels and both probabilities."""
     if len(images) == 0:
@@ -120,24 +135,43 @@ def mistakes(
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    cells = zip(axes.flat, images, actual, predicted, p_predicted, p_actual, strict=False)  # spare cells blank
+    cells = zip(
+        axes.flat, images, actual, predicted, p_predicted, p_actual, strict=False
+    )  # spare cells blank
     for ax, image, true, pred, p_pred, p_true in cells:
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(f"true {true}, predicted {pred}\np({pred})={p_pred:.2f}, p({true})={p_true:.2f}", fontsize=9)
+        ax.set_title(
+            f"true {true}, predicted {pred}\np({pred})={p_pred:.2f}, p({true})={p_true:.2f}",
+            fontsize=9,
+        )
     fig.suptitle(f"The {len(images)} most confident mistakes on the test set", fontsize=12)
     return fig
 
 
-def embedding_scatter(points: np.ndarray, labels: np.ndarray, title: str, xlabel: str, ylabel: str) -> Figure:
+def embedding_scatter(
+    points: np.ndarray, labels: np.ndarray, title: str, xlabel: str, ylabel: str
+) -> Figure:
     """2-D points coloured by digit, with a legend."""
     fig = Figure(figsize=(8, 7), layout="constrained")
     ax = fig.subplots()
     size = 4 if len(points) > 2000 else 12
     for digit in CLASSES:
         chosen = labels == digit
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=size, alpha=0.6, color=DIGIT_COLORS(digit),
-                   label=str(digit), linewidths=0)
-    ax.legend(title="true digit", markerscale=12 / size * 1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=size,
+            alpha=0.6,
+            color=DIGIT_COLORS(digit),
+            label=str(digit),
+            linewidths=0,
+        )
+    ax.legend(
+        title="true digit",
+        markerscale=12 / size * 1.5,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+    )
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -166,11 +200,15 @@ def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10)
     fig = Figure(figsize=(10.5, 10.5 * tiles.shape[0] / tiles.shape[1] + 0.6), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
-    image = ax.imshow(tiles, cmap=cmap, norm=Normalize(vmin=-limit, vmax=limit), interpolation="nearest")
+    image = ax.imshow(
+        tiles, cmap=cmap, norm=Normalize(vmin=-limit, vmax=limit), interpolation="nearest"
+    )
     ax.axis("off")
     fig.colorbar(image, ax=ax, label="weight (red > 0 > blue)", shrink=0.6, extend="both")
     size = f"{image_size}x{image_size}"
-    ax.set_title(f"First-layer weights of {len(weights)} hidden units, as {size} images", fontsize=12)
+    ax.set_title(
+        f"First-layer weights of {len(weights)} hidden units, as {size} images", fontsize=12
+    )
     return fig
 
 
@@ -180,7 +218,11 @@ def per_class_accuracy(per_class: pd.DataFrame, overall: float) -> Figure:
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     accuracy = per_class["recall"].to_numpy()
-    bars = ax.bar(per_class["class"].astype(str), accuracy, color=[DIGIT_COLORS(int(c)) for c in per_class["class"]])
+    bars = ax.bar(
+        per_class["class"].astype(str),
+        accuracy,
+        color=[DIGIT_COLORS(int(c)) for c in per_class["class"]],
+    )
     ax.bar_label(bars, labels=[f"{a:.3f}" for a in accuracy], fontsize=8, padding=2)
     ax.axhline(overall, color="black", linestyle="--", linewidth=1)
     low = max(0.0, math.floor((min(accuracy.min(), overall) - 0.02) * 20) / 20)
@@ -219,9 +261,20 @@ def reliability_diagram(bins: list, ece: float) -> Figure:
     filled = [b for b in bins if b.count]
     width = bins[0].high - bins[0].low
     centres = [(b.low + b.high) / 2 for b in filled]
-    top.bar(centres, [b.accuracy for b in filled], width=width * 0.9, color="tab:blue", label="accuracy in the bin")
-    top.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="tab:orange",
-             label="(mean confidence, accuracy)")
+    top.bar(
+        centres,
+        [b.accuracy for b in filled],
+        width=width * 0.9,
+        color="tab:blue",
+        label="accuracy in the bin",
+    )
+    top.plot(
+        [b.confidence for b in filled],
+        [b.accuracy for b in filled],
+        "o",
+        color="tab:orange",
+        label="(mean confidence, accuracy)",
+    )
     top.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1.05)
@@ -241,15 +294,25 @@ def robustness(accuracies: dict[str, float], clean: float) -> Figure:
     names = list(accuracies)
     fig = Figure(figsize=(9, 0.32 * len(names) + 1.5), layout="constrained")
     ax = fig.subplots()
-    colors = ["tab:blue" if n.startswith("shift") else "tab:green" if n.startswith("rotate")
-              else "tab:purple" if n.startswith("noise") else "tab:red" for n in names]
+    colors = [
+        "tab:blue"
+        if n.startswith("shift")
+        else "tab:green"
+        if n.startswith("rotate")
+        else "tab:purple"
+        if n.startswith("noise")
+        else "tab:red"
+        for n in names
+    ]
     bars = ax.barh(names, [accuracies[n] for n in names], color=colors)
     ax.bar_label(bars, labels=[f"{accuracies[n]:.3f}" for n in names], fontsize=8, padding=2)
     ax.axvline(clean, color="black", linestyle="--", linewidth=1)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("test accuracy")
-    ax.set_title(f"Accuracy under deterministic perturbations (dashed line: unperturbed {clean:.4f})")
+    ax.set_title(
+        f"Accuracy under deterministic perturbations (dashed line: unperturbed {clean:.4f})"
+    )
     return fig
 
 
@@ -260,15 +323,22 @@ def off_distribution(images: np.ndarray, titles: list[str], flagged: list[bool])
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title, flag in zip(axes.flat, images, titles, flagged, strict=False):  # spare cells blank
+    for ax, image, title, flag in zip(
+        axes.flat, images, titles, flagged, strict=False
+    ):  # spare cells blank
         # Pixel values as they are (0 black, 255 white), framed, so "black" and "white" look it.
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(title + ("\nflagged off-distribution" if flag else "\nnot flagged"), fontsize=9,
-                     color="black" if flag else "tab:red")
-    fig.suptitle("The model's answer (confidence) to pictures that are not digits; MNIST digits are "
-                 "white on black",
-                 fontsize=12)
+        ax.set_title(
+            title + ("\nflagged off-distribution" if flag else "\nnot flagged"),
+            fontsize=9,
+            color="black" if flag else "tab:red",
+        )
+    fig.suptitle(
+        "The model's answer (confidence) to pictures that are not digits; MNIST digits are "
+        "white on black",
+        fontsize=12,
+    )
     return fig

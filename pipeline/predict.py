@@ -54,7 +54,10 @@ MIN_CONTRAST = 24
 BATCH_SIZE = 4096
 # Set for the rest of the predict process before MLflow loads a model: with pickles disallowed
 # MLflow loads only pt2 archives it has checked to be pickle-free; and no download progress bars.
-MLFLOW_ENVIRONMENT = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+MLFLOW_ENVIRONMENT = {
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,9 @@ class Predictor:
     model: nn.Module  # pixels in [0, 1], [N, S, S] -> class scores
     image_size: int
     loss: str  # how the outputs turn into probabilities (pipeline.losses)
-    reference: OodReference | None = None  # the training digits' pixel statistics; None: not checked
+    reference: OodReference | None = (
+        None  # the training digits' pixel statistics; None: not checked
+    )
 
 
 @dataclass(frozen=True)
@@ -141,11 +146,19 @@ def load_logged(uri: str) -> Predictor:
         ) from None
     size = signature_image_size(info)
     if size is None:
-        raise PipelineError(f"{uri} has no [-1, S*S] tensor signature, so it is not this pipeline's MLP; pick "
-                            "another version")
-    loss = mlflow.MlflowClient().get_run(info.run_id).data.params.get("train.loss") if info.run_id else None
+        raise PipelineError(
+            f"{uri} has no [-1, S*S] tensor signature, so it is not this pipeline's MLP; pick "
+            "another version"
+        )
+    loss = (
+        mlflow.MlflowClient().get_run(info.run_id).data.params.get("train.loss")
+        if info.run_id
+        else None
+    )
     if loss is None:
-        raise PipelineError(f"{uri} comes from a run without the train.loss param; log it with the train stage")
+        raise PipelineError(
+            f"{uri} comes from a run without the train.loss param; log it with the train stage"
+        )
     return Predictor(ExportedMLP(graph), size, loss, logged_reference(info.run_id))
 
 
@@ -155,7 +168,9 @@ def logged_reference(run_id: str) -> OodReference | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"evaluation/{OOD_REFERENCE_FILE.name}")
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"evaluation/{OOD_REFERENCE_FILE.name}"
+        )
     except (MlflowException, OSError):
         return None
     return read_reference(Path(path))
@@ -195,7 +210,9 @@ def fit_digit(ink: np.ndarray) -> np.ndarray:
     background = float(np.median(border(ink)))
     peak = float(ink.max())
     if peak - background < MIN_CONTRAST:
-        raise PipelineError("no digit found (the picture is blank or has almost no contrast); crop it to one digit")
+        raise PipelineError(
+            "no digit found (the picture is blank or has almost no contrast); crop it to one digit"
+        )
     stretched = np.clip((ink - background) / (peak - background), 0.0, 1.0) * 255.0
     rows, cols = np.nonzero(stretched >= INK_THRESHOLD * 255.0)
     crop = stretched[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
@@ -255,9 +272,13 @@ def read_input(path: str) -> tuple[list[int | None], np.ndarray]:
     try:
         grey = decode_picture(data)
     except UnidentifiedImageError:
-        raise PipelineError("not a picture Pillow can read (PNG, JPEG, ...) nor an IDX file; pass digit images") from None
+        raise PipelineError(
+            "not a picture Pillow can read (PNG, JPEG, ...) nor an IDX file; pass digit images"
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise PipelineError(f"damaged or unsupported picture ({exc}); re-export it as PNG") from None
+        raise PipelineError(
+            f"damaged or unsupported picture ({exc}); re-export it as PNG"
+        ) from None
     return [None], picture_to_mnist(grey)[None]
 
 
@@ -273,11 +294,23 @@ def predict_images(predictor: Predictor, images: np.ndarray) -> tuple[torch.Tens
 def predict_file(predictor: Predictor, path: str) -> list[Prediction]:
     positions, images = read_input(path)
     labels, confidence = predict_images(predictor, images)
-    flags = check(torch.from_numpy(np.ascontiguousarray(images)), predictor.reference) if predictor.reference else None
+    flags = (
+        check(torch.from_numpy(np.ascontiguousarray(images)), predictor.reference)
+        if predictor.reference
+        else None
+    )
     return [
-        Prediction(path, index, int(label), float(conf), flags[i].ood if flags else None,
-                   flags[i].reason if flags else None)
-        for i, (index, label, conf) in enumerate(zip(positions, labels.tolist(), confidence.tolist(), strict=True))
+        Prediction(
+            path,
+            index,
+            int(label),
+            float(conf),
+            flags[i].ood if flags else None,
+            flags[i].reason if flags else None,
+        )
+        for i, (index, label, conf) in enumerate(
+            zip(positions, labels.tolist(), confidence.tolist(), strict=True)
+        )
     ]
 
 
@@ -312,15 +345,21 @@ def run(paths: list[str], model: str, as_json: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     if failed:
-        print(f"error: {failed} of {len(paths)} inputs could not be predicted (see above)", file=sys.stderr)
+        print(
+            f"error: {failed} of {len(paths)} inputs could not be predicted (see above)",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
 def predict_all(predictor: Predictor, paths: list[str], as_json: bool) -> int:
     """Print each input's predictions as they come, errors to stderr; returns how many failed."""
     if predictor.reference is None:
-        print("warning: this model has no off-distribution reference (evaluate writes it: "
-              "dvc repro evaluate), so inputs are not checked (\"ood\": null)", file=sys.stderr)
+        print(
+            "warning: this model has no off-distribution reference (evaluate writes it: "
+            'dvc repro evaluate), so inputs are not checked ("ood": null)',
+            file=sys.stderr,
+        )
     failed = 0
     for path in paths:
         try:

@@ -51,7 +51,9 @@ class Version:
 
 def registered_version(client: MlflowClient, name: str, run_id: str) -> int:
     """The version that train registered from this run."""
-    versions = [int(v.version) for v in client.search_model_versions(f"run_id='{run_id}'") if v.name == name]
+    versions = [
+        int(v.version) for v in client.search_model_versions(f"run_id='{run_id}'") if v.name == name
+    ]
     if not versions:
         raise PipelineError(
             f"run {run_id} has no version of registered model {name!r} in "
@@ -75,7 +77,9 @@ def signature_text(name: str, version: int) -> str:
             f"({str(exc).splitlines()[0]}); its files are missing from the artifact store, so "
             "its serving contract is unknown; retrain it (dvc repro train)"
         ) from None
-    return f"inputs {signature.inputs} -> outputs {signature.outputs}" if signature else "no signature"
+    return (
+        f"inputs {signature.inputs} -> outputs {signature.outputs}" if signature else "no signature"
+    )
 
 
 def champion_version(client: MlflowClient, name: str) -> Version | None:
@@ -112,8 +116,12 @@ def champion_version(client: MlflowClient, name: str) -> Version | None:
             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
             f"cannot be compared; {remedy}"
         ) from None
-    evidence = gate.Evidence(int(version.version), float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
-                             signature_text(name, int(version.version)))
+    evidence = gate.Evidence(
+        int(version.version),
+        float(metrics[ACCURACY_METRIC]),
+        float(metrics[ECE_METRIC]),
+        signature_text(name, int(version.version)),
+    )
     return Version(evidence, run_id, artifacts.read_predictions(Path(answers)), data_md5(run))
 
 
@@ -128,34 +136,56 @@ def changed_files(new: dict[str, str], old: Version | None) -> list[str] | None:
     return sorted(f for f in new.keys() | old.data_md5.keys() if new.get(f) != old.data_md5.get(f))
 
 
-def compare_digits(new: pd.DataFrame, champion: pd.DataFrame, settings: gate.Settings) -> list[gate.ClassComparison]:
+def compare_digits(
+    new: pd.DataFrame, champion: pd.DataFrame, settings: gate.Settings
+) -> list[gate.ClassComparison]:
     """Pair the two versions' answers image by image; they must cover the same test set."""
-    if len(new) != len(champion) or not np.array_equal(new["actual"].to_numpy(), champion["actual"].to_numpy()):
+    if len(new) != len(champion) or not np.array_equal(
+        new["actual"].to_numpy(), champion["actual"].to_numpy()
+    ):
         raise PipelineError(
             f"{PREDICTIONS_FILE} ({len(new)} test images) and the champion's ({len(champion)}) "
             "do not hold the same test labels, so the versions were tested on different data "
             "and cannot be compared per digit; evaluate both on the same test set"
         )
     actual = new["actual"].to_numpy()
-    return gate.compare_classes(actual, champion["predicted"].to_numpy() == actual,
-                                new["predicted"].to_numpy() == actual, settings)
+    return gate.compare_classes(
+        actual,
+        champion["predicted"].to_numpy() == actual,
+        new["predicted"].to_numpy() == actual,
+        settings,
+    )
 
 
 def settings_from(params: Params, allow_contract_change: bool) -> gate.Settings:
     p = params.promote
-    return gate.Settings(p.min_delta, p.class_drop_p, p.max_class_drop, p.max_ece_increase, allow_contract_change)
+    return gate.Settings(
+        p.min_delta, p.class_drop_p, p.max_class_drop, p.max_ece_increase, allow_contract_change
+    )
 
 
-def promote(client: MlflowClient, name: str, run_id: str, metrics: dict[str, float], answers: pd.DataFrame,
-            settings: gate.Settings) -> dict:
+def promote(
+    client: MlflowClient,
+    name: str,
+    run_id: str,
+    metrics: dict[str, float],
+    answers: pd.DataFrame,
+    settings: gate.Settings,
+) -> dict:
     """Decide, move the alias if earned, tag the run -> the record for reports/promotion.json."""
     version = registered_version(client, name, run_id)
-    new = gate.Evidence(version, float(metrics[ACCURACY_METRIC]), float(metrics[ECE_METRIC]),
-                        signature_text(name, version))
+    new = gate.Evidence(
+        version,
+        float(metrics[ACCURACY_METRIC]),
+        float(metrics[ECE_METRIC]),
+        signature_text(name, version),
+    )
     with registry_lock.held(client, name):
         before = champion_version(client, name)
         if before is None:
-            verdict = gate.Verdict(True, f"no {CHAMPION_ALIAS} yet: version {version} becomes the first")
+            verdict = gate.Verdict(
+                True, f"no {CHAMPION_ALIAS} yet: version {version} becomes the first"
+            )
         else:
             classes = compare_digits(answers, before.answers, settings)
             verdict = gate.decide(new, before.evidence, classes, settings)
@@ -198,6 +228,8 @@ def main(params: Params, allow_contract_change: bool = False) -> None:
     answers = artifacts.read_predictions()
     run_id = tracking.training_run_id(MLFLOW_RUN_FILE)
     name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
-    record = promote(MlflowClient(), name, run_id, metrics, answers, settings_from(params, allow_contract_change))
+    record = promote(
+        MlflowClient(), name, run_id, metrics, answers, settings_from(params, allow_contract_change)
+    )
     artifacts.write_promotion(record)
     log(f"promote: {record['decision']}: {record['reason']}")

@@ -64,7 +64,9 @@ def _create(client: Any, name: str, tags: dict[str, str]) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, tags=tags, description="lock taken by pipeline/registry_lock.py")
+        client.create_registered_model(
+            name, tags=tags, description="lock taken by pipeline/registry_lock.py"
+        )
     except MlflowException as exc:
         if _code(exc) in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
             return False
@@ -115,8 +117,10 @@ def _break_if_stale(client: Any, name: str, stale: Holder, now: float) -> None:
         current = holder(client, name)
         if current == stale:
             _delete(client, name)
-            log(f"registry lock {name}: broke the lease of {stale.owner}, expired at "
-                f"{stale.expires_at:.0f}")
+            log(
+                f"registry lock {name}: broke the lease of {stale.owner}, expired at "
+                f"{stale.expires_at:.0f}"
+            )
     finally:
         _delete(client, marker)
 
@@ -141,7 +145,9 @@ def release(client: Any, name: str, owner: str) -> None:
 
 
 @contextmanager
-def held(client: Any, model: str, lease_s: float = LEASE_S, wait_s: float = WAIT_S) -> Iterator[str]:
+def held(
+    client: Any, model: str, lease_s: float = LEASE_S, wait_s: float = WAIT_S
+) -> Iterator[str]:
     """Hold `<model>.lock` for the with-block's body; yields the owner id written into the lock."""
     name = lock_name(model)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
@@ -149,7 +155,11 @@ def held(client: Any, model: str, lease_s: float = LEASE_S, wait_s: float = WAIT
     while not try_acquire(client, name, owner, lease_s):
         if time.monotonic() > deadline:
             current = holder(client, name)
-            who = f"{current.owner} until {time.ctime(current.expires_at)}" if current else "nobody now"
+            who = (
+                f"{current.owner} until {time.ctime(current.expires_at)}"
+                if current
+                else "nobody now"
+            )
             raise PipelineError(
                 f"registry lock {name} not acquired within {wait_s:g} s (held by {who}); another "
                 "promotion is running or hung. Rerun later, or delete the lock: "

@@ -29,7 +29,13 @@ from pipeline.data import Dataset, load_dataset, resize
 from pipeline.datasets import CLASSES, NUM_CLASSES
 from pipeline.errors import PipelineError
 from pipeline.losses import probabilities
-from pipeline.model import MLP, checkpoint_field, load_checkpoint, model_from_checkpoint, model_outputs
+from pipeline.model import (
+    MLP,
+    checkpoint_field,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_outputs,
+)
 from pipeline.paths import (
     FIGURES_DIR,
     MLFLOW_RUN_FILE,
@@ -46,7 +52,15 @@ from pipeline.quality import off_distribution_examples
 from pipeline.report_render import FigureDoc, Section, Table, render_html, render_markdown
 
 REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
-PARAM_SECTIONS = ("data", "split", "validate", "model", "augment", "train", "report")  # dvc.yaml: report params
+PARAM_SECTIONS = (
+    "data",
+    "split",
+    "validate",
+    "model",
+    "augment",
+    "train",
+    "report",
+)  # dvc.yaml: report params
 BATCH = 2000
 GRID_DIGITS = 32
 MISTAKES = 25
@@ -88,7 +102,9 @@ def load_inputs() -> Inputs:
         loss_name=str(checkpoint_field(payload, "loss", MODEL_FILE)),
         best_epoch=int(checkpoint_field(payload, "epoch", MODEL_FILE)),
         data=data,
-        train_index=torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels))),
+        train_index=torch.from_numpy(
+            artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels))
+        ),
         metrics=artifacts.read_metrics(),
         per_class=artifacts.read_per_class(),
         predictions=predictions,
@@ -106,7 +122,9 @@ def load_inputs() -> Inputs:
 @torch.no_grad()
 def hidden_features(model: MLP, images: torch.Tensor) -> np.ndarray:
     model.eval()
-    return torch.cat([model.features(batch.float().div_(255)) for batch in images.split(BATCH)]).numpy()
+    return torch.cat(
+        [model.features(batch.float().div_(255)) for batch in images.split(BATCH)]
+    ).numpy()
 
 
 def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +147,9 @@ def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
             f"({len(features)}); lower it or raise report.tsne_samples"
         )
     if features.shape[1] > TSNE_PCA_DIMS:
-        features = PCA(n_components=min(TSNE_PCA_DIMS, len(features)), random_state=seed).fit_transform(features)
+        features = PCA(
+            n_components=min(TSNE_PCA_DIMS, len(features)), random_state=seed
+        ).fit_transform(features)
     tsne = TSNE(
         n_components=2,
         perplexity=perplexity,
@@ -144,7 +164,9 @@ def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
 
 def confident_mistakes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
     wrong = predictions[predictions["actual"] != predictions["predicted"]]
-    return wrong.sort_values(["confidence", "index"], ascending=[False, True], kind="mergesort").head(count)
+    return wrong.sort_values(
+        ["confidence", "index"], ascending=[False, True], kind="mergesort"
+    ).head(count)
 
 
 def augmentation_text(aug: Augmentation) -> str:
@@ -154,12 +176,20 @@ def augmentation_text(aug: Augmentation) -> str:
     if aug.scale:
         parts.append(f"a zoom of up to ±{aug.scale * 100:g}%")
     if aug.crop_padding:
-        parts.append(f"a shift of up to {aug.crop_padding} pixels (random crop of the padded image)")
+        parts.append(
+            f"a shift of up to {aug.crop_padding} pixels (random crop of the padded image)"
+        )
     if aug.elastic_alpha:
-        parts.append(f"an elastic distortion (alpha {aug.elastic_alpha:g}, sigma {aug.elastic_sigma:g})")
+        parts.append(
+            f"an elastic distortion (alpha {aug.elastic_alpha:g}, sigma {aug.elastic_sigma:g})"
+        )
     if not parts:
         return "Augmentation is off in params.yaml, so these equal the raw digits."
-    return "Each is the digit above after " + ", ".join(parts) + ", as training draws it anew every epoch."
+    return (
+        "Each is the digit above after "
+        + ", ".join(parts)
+        + ", as training draws it anew every epoch."
+    )
 
 
 class FigureData:
@@ -175,14 +205,18 @@ class FigureData:
     def digits(self) -> tuple[torch.Tensor, np.ndarray]:
         """A seeded sample of training digits (uint8 images) and their labels."""
         r, index = self.params.report, self.inputs.train_index
-        pick = np.random.default_rng(r.seed).choice(len(index), min(GRID_DIGITS, len(index)), replace=False)
+        pick = np.random.default_rng(r.seed).choice(
+            len(index), min(GRID_DIGITS, len(index)), replace=False
+        )
         chosen = index[np.sort(pick)]
         return self.inputs.data.train_images[chosen], self.inputs.data.train_labels[chosen].numpy()
 
     @cached_property
     def confusion(self) -> np.ndarray:
         predictions = self.inputs.predictions
-        return confusion_matrix(predictions["actual"].to_numpy(), predictions["predicted"].to_numpy(), labels=CLASSES)
+        return confusion_matrix(
+            predictions["actual"].to_numpy(), predictions["predicted"].to_numpy(), labels=CLASSES
+        )
 
     @cached_property
     def features(self) -> np.ndarray:
@@ -196,8 +230,11 @@ Figure = tuple[FigureDoc, Any]  # (doc, matplotlib figure)
 def raw_digits_figure(d: FigureData) -> Figure:
     raw, labels = d.digits
     return (
-        FigureDoc("digits_raw.png", "Training digits",
-                  "A random sample of the training split, exactly as the model reads it."),
+        FigureDoc(
+            "digits_raw.png",
+            "Training digits",
+            "A random sample of the training split, exactly as the model reads it.",
+        ),
         plotting.digit_grid(raw.numpy(), labels, f"{len(raw)} training digits (raw)"),
     )
 
@@ -207,34 +244,45 @@ def augmented_digits_figure(d: FigureData) -> Figure:
     augmented = augment(raw, d.aug, torch.Generator().manual_seed(d.params.report.seed)).numpy()
     return (
         FigureDoc("digits_augmented.png", "The same digits, augmented", augmentation_text(d.aug)),
-        plotting.digit_grid(augmented, labels, f"The same {len(raw)} digits after training augmentation"),
+        plotting.digit_grid(
+            augmented, labels, f"The same {len(raw)} digits after training augmentation"
+        ),
     )
 
 
 def learning_curves_figure(d: FigureData) -> Figure:
     return (
-        FigureDoc("learning_curves.png", "Learning curves",
-                  "Validation loss rising while training loss keeps falling means overfitting; train "
-                  "values are averaged over augmented batches while the weights change, so they can "
-                  "sit above validation."),
+        FigureDoc(
+            "learning_curves.png",
+            "Learning curves",
+            "Validation loss rising while training loss keeps falling means overfitting; train "
+            "values are averaged over augmented batches while the weights change, so they can "
+            "sit above validation.",
+        ),
         plotting.learning_curves(d.inputs.history),
     )
 
 
 def confusion_counts_figure(d: FigureData) -> Figure:
     return (
-        FigureDoc("confusion_counts.png", "Confusion matrix (counts)",
-                  "Rows are true digits and columns predictions, so every off-diagonal cell counts "
-                  "one kind of error."),
+        FigureDoc(
+            "confusion_counts.png",
+            "Confusion matrix (counts)",
+            "Rows are true digits and columns predictions, so every off-diagonal cell counts "
+            "one kind of error.",
+        ),
         plotting.confusion(d.confusion, normalized=False),
     )
 
 
 def confusion_normalized_figure(d: FigureData) -> Figure:
     return (
-        FigureDoc("confusion_normalized.png", "Confusion matrix (normalised)",
-                  "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells "
-                  "compare across digits of different frequency."),
+        FigureDoc(
+            "confusion_normalized.png",
+            "Confusion matrix (normalised)",
+            "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells "
+            "compare across digits of different frequency.",
+        ),
         plotting.confusion(d.confusion, normalized=True),
     )
 
@@ -245,14 +293,24 @@ def mistakes_figure(d: FigureData) -> Figure:
     index = torch.tensor(worst["index"].to_numpy(), dtype=torch.int64)
     probs = np.zeros((0, NUM_CLASSES))
     if len(worst):
-        probs = probabilities(model_outputs(d.inputs.model, data.test_images[index], BATCH), d.inputs.loss_name).numpy()
+        probs = probabilities(
+            model_outputs(d.inputs.model, data.test_images[index], BATCH), d.inputs.loss_name
+        ).numpy()
     rows = np.arange(len(worst))
     return (
-        FigureDoc("mistakes.png", "Most confident mistakes",
-                  "The test errors the model was surest of, worst first; p(d) is the probability it "
-                  "gives digit d, and such digits are often ambiguous even to a person."),
-        plotting.mistakes(data.test_images[index].numpy(), worst["actual"].to_numpy(), worst["predicted"].to_numpy(),
-                          probs[rows, worst["predicted"].to_numpy()], probs[rows, worst["actual"].to_numpy()]),
+        FigureDoc(
+            "mistakes.png",
+            "Most confident mistakes",
+            "The test errors the model was surest of, worst first; p(d) is the probability it "
+            "gives digit d, and such digits are often ambiguous even to a person.",
+        ),
+        plotting.mistakes(
+            data.test_images[index].numpy(),
+            worst["actual"].to_numpy(),
+            worst["predicted"].to_numpy(),
+            probs[rows, worst["predicted"].to_numpy()],
+            probs[rows, worst["actual"].to_numpy()],
+        ),
     )
 
 
@@ -260,12 +318,19 @@ def pca_figure(d: FigureData) -> Figure:
     points, ratio = pca_2d(d.features)
     width = d.features.shape[1]
     return (
-        FigureDoc("pca.png", "PCA of the last hidden layer",
-                  "The two directions of largest variance of the last hidden layer on the test set: "
-                  "digits that already separate here are linearly easy for the output layer."),
-        plotting.embedding_scatter(points, d.inputs.data.test_labels.numpy(), f"PCA of the last hidden layer "
-                                   f"({width} units), {len(points):,} test images", f"PC1 ({ratio[0]:.0%} of variance)",
-                                   f"PC2 ({ratio[1]:.0%} of variance)"),
+        FigureDoc(
+            "pca.png",
+            "PCA of the last hidden layer",
+            "The two directions of largest variance of the last hidden layer on the test set: "
+            "digits that already separate here are linearly easy for the output layer.",
+        ),
+        plotting.embedding_scatter(
+            points,
+            d.inputs.data.test_labels.numpy(),
+            f"PCA of the last hidden layer ({width} units), {len(points):,} test images",
+            f"PC1 ({ratio[0]:.0%} of variance)",
+            f"PC2 ({ratio[1]:.0%} of variance)",
+        ),
     )
 
 
@@ -276,13 +341,21 @@ def tsne_figure(d: FigureData) -> Figure:
     embedded = tsne_2d(d.features[sample], r.tsne_perplexity, r.seed)
     log(f"report: t-SNE on {len(sample):,} points took {time.perf_counter() - started:.1f} s")
     return (
-        FigureDoc("tsne.png", "t-SNE of the last hidden layer",
-                  f"A nonlinear 2-D map of the same layer for {len(sample):,} test images: compact, "
-                  "separate clusters mean well-separated digits, and points inside another digit's "
-                  "cluster are likely errors (distances between clusters mean little)."),
-        plotting.embedding_scatter(embedded, d.inputs.data.test_labels.numpy()[sample], f"t-SNE of the last hidden "
-                                   f"layer, {len(sample):,} test images (perplexity {r.tsne_perplexity:g})",
-                                   "t-SNE 1", "t-SNE 2"),
+        FigureDoc(
+            "tsne.png",
+            "t-SNE of the last hidden layer",
+            f"A nonlinear 2-D map of the same layer for {len(sample):,} test images: compact, "
+            "separate clusters mean well-separated digits, and points inside another digit's "
+            "cluster are likely errors (distances between clusters mean little).",
+        ),
+        plotting.embedding_scatter(
+            embedded,
+            d.inputs.data.test_labels.numpy()[sample],
+            f"t-SNE of the last hidden "
+            f"layer, {len(sample):,} test images (perplexity {r.tsne_perplexity:g})",
+            "t-SNE 1",
+            "t-SNE 2",
+        ),
     )
 
 
@@ -292,29 +365,38 @@ def first_layer_weights_figure(d: FigureData) -> Figure:
     assert isinstance(first, torch.nn.Linear)  # MLP starts with one
     weights = first.weight.detach().numpy()[:WEIGHT_UNITS]
     return (
-        FigureDoc("first_layer_weights.png", "First-layer weights",
-                  "Each tile is one hidden unit's input weights on the image grid (red excites, blue "
-                  "inhibits); stroke-like blobs are learned detectors, salt-and-pepper tiles are "
-                  "units that learned little."),
+        FigureDoc(
+            "first_layer_weights.png",
+            "First-layer weights",
+            "Each tile is one hidden unit's input weights on the image grid (red excites, blue "
+            "inhibits); stroke-like blobs are learned detectors, salt-and-pepper tiles are "
+            "units that learned little.",
+        ),
         plotting.first_layer_weights(weights, model.arch.image_size),
     )
 
 
 def per_class_accuracy_figure(d: FigureData) -> Figure:
     return (
-        FigureDoc("per_class_accuracy.png", "Per-class accuracy",
-                  "The share of each digit's test images classified correctly; bars below the dashed "
-                  "overall line are the hardest digits."),
+        FigureDoc(
+            "per_class_accuracy.png",
+            "Per-class accuracy",
+            "The share of each digit's test images classified correctly; bars below the dashed "
+            "overall line are the hardest digits.",
+        ),
         plotting.per_class_accuracy(d.inputs.per_class, float(d.inputs.metrics["test_accuracy"])),
     )
 
 
 def grad_norms_figure(d: FigureData) -> Figure:
     return (
-        FigureDoc("grad_norms.png", "Gradient norms",
-                  "Mean gradient norm of each layer's weights per epoch on a log scale: steady lines "
-                  "are healthy, while a layer falling orders of magnitude below the others signals "
-                  "vanishing gradients."),
+        FigureDoc(
+            "grad_norms.png",
+            "Gradient norms",
+            "Mean gradient norm of each layer's weights per epoch on a log scale: steady lines "
+            "are healthy, while a layer falling orders of magnitude below the others signals "
+            "vanishing gradients.",
+        ),
         plotting.gradient_norms(d.inputs.grad_norms),
     )
 
@@ -323,25 +405,36 @@ def reliability_figure(d: FigureData) -> Figure:
     predictions = d.inputs.predictions
     correct = (predictions["actual"] == predictions["predicted"]).to_numpy()
     return (
-        FigureDoc("reliability.png", "Reliability diagram",
-                  "Each bar is the accuracy of the test predictions whose confidence falls in that "
-                  "bin, against the diagonal of perfect calibration; bars below it are "
-                  "over-confident. The lower panel counts the images per bin, so a gap in a bin of 5 "
-                  "images matters less than one in a bin of 9,000."),
-        plotting.reliability_diagram(reliability_bins(predictions["confidence"].to_numpy(), correct),
-                                     float(d.inputs.metrics["test_ece"])),
+        FigureDoc(
+            "reliability.png",
+            "Reliability diagram",
+            "Each bar is the accuracy of the test predictions whose confidence falls in that "
+            "bin, against the diagonal of perfect calibration; bars below it are "
+            "over-confident. The lower panel counts the images per bin, so a gap in a bin of 5 "
+            "images matters less than one in a bin of 9,000.",
+        ),
+        plotting.reliability_diagram(
+            reliability_bins(predictions["confidence"].to_numpy(), correct),
+            float(d.inputs.metrics["test_ece"]),
+        ),
     )
 
 
 def robustness_figure(d: FigureData) -> Figure:
     metrics = d.inputs.metrics
-    robust = {key.removeprefix("robust_").removesuffix("_accuracy"): float(value)
-              for key, value in metrics.items() if key.startswith("robust_") and key.endswith("_accuracy")}
+    robust = {
+        key.removeprefix("robust_").removesuffix("_accuracy"): float(value)
+        for key, value in metrics.items()
+        if key.startswith("robust_") and key.endswith("_accuracy")
+    }
     return (
-        FigureDoc("robustness.png", "Robustness to small perturbations",
-                  "Test accuracy after each deterministic change (pipeline/perturb.py: whole-pixel "
-                  "shifts, rotations, Gaussian pixel noise, thicker strokes); a bar far left of the "
-                  "dashed unperturbed accuracy is an invariance the model has not learned."),
+        FigureDoc(
+            "robustness.png",
+            "Robustness to small perturbations",
+            "Test accuracy after each deterministic change (pipeline/perturb.py: whole-pixel "
+            "shifts, rotations, Gaussian pixel noise, thicker strokes); a bar far left of the "
+            "dashed unperturbed accuracy is an invariance the model has not learned.",
+        ),
         plotting.robustness(robust, float(metrics["test_accuracy"])),
     )
 
@@ -349,16 +442,25 @@ def robustness_figure(d: FigureData) -> Figure:
 def off_distribution_figure(d: FigureData) -> Figure:
     model, reference = d.inputs.model, d.inputs.ood_reference
     names, pictures = off_distribution_examples()
-    probs = probabilities(model_outputs(model, resize(pictures, model.arch.image_size), BATCH), d.inputs.loss_name)
+    probs = probabilities(
+        model_outputs(model, resize(pictures, model.arch.image_size), BATCH), d.inputs.loss_name
+    )
     flags = [r.ood for r in ood.check(pictures, reference)] if reference else [False] * len(names)
-    titles = [f"{name}: {label} ({conf:.2f})"
-              for name, label, conf in zip(names, probs.argmax(1).tolist(), probs.max(1).values.tolist(), strict=True)]
+    titles = [
+        f"{name}: {label} ({conf:.2f})"
+        for name, label, conf in zip(
+            names, probs.argmax(1).tolist(), probs.max(1).values.tolist(), strict=True
+        )
+    ]
     return (
-        FigureDoc("off_distribution.png", "Off the digit distribution",
-                  "Pictures that are not digits and the model's answer with its confidence: an MLP is "
-                  "confidently wrong away from digits, which is why predict flags inputs whose pixel "
-                  "statistics are far from the training digits' (a red title is a picture it does not "
-                  "flag)."),
+        FigureDoc(
+            "off_distribution.png",
+            "Off the digit distribution",
+            "Pictures that are not digits and the model's answer with its confidence: an MLP is "
+            "confidently wrong away from digits, which is why predict flags inputs whose pixel "
+            "statistics are far from the training digits' (a red title is a picture it does not "
+            "flag).",
+        ),
         plotting.off_distribution(pictures.numpy(), titles, flags),
     )
 
@@ -438,9 +540,18 @@ def summary(inputs: Inputs, params: Params) -> list[Section]:
                 f"{'passed' if v['success'] else 'FAILED'} ({passed} of {len(checks)} "
                 f"expectations) on {counts} images.",
             ],
-            Table(["file", "bytes", "MD5", "SHA-256"],
-                  [[name, f"{entry.get('bytes', 0):,}", entry.get("md5", ""), entry.get("sha256", "")]
-                   for name, entry in files.items()]),
+            Table(
+                ["file", "bytes", "MD5", "SHA-256"],
+                [
+                    [
+                        name,
+                        f"{entry.get('bytes', 0):,}",
+                        entry.get("md5", ""),
+                        entry.get("sha256", ""),
+                    ]
+                    for name, entry in files.items()
+                ],
+            ),
         ),
         Section(
             "Parameters",

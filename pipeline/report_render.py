@@ -44,11 +44,20 @@ def render_markdown(sections: list[Section], docs: list[FigureDoc]) -> str:
         if section.table:
             lines.append("| " + " | ".join(section.table.header) + " |")
             lines.append("|" + " --- |" * len(section.table.header))
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in section.table.rows]
+            lines += [
+                "| " + " | ".join(_md_cell(c) for c in row) + " |" for row in section.table.rows
+            ]
             lines.append("")
     lines += ["## Figures", ""]
     for doc in docs:
-        lines += [f"### {doc.title}", "", doc.guidance, "", f"![{doc.title}]({FIGURES_DIR.name}/{doc.name})", ""]
+        lines += [
+            f"### {doc.title}",
+            "",
+            doc.guidance,
+            "",
+            f"![{doc.title}]({FIGURES_DIR.name}/{doc.name})",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -72,14 +81,24 @@ def render_html(sections: list[Section], docs: list[FigureDoc], pngs: dict[str, 
     def e(text: str) -> str:
         return html.escape(text, quote=False)
 
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>MNIST MLP report</title>", f"<style>{CSS}</style></head><body>", "<h1>MNIST MLP report</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>MNIST MLP report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>MNIST MLP report</h1>",
+    ]
     for section in sections:
         parts.append(f"<h2>{e(section.heading)}</h2>")
         parts += [f"<p>{e(t)}</p>" for t in section.text]
         if section.table:
-            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in section.table.header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in section.table.rows]
+            parts.append(
+                "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in section.table.header) + "</tr>"
+            )
+            parts += [
+                "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+                for row in section.table.rows
+            ]
             parts.append("</table>")
     parts.append("<h2>Figures</h2>")
     for doc in docs:

@@ -34,7 +34,12 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 
 @torch.no_grad()
 def score(
-    model: MLP, images: torch.Tensor, labels: torch.Tensor, loss: LossFn, batch_size: int, amp: bool = False
+    model: MLP,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss: LossFn,
+    batch_size: int,
+    amp: bool = False,
 ) -> Scores:
     """Outputs, mean loss and top-1 accuracy on unaugmented uint8 images [N, S, S], in eval mode."""
     model.eval()

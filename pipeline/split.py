@@ -28,7 +28,9 @@ def _stratified_valid(labels: np.ndarray, n_valid: int, rng: np.random.Generator
     quota = np.floor(exact).astype(np.int64)
     largest_remainder_first = np.lexsort((np.arange(len(classes)), quota - exact))
     quota[largest_remainder_first[: n_valid - int(quota.sum())]] += 1
-    chosen = [rng.permutation(np.flatnonzero(inverse == c))[: quota[c]] for c in range(len(classes))]
+    chosen = [
+        rng.permutation(np.flatnonzero(inverse == c))[: quota[c]] for c in range(len(classes))
+    ]
     return np.concatenate(chosen)
 
 
@@ -43,7 +45,9 @@ def split_indices(labels: np.ndarray, cfg: SplitParams) -> tuple[np.ndarray, np.
             "non-empty"
         )
     rng = np.random.default_rng(cfg.seed)
-    valid = _stratified_valid(labels, n_valid, rng) if cfg.stratify else rng.permutation(n)[:n_valid]
+    valid = (
+        _stratified_valid(labels, n_valid, rng) if cfg.stratify else rng.permutation(n)[:n_valid]
+    )
     in_valid = np.zeros(n, dtype=bool)
     in_valid[valid] = True
     return np.flatnonzero(~in_valid).astype(np.int64), np.flatnonzero(in_valid).astype(np.int64)
@@ -54,7 +58,10 @@ def summary(labels: np.ndarray, train: np.ndarray, valid: np.ndarray, params: Pa
 
     def per_class(index: np.ndarray) -> dict[str, int]:
         counts = np.searchsorted(classes, labels[index])
-        return {str(c): int(k) for c, k in zip(classes, np.bincount(counts, minlength=len(classes)), strict=True)}
+        return {
+            str(c): int(k)
+            for c, k in zip(classes, np.bincount(counts, minlength=len(classes)), strict=True)
+        }
 
     return {
         "valid_fraction": params.split.valid_fraction,
@@ -68,7 +75,9 @@ def summary(labels: np.ndarray, train: np.ndarray, valid: np.ndarray, params: Pa
 def main(params: Params) -> None:
     labels = read_idx(RAW_DIR / TRAIN_LABELS)
     if labels.ndim != 1:
-        raise PipelineError(f"{RAW_DIR / TRAIN_LABELS}: expected a 1-D label array, got shape {labels.shape}")
+        raise PipelineError(
+            f"{RAW_DIR / TRAIN_LABELS}: expected a 1-D label array, got shape {labels.shape}"
+        )
     cfg = params.split
     train, valid = split_indices(labels, cfg)
     artifacts.write_index(TRAIN_INDEX_FILE, train)

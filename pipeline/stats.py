@@ -28,7 +28,9 @@ def pixel_stats(images: torch.Tensor) -> dict[str, float]:
     if images.dtype != torch.uint8:
         raise PipelineError(f"pixel statistics need uint8 images, got {images.dtype}")
     if images.numel() == 0:
-        raise PipelineError("no training images to compute statistics on; re-run the download stage")
+        raise PipelineError(
+            "no training images to compute statistics on; re-run the download stage"
+        )
     counts = torch.bincount(images.reshape(-1), minlength=256).tolist()
     n = sum(counts)
     total = sum(value * count for value, count in enumerate(counts))
@@ -43,8 +45,13 @@ def main(params: Params) -> None:
     images = load_dataset(RAW_DIR, size).train_images
     moments = pixel_stats(images)
     stats: artifacts.Stats = {
-        "mean": moments["mean"], "std": moments["std"], "image_size": size, "count": len(images)
+        "mean": moments["mean"],
+        "std": moments["std"],
+        "image_size": size,
+        "count": len(images),
     }
     artifacts.write_stats(stats)
-    log(f"stats: mean {stats['mean']:.6f}, std {stats['std']:.6f} over {len(images):,} images at "
-        f"{size}x{size}")
+    log(
+        f"stats: mean {stats['mean']:.6f}, std {stats['std']:.6f} over {len(images):,} images at "
+        f"{size}x{size}"
+    )

@@ -75,7 +75,9 @@ def quiet() -> None:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -152,7 +154,9 @@ def start_run(
     configure()
     experiment_id = use_experiment(experiment)
     run_id = resume_id if _reusable(mlflow.MlflowClient(), resume_id, experiment_id) else None
-    with mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags) as run:
+    with mlflow.start_run(
+        run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags
+    ) as run:
         mlflow.log_params(params)
         yield run
 
@@ -189,7 +193,10 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
             input_example=example,
             registered_model_name=registered_model,
             serialization_format="pt2",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"mlflow=={mlflow.__version__}",
+            ],
         )
     except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
         # MLflow uploads the files before it registers, so a failed upload leaves no version.

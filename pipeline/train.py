@@ -55,7 +55,9 @@ def read_stats(image_size: int) -> tuple[float, float]:
             f"{image_size}; run dvc repro stats"
         )
     if not stats.get("std", 0) > 0:
-        raise PipelineError(f"{STATS_FILE} has std {stats.get('std')!r}; the images are constant, check data/raw")
+        raise PipelineError(
+            f"{STATS_FILE} has std {stats.get('std')!r}; the images are constant, check data/raw"
+        )
     return float(stats["mean"]), float(stats["std"])
 
 
@@ -81,7 +83,11 @@ def all_finite(model: torch.nn.Module) -> bool:
 
 
 def check_finite(result: EpochResult, trainer: Trainer) -> None:
-    if not (math.isfinite(result.train_loss) and math.isfinite(result.valid_loss) and all_finite(trainer.model)):
+    if not (
+        math.isfinite(result.train_loss)
+        and math.isfinite(result.valid_loss)
+        and all_finite(trainer.model)
+    ):
         steps = trainer.steps_per_epoch
         raise diverged(result.epoch, steps, steps, trainer.train.lr)
 
@@ -134,10 +140,14 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
         yield
         return
     tags = run_tags(inputs.dataset_md5)
-    with tracking.start_run(params.mlflow.experiment, params.flat(), tags, state.mlflow_run_id) as run:
+    with tracking.start_run(
+        params.mlflow.experiment, params.flat(), tags, state.mlflow_run_id
+    ) as run:
         if state.mlflow_run_id not in (None, run.info.run_id):
-            log(f"MLflow run {state.mlflow_run_id} of the interrupted training is gone; logging "
-                "to a new run")
+            log(
+                f"MLflow run {state.mlflow_run_id} of the interrupted training is gone; logging "
+                "to a new run"
+            )
         state.mlflow_run_id = run.info.run_id
         yield
 
@@ -148,7 +158,9 @@ def record_epoch(state: TrainState, result: EpochResult, trainer: Trainer) -> No
     state.history.append(result.history_row())
     state.grad_norms.append({"epoch": result.epoch, **result.grad_norms})
     if state.best is None or result.valid_loss < state.best.valid_loss:
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+        weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()
+        }
         state.best = BestEpoch(result.epoch, result.valid_loss, result.valid_acc, weights)
     state.epoch = result.epoch
     state.trainer = trainer.state_dict()
@@ -167,7 +179,9 @@ def publish_epoch(state: TrainState, result: EpochResult, epochs: int) -> None:
     log(epoch_line(result, epochs))
 
 
-def train(params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()) -> TrainState:
+def train(
+    params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()
+) -> TrainState:
     """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt
     there).
 
@@ -209,23 +223,44 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     model = model.to("cpu")
     model.load_state_dict(best.state_dict)
     model.eval()
-    save_checkpoint(MODEL_FILE, model, {"epoch": best.epoch, "valid_loss": best.valid_loss,
-                                        "valid_accuracy": best.valid_accuracy, "loss": params.train.loss})
+    save_checkpoint(
+        MODEL_FILE,
+        model,
+        {
+            "epoch": best.epoch,
+            "valid_loss": best.valid_loss,
+            "valid_accuracy": best.valid_accuracy,
+            "loss": params.train.loss,
+        },
+    )
     write_history(state)
-    mlflow.log_metrics({"best_epoch": best.epoch, "best_valid_loss": best.valid_loss,
-                        "best_valid_acc": best.valid_accuracy})
+    mlflow.log_metrics(
+        {
+            "best_epoch": best.epoch,
+            "best_valid_loss": best.valid_loss,
+            "best_valid_acc": best.valid_accuracy,
+        }
+    )
     example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
-    tracking.log_model(model, example, tracking.registered_name(params.mlflow.registered_model, params.data.image_size))
+    tracking.log_model(
+        model,
+        example,
+        tracking.registered_name(params.mlflow.registered_model, params.data.image_size),
+    )
     run = mlflow.active_run()
     assert run is not None  # rank 0 trains inside the run that tracking_run opened
     artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)
-    log(f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy "
-        f"{best.valid_accuracy:.4f}; saved {MODEL_FILE}, MLflow run {run.info.run_id}")
+    log(
+        f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy "
+        f"{best.valid_accuracy:.4f}; saved {MODEL_FILE}, MLflow run {run.info.run_id}"
+    )
 
 
 def main(params: Params) -> None:
     world = World.from_env()
-    with distributed.process_group(world, distributed.device_for(world, resolve_device(params.train.device))):
+    with distributed.process_group(
+        world, distributed.device_for(world, resolve_device(params.train.device))
+    ):
         train(params, world=world)

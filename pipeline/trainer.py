@@ -64,7 +64,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is cuda but torch sees no CUDA device; use -S train.device=auto or cpu")
+        raise PipelineError(
+            "train.device is cuda but torch sees no CUDA device; use -S train.device=auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -78,10 +80,18 @@ def make_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimize
     ~20% of the step time at batch 64; same algorithm and defaults as the reference's Adam."""
     if train.optimizer == "adam":
         if train.momentum:
-            raise PipelineError("train.momentum applies to sgd only; set it to 0 or use -S train.optimizer=sgd")
-        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+            raise PipelineError(
+                "train.momentum applies to sgd only; set it to 0 or use -S train.optimizer=sgd"
+            )
+        return torch.optim.Adam(
+            model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
+        )
     return torch.optim.SGD(
-        model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, fused=True
+        model.parameters(),
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        fused=True,
     )
 
 
@@ -108,14 +118,21 @@ class Trainer:
     """Model, optimiser, schedule and random state of one training run."""
 
     def __init__(
-        self, model: MLP, train: TrainParams, aug: Augmentation, steps_per_epoch: int, world: World = World()
+        self,
+        model: MLP,
+        train: TrainParams,
+        aug: Augmentation,
+        steps_per_epoch: int,
+        world: World = World(),
     ) -> None:
         self.model = model
         self.world = world
         self.train = train
         self.aug = aug
         self.device = next(model.parameters()).device
-        self.net = distributed.wrap(model, world)  # forward through this; `model` stays the plain module
+        self.net = distributed.wrap(
+            model, world
+        )  # forward through this; `model` stays the plain module
         self.loss = loss_fn(train.loss)
         self.optimizer = make_optimizer(model, train)
         self.steps_per_epoch = steps_per_epoch
@@ -173,11 +190,15 @@ class Trainer:
                 index = order[start : start + chunk]
                 rows = distributed.rows(len(index), batch, world) if world.size > 1 else None
                 pixels = augment(data.images[index], self.aug, self.generator, rows).flatten(1)
-                labels = data.labels[index] if rows is None else data.labels[index[rows.to(self.device)]]
+                labels = (
+                    data.labels[index] if rows is None else data.labels[index[rows.to(self.device)]]
+                )
                 losses, sizes, predictions = [], [], []
                 whole = [min(batch, len(index) - first) for first in range(0, len(index), batch)]
                 offset = 0
-                for size, batch_size in zip(distributed.local_sizes(len(index), batch, world), whole, strict=True):
+                for size, batch_size in zip(
+                    distributed.local_sizes(len(index), batch, world), whole, strict=True
+                ):
                     x, y = pixels[offset : offset + size], labels[offset : offset + size]
                     offset += size
                     loss, predicted = self._step(x, y, size * world.size / batch_size, norm_sum)
@@ -228,5 +249,12 @@ class Trainer:
         train_loss, train_acc, norms = self.train_epoch(train, epoch)
         valid_loss, valid_acc = self.evaluate(valid)
         return EpochResult(
-            epoch, train_loss, train_acc, valid_loss, valid_acc, time.perf_counter() - started, lr, norms
+            epoch,
+            train_loss,
+            train_acc,
+            valid_loss,
+            valid_acc,
+            time.perf_counter() - started,
+            lr,
+            norms,
         )

@@ -47,7 +47,11 @@ def _sha256(stream: BinaryIO) -> str:
 def fingerprint(location: str, timeout_s: float) -> dict[str, str]:
     """What identifies the current content of one file without downloading it where possible."""
     if "://" not in location or location.startswith("file://"):
-        path = Path(urllib.request.url2pathname(location.removeprefix("file://")) if "://" in location else location)
+        path = Path(
+            urllib.request.url2pathname(location.removeprefix("file://"))
+            if "://" in location
+            else location
+        )
         try:
             with open(path, "rb") as stream:
                 return {"sha256": _sha256(stream)}
@@ -57,7 +61,11 @@ def fingerprint(location: str, timeout_s: float) -> dict[str, str]:
     request.method = "HEAD"
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            found = {key: response.headers[name] for name, key in _HEADERS.items() if response.headers.get(name)}
+            found = {
+                key: response.headers[name]
+                for name, key in _HEADERS.items()
+                if response.headers.get(name)
+            }
         if "etag" in found or "last_modified" in found:
             return found
         # A server that gives no validator: only the bytes themselves tell.

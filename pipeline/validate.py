@@ -26,10 +26,24 @@ import pandas as pd
 
 from pipeline import artifacts
 from pipeline.config import Params
-from pipeline.datasets import CLASSES, DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.datasets import (
+    CLASSES,
+    DATASETS,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
-from pipeline.paths import DATA_DOCS_DIR, DATA_VALIDATION_FILE, RAW_DIR, STATS_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE
+from pipeline.paths import (
+    DATA_DOCS_DIR,
+    DATA_VALIDATION_FILE,
+    RAW_DIR,
+    STATS_FILE,
+    TRAIN_INDEX_FILE,
+    VALID_INDEX_FILE,
+)
 from pipeline.progress import log
 
 OFFLINE_INDEX = "offline.html"
@@ -48,10 +62,24 @@ from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
 PIXEL_MIN, PIXEL_MAX = 0, 255
-IMAGE_COLUMNS = ("split", "index", "label", "pixel_min", "pixel_max", "pixel_mean", "nonzero_pixels", "content_hash")
+IMAGE_COLUMNS = (
+    "split",
+    "index",
+    "label",
+    "pixel_min",
+    "pixel_max",
+    "pixel_mean",
+    "nonzero_pixels",
+    "content_hash",
+)
 STATS_COLUMNS = ("mean", "std", "count")
 # Columns that identify a failing row in the report and in Data Docs, per table.
-ROW_IDS = {"images": ["split", "index"], "class_shares": ["split", "label"], "training_indices": ["index"], "stats": []}
+ROW_IDS = {
+    "images": ["split", "index"],
+    "class_shares": ["split", "label"],
+    "training_indices": ["index"],
+    "stats": [],
+}
 
 
 @dataclass(frozen=True)
@@ -158,13 +186,18 @@ def index_coverage(images: pd.DataFrame, training_size: int) -> pd.DataFrame:
 def class_shares(images: pd.DataFrame, training_labels: np.ndarray) -> pd.DataFrame:
     """One row per split and class: its share of the split against its share of the training set."""
     labelled = images.dropna(subset=["split", "label"])
-    classes = np.union1d(CLASSES, np.union1d(training_labels, labelled["label"].to_numpy(dtype=np.int64)))
-    counts = (
-        pd.crosstab(labelled["split"], labelled["label"].astype(np.int64))
-        .reindex(index=list(SPLITS), columns=classes, fill_value=0)
+    classes = np.union1d(
+        CLASSES, np.union1d(training_labels, labelled["label"].to_numpy(dtype=np.int64))
+    )
+    counts = pd.crosstab(labelled["split"], labelled["label"].astype(np.int64)).reindex(
+        index=list(SPLITS), columns=classes, fill_value=0
     )
     shares = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
-    reference = pd.Series(training_labels.astype(np.int64)).value_counts(normalize=True).reindex(classes, fill_value=0.0)
+    reference = (
+        pd.Series(training_labels.astype(np.int64))
+        .value_counts(normalize=True)
+        .reindex(classes, fill_value=0.0)
+    )
     table = pd.DataFrame(
         {
             "split": np.repeat(SPLITS, len(classes)),
@@ -190,58 +223,152 @@ def suites(expected: Expected) -> dict[str, list[gxe.Expectation]]:
     """The expectations per table, in the order the report lists them."""
     low, high = min(CLASSES), max(CLASSES)
     rows = [
-        _expect(f"rows_{s}", f"{s} has exactly {expected.rows[s]:,} images", gxe.ExpectTableRowCountToEqual,
-                value=expected.rows[s], row_condition=Column("split") == s)
+        _expect(
+            f"rows_{s}",
+            f"{s} has exactly {expected.rows[s]:,} images",
+            gxe.ExpectTableRowCountToEqual,
+            value=expected.rows[s],
+            row_condition=Column("split") == s,
+        )
         for s in SPLITS
     ]
     nulls = [
-        _expect(f"no_nulls_{col}", f"every image has a {col}", gxe.ExpectColumnValuesToNotBeNull, column=col)
+        _expect(
+            f"no_nulls_{col}",
+            f"every image has a {col}",
+            gxe.ExpectColumnValuesToNotBeNull,
+            column=col,
+        )
         for col in IMAGE_COLUMNS
     ]
     classes = [
-        _expect(f"all_classes_{s}", f"all classes {low}-{high} occur in {s}", gxe.ExpectColumnDistinctValuesToContainSet,
-                column="label", value_set=list(CLASSES), row_condition=Column("split") == s)
+        _expect(
+            f"all_classes_{s}",
+            f"all classes {low}-{high} occur in {s}",
+            gxe.ExpectColumnDistinctValuesToContainSet,
+            column="label",
+            value_set=list(CLASSES),
+            row_condition=Column("split") == s,
+        )
         for s in SPLITS
     ]
-    images = rows + nulls + [
-        _expect("labels_in_range", f"every label is a class id {low}-{high}", gxe.ExpectColumnValuesToBeBetween,
-                column="label", min_value=low, max_value=high),
-        *classes,
-        _expect("pixel_min_in_range", f"no pixel below {PIXEL_MIN}", gxe.ExpectColumnValuesToBeBetween,
-                column="pixel_min", min_value=PIXEL_MIN, max_value=PIXEL_MAX),
-        _expect("pixel_max_in_range", f"no pixel above {PIXEL_MAX}", gxe.ExpectColumnValuesToBeBetween,
-                column="pixel_max", min_value=PIXEL_MIN, max_value=PIXEL_MAX),
-        _expect("no_blank_images", "every image has a non-zero pixel", gxe.ExpectColumnValuesToBeBetween,
-                column="nonzero_pixels", min_value=1),
-        _expect("unique_index_per_split", "no split names an image twice", gxe.ExpectCompoundColumnsToBeUnique,
-                column_list=["split", "index"]),
-        _expect("no_shared_content_train_valid", "no image content occurs in both train and valid",
-                gxe.ExpectColumnValuesToBeInSet, column="shared_train_valid", value_set=[False]),
-    ]
+    images = (
+        rows
+        + nulls
+        + [
+            _expect(
+                "labels_in_range",
+                f"every label is a class id {low}-{high}",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="label",
+                min_value=low,
+                max_value=high,
+            ),
+            *classes,
+            _expect(
+                "pixel_min_in_range",
+                f"no pixel below {PIXEL_MIN}",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="pixel_min",
+                min_value=PIXEL_MIN,
+                max_value=PIXEL_MAX,
+            ),
+            _expect(
+                "pixel_max_in_range",
+                f"no pixel above {PIXEL_MAX}",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="pixel_max",
+                min_value=PIXEL_MIN,
+                max_value=PIXEL_MAX,
+            ),
+            _expect(
+                "no_blank_images",
+                "every image has a non-zero pixel",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="nonzero_pixels",
+                min_value=1,
+            ),
+            _expect(
+                "unique_index_per_split",
+                "no split names an image twice",
+                gxe.ExpectCompoundColumnsToBeUnique,
+                column_list=["split", "index"],
+            ),
+            _expect(
+                "no_shared_content_train_valid",
+                "no image content occurs in both train and valid",
+                gxe.ExpectColumnValuesToBeInSet,
+                column="shared_train_valid",
+                value_set=[False],
+            ),
+        ]
+    )
     tolerance, n = expected.class_share_tolerance, expected.training_size
     return {
         "images": images,
         "class_shares": [
-            _expect("class_share_within_tolerance",
-                    f"each class's share of each split is within {tolerance} of its share of the "
-                    "training set",
-                    gxe.ExpectColumnValuesToBeBetween, column="share_gap", max_value=tolerance),
+            _expect(
+                "class_share_within_tolerance",
+                f"each class's share of each split is within {tolerance} of its share of the "
+                "training set",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="share_gap",
+                max_value=tolerance,
+            ),
         ],
         "training_indices": [
-            _expect("no_index_in_train_and_valid", "no training image is in both train and valid",
-                    gxe.ExpectColumnValuesToBeInSet, column="in_both", value_set=[False]),
-            _expect("train_valid_cover_training_set", f"train and valid together are exactly training images 0-{n - 1}",
-                    gxe.ExpectColumnPairValuesToBeEqual, column_A="official", column_B="in_train_or_valid"),
+            _expect(
+                "no_index_in_train_and_valid",
+                "no training image is in both train and valid",
+                gxe.ExpectColumnValuesToBeInSet,
+                column="in_both",
+                value_set=[False],
+            ),
+            _expect(
+                "train_valid_cover_training_set",
+                f"train and valid together are exactly training images 0-{n - 1}",
+                gxe.ExpectColumnPairValuesToBeEqual,
+                column_A="official",
+                column_B="in_train_or_valid",
+            ),
         ],
         "stats": [
-            *(_expect(f"stats_{col}_present", f"{STATS_FILE} gives the {col}", gxe.ExpectColumnValuesToNotBeNull,
-                      column=col) for col in STATS_COLUMNS),
-            _expect("stats_mean_plausible", "the pixel mean is in (0, 1)", gxe.ExpectColumnValuesToBeBetween,
-                    column="mean", min_value=0, max_value=1, strict_min=True, strict_max=True),
-            _expect("stats_std_plausible", "the pixel std is in (0, 0.5]", gxe.ExpectColumnValuesToBeBetween,
-                    column="std", min_value=0, max_value=0.5, strict_min=True),
-            _expect("stats_count_matches", f"the statistics cover all {n:,} training images",
-                    gxe.ExpectColumnValuesToBeBetween, column="count", min_value=n, max_value=n),
+            *(
+                _expect(
+                    f"stats_{col}_present",
+                    f"{STATS_FILE} gives the {col}",
+                    gxe.ExpectColumnValuesToNotBeNull,
+                    column=col,
+                )
+                for col in STATS_COLUMNS
+            ),
+            _expect(
+                "stats_mean_plausible",
+                "the pixel mean is in (0, 1)",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="mean",
+                min_value=0,
+                max_value=1,
+                strict_min=True,
+                strict_max=True,
+            ),
+            _expect(
+                "stats_std_plausible",
+                "the pixel std is in (0, 0.5]",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="std",
+                min_value=0,
+                max_value=0.5,
+                strict_min=True,
+            ),
+            _expect(
+                "stats_count_matches",
+                f"the statistics cover all {n:,} training images",
+                gxe.ExpectColumnValuesToBeBetween,
+                column="count",
+                min_value=n,
+                max_value=n,
+            ),
         ],
     }
 
@@ -261,7 +388,9 @@ def _observed(result: dict[str, Any]) -> Any:
     elif "partial_missing_list" in result:
         observed = {"missing": result["partial_missing_list"]}
     elif "unexpected_count" in result:
-        examples = result.get("partial_unexpected_index_list") or result.get("partial_unexpected_list", [])
+        examples = result.get("partial_unexpected_index_list") or result.get(
+            "partial_unexpected_list", []
+        )
         observed = {"unexpected_count": result["unexpected_count"], "examples": examples}
     else:
         observed = None
@@ -275,7 +404,11 @@ def _errors(info: dict[str, Any] | None) -> list[str]:
         return []
     if "raised_exception" in info:
         return [info["exception_message"]] if info["raised_exception"] else []
-    return list(dict.fromkeys(m for value in info.values() if isinstance(value, dict) for m in _errors(value)))
+    return list(
+        dict.fromkeys(
+            m for value in info.values() if isinstance(value, dict) for m in _errors(value)
+        )
+    )
 
 
 def _expectation_name(meta: dict[str, Any] | None) -> str:
@@ -315,14 +448,22 @@ def offline_index(docs_dir: Path, entries: list[dict[str, Any]]) -> str:
         checks = [entry for entry in entries if entry["table"] == table]
         passed = sum(entry["success"] for entry in checks)
         links = [f'<a href="expectations/{table}.html">suite</a>']
-        links += [f'<a href="{html.escape(page.relative_to(docs_dir).as_posix())}">result</a>'
-                  for page in sorted(docs_dir.glob(f"validations/{table}/**/*.html"))]
+        links += [
+            f'<a href="{html.escape(page.relative_to(docs_dir).as_posix())}">result</a>'
+            for page in sorted(docs_dir.glob(f"validations/{table}/**/*.html"))
+        ]
         verdict = "passed" if passed == len(checks) else "FAILED"
-        rows.append(f"<tr><td>{html.escape(table)}</td><td>{verdict}: {passed}/{len(checks)}</td>"
-                    f"<td>{' '.join(links)}</td></tr>")
-    return ("<!doctype html><meta charset=utf-8><title>Data validation</title>\n"
-            "<h1>Data validation</h1>\n<table border=1 cellpadding=4>\n"
-            "<tr><th>table</th><th>expectations</th><th>pages</th></tr>\n" + "\n".join(rows) + "\n</table>\n")
+        rows.append(
+            f"<tr><td>{html.escape(table)}</td><td>{verdict}: {passed}/{len(checks)}</td>"
+            f"<td>{' '.join(links)}</td></tr>"
+        )
+    return (
+        "<!doctype html><meta charset=utf-8><title>Data validation</title>\n"
+        "<h1>Data validation</h1>\n<table border=1 cellpadding=4>\n"
+        "<tr><th>table</th><th>expectations</th><th>pages</th></tr>\n"
+        + "\n".join(rows)
+        + "\n</table>\n"
+    )
 
 
 def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> None:
@@ -339,7 +480,10 @@ def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> 
             site_config={
                 "class_name": "SiteBuilder",
                 "show_how_to_buttons": False,
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(staging.resolve())},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(staging.resolve()),
+                },
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             },
         )
@@ -353,7 +497,9 @@ def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> 
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def run_checks(tables: dict[str, pd.DataFrame], expected: Expected, docs_dir: Path | None) -> list[dict[str, Any]]:
+def run_checks(
+    tables: dict[str, pd.DataFrame], expected: Expected, docs_dir: Path | None
+) -> list[dict[str, Any]]:
     """Validate each table against its suite; one entry per expectation, in suite order."""
     context = _context()
     source = context.data_sources.add_pandas("pipeline")
@@ -362,12 +508,21 @@ def run_checks(tables: dict[str, pd.DataFrame], expected: Expected, docs_dir: Pa
     for table, expectations in suites(expected).items():
         batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
         suite = context.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=table, data=batch, suite=suite)
+        )
         result_format = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
         if ROW_IDS[table]:
             result_format["unexpected_index_column_names"] = ROW_IDS[table]
-        result = definition.run(batch_parameters={"dataframe": tables[table]}, result_format=result_format, run_id=run_id)
-        by_name = {_expectation_name(outcome.expectation_config.meta): outcome for outcome in result.results}
+        result = definition.run(
+            batch_parameters={"dataframe": tables[table]},
+            result_format=result_format,
+            run_id=run_id,
+        )
+        by_name = {
+            _expectation_name(outcome.expectation_config.meta): outcome
+            for outcome in result.results
+        }
         entries += [_entry(table, by_name[_expectation_name(e.meta)]) for e in expectations]
     if docs_dir is not None:
         _build_docs(context, docs_dir, entries)
@@ -413,20 +568,29 @@ def failures(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main(params: Params) -> None:
     raw = read_raw(RAW_DIR)
-    images = image_table(raw, artifacts.read_index(TRAIN_INDEX_FILE), artifacts.read_index(VALID_INDEX_FILE))
+    images = image_table(
+        raw, artifacts.read_index(TRAIN_INDEX_FILE), artifacts.read_index(VALID_INDEX_FILE)
+    )
     expected = expected_for(params, *official_sizes(params.data.name, raw))
     report = validate(images, raw.train_labels, artifacts.read_stats(), expected, DATA_DOCS_DIR)
     # No page paths here: they carry GX's run time, and train depends on this file.
-    report["data_docs"] = {"index": str(DATA_DOCS_DIR / "index.html"), "offline_index": str(DATA_DOCS_DIR / OFFLINE_INDEX)}
+    report["data_docs"] = {
+        "index": str(DATA_DOCS_DIR / "index.html"),
+        "offline_index": str(DATA_DOCS_DIR / OFFLINE_INDEX),
+    }
     artifacts.write_validation(report)
     counts = ", ".join(f"{report['counts'][s]:,} {s}" for s in SPLITS)
     passed = sum(entry["success"] for entry in report["expectations"])
     log(f"validate: {passed}/{len(report['expectations'])} expectations passed on {counts}")
-    log(f"validate: {report['reported']['test_train_duplicates']} test images duplicate a "
-        "training image (reported only)")
+    log(
+        f"validate: {report['reported']['test_train_duplicates']} test images duplicate a "
+        "training image (reported only)"
+    )
     failed = failures(report)
     for entry in failed:
-        log(f"failed: {entry['name']} ({entry['checks']}), observed {json.dumps(entry['observed'])}")
+        log(
+            f"failed: {entry['name']} ({entry['checks']}), observed {json.dumps(entry['observed'])}"
+        )
     if failed:
         names = ", ".join(entry["name"] for entry in failed)
         raise PipelineError(
