@@ -93,24 +93,19 @@ def log_split(
     mlflow.log_input(dataset, context=CONTEXTS[split])
 
 
-def log_training_inputs(
-    checksums: Checksums, image_size: int, splits: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> None:
-    """train: log the train and valid splits ({split: (images, labels)}) and the data checks."""
-    for split, (images, labels) in splits.items():
-        log_split(split, images, labels, checksums, image_size)
-    log_data_validation({split: len(labels) for split, (_, labels) in splits.items()})
-
-
 def log_data_validation(
     counts: dict[str, int], report_file: Path = DATA_VALIDATION_FILE, docs_dir: Path = DATA_DOCS_DIR
 ) -> str:
-    """Log validate's JSON and Data Docs under data_validation/ and tag the run with the outcome.
+    """Tag the run with validate's outcome and log its JSON and Data Docs under data_validation/.
 
     A report that is missing, or counts other splits than the ones trained on, is no validation
-    of this data: the tag then says "not validated". Returns the tag's value.
+    of this data: the tag then says "not validated". train calls this after the model is
+    stored, so an artifact store that is down fails there, with its own message; an upload that
+    fails here only costs these copies (a warning), since the tag and metrics already say it.
+    Returns the tag's value.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     report: dict[str, Any] | None
     try:
@@ -129,9 +124,6 @@ def log_data_validation(
         )
         mlflow.set_tag("data_validation.success", NOT_VALIDATED)
         return NOT_VALIDATED
-    mlflow.log_artifact(str(report_file), VALIDATION_ARTIFACTS)
-    if docs_dir.is_dir():
-        mlflow.log_artifacts(str(docs_dir), f"{VALIDATION_ARTIFACTS}/{docs_dir.name}")
     entries = report["expectations"]
     success = str(bool(report["success"])).lower()
     mlflow.set_tag("data_validation.success", success)
@@ -141,4 +133,11 @@ def log_data_validation(
             "data_validation.expectations_total": len(entries),
         }
     )
+    try:
+        mlflow.log_artifact(str(report_file), VALIDATION_ARTIFACTS)
+        if docs_dir.is_dir():
+            mlflow.log_artifacts(str(docs_dir), f"{VALIDATION_ARTIFACTS}/{docs_dir.name}")
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        log(f"warning: could not upload {report_file} and the Data Docs to MLflow ({first})")
     return success

@@ -143,9 +143,9 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
             log(f"MLflow run {state.mlflow_run_id} of the interrupted training is gone; logging to a new run")
         state.mlflow_run_id = run.info.run_id
         splits = {"train": inputs.train, "valid": inputs.valid}
-        lineage.log_training_inputs(inputs.checksums, params.data.image_size,
-                                    {name: (split.images.cpu().numpy(), split.labels.cpu().numpy())
-                                     for name, split in splits.items()})
+        for name, split in splits.items():
+            lineage.log_split(name, split.images.cpu().numpy(), split.labels.cpu().numpy(), inputs.checksums,
+                              params.data.image_size)
         yield
 
 
@@ -225,6 +225,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     run = mlflow.active_run()
     model_card.register(mlflow.MlflowClient(), name, str(info.registered_model_version),
                         mlflow.MlflowClient().get_run(run.info.run_id), best.valid_accuracy)
+    lineage.log_data_validation({"train": len(inputs.train.labels), "valid": len(inputs.valid.labels)})
     artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)
