@@ -124,6 +124,7 @@ class ReportParams(Section):
 class MlflowParams(Section):
     experiment: str = Field(default="mnist-mlp", min_length=1)
     registered_model: str = Field(default="mnist-mlp", min_length=1)
+    system_metrics: bool = True
 
 
 class PromoteParams(Section):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, ood, tracking
+from pipeline import artifacts, lineage, model_card, ood, tracking
 from pipeline.config import Params
 from pipeline.data import load_dataset, resize
 from pipeline.datasets import CLASSES, NUM_CLASSES
@@ -121,10 +121,14 @@ def write_outputs(result: Evaluation) -> None:
     artifacts.write_predictions(result.predictions)
 
 
-def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
+def log_to_mlflow(
+    result: Evaluation, checkpoint_epoch: int, test: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     import mlflow
 
-    with tracking.resume_run(MLFLOW_RUN_FILE):
+    with tracking.resume_run(MLFLOW_RUN_FILE) as run:
+        checksums = artifacts.read_checksums()
+        lineage.log_split("test", test[0].numpy(), test[1].numpy(), checksums, test[0].shape[-1])
         # At the checkpoint's epoch, so valid_* lines up with the per-epoch values train logged.
         mlflow.log_metrics(result.metrics, step=checkpoint_epoch)
         mlflow.log_dict(
@@ -142,6 +146,7 @@ def log_to_mlflow(result: Evaluation, checkpoint_epoch: int) -> None:
         # test), and predict checks inputs against the model's off-distribution reference.
         mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
         mlflow.log_artifact(str(OOD_REFERENCE_FILE), "evaluation")
+        model_card.complete(run.info.run_id, result.metrics, result.per_class)
 
 
 def main(params: Params) -> None:
@@ -169,4 +174,4 @@ def main(params: Params) -> None:
         f"{m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}, "
         f"ECE {m['test_ece']:.4f}; off-distribution threshold {reference.threshold:.2f}"
     )
-    log_to_mlflow(result, epoch)
+    log_to_mlflow(result, epoch, (data.test_images, data.test_labels))

@@ -11,10 +11,12 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pipeline import artifacts
 from pipeline.errors import PipelineError
@@ -22,6 +24,8 @@ from pipeline.errors import PipelineError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 REACHABILITY_TIMEOUT_S = 5.0
 MNIST_IMAGE_SIZE = 28
+DVC_YAML = Path("dvc.yaml")
+DVC_LOCK = "dvc.lock"
 
 
 def tracking_uri() -> str:
@@ -73,14 +77,67 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
+    """A git command's output, or None outside a repository or without git."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    return (_git("rev-parse", "HEAD") or "unknown").strip()
+
+
+def pipeline_written_paths(dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """dvc.lock and every out, metric and plot of dvc.yaml: what a `dvc repro` itself rewrites."""
+    written = [DVC_LOCK]
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
+    except (OSError, ValueError, AttributeError):
+        return written
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                written.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return written
+
+
+def dirty_paths(status_z: str, written: list[str]) -> list[str]:
+    """Paths in `git status --porcelain -z` output that differ from the commit, but for outputs.
+
+    DVC rewrites dvc.lock (and the metrics git keeps) after every stage, so a stage sees them
+    modified even in a repro of a clean commit; only the inputs a repro cannot touch (code,
+    params.yaml, dvc.yaml, ...) tell whether the tree was dirty when the repro started.
+    """
+    entries = status_z.split("\0")
+    found, i = [], 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":  # a rename or copy: the next entry is its source path
+            i += 1
+        path = entry[3:]
+        if not any(path == out or path.startswith(out.rstrip("/") + "/") for out in written):
+            found.append(path)
+    return found
+
+
+def run_name(env: Mapping[str, str] | None = None) -> str:
+    """The DVC experiment's name (DVC sets DVC_EXP_NAME for `dvc exp run`, queued or not), else
+    repro-<short commit>, with -dirty when code or params differ from that commit (judged
+    without the files the repro itself rewrites, see dirty_paths)."""
+    environ = os.environ if env is None else env
+    if environ.get("DVC_EXP_NAME"):
+        return environ["DVC_EXP_NAME"]
+    short = (_git("rev-parse", "--short", "HEAD") or "").strip()
+    if not short:
+        return "repro-untracked"  # not a git checkout: nothing to name the code by
+    status = _git("status", "--porcelain", "-z", "--untracked-files=no") or ""
+    return f"repro-{short}" + ("-dirty" if dirty_paths(status, pipeline_written_paths()) else "")
 
 
 def training_run_id(run_file: Path) -> str:
@@ -101,7 +158,7 @@ def training_run_id(run_file: Path) -> str:
 
 
 @contextmanager
-def resume_run(run_file: Path) -> Iterator[object]:
+def resume_run(run_file: Path) -> Iterator[Any]:
     """Reopen the training run recorded in `run_file`, so a later stage logs into it."""
     import mlflow
 
@@ -145,17 +202,28 @@ def use_experiment(name: str) -> str:
 
 @contextmanager
 def start_run(
-    experiment: str, params: dict[str, Any], tags: dict[str, str], resume_id: str | None = None
+    experiment: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    resume_id: str | None = None,
+    description: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Any]:
-    """Open the run of this pipeline execution with its params and tags; `resume_id` reopens the run
-    of an interrupted execution (if it still exists) so that a resumed training keeps one run."""
+    """Open the run of this pipeline execution with its name (run_name), params, tags and
+    description; `resume_id` reopens the run of an interrupted execution (if it still exists) so
+    that a resumed training keeps one run. `system_metrics` samples CPU, memory (and GPU with
+    nvidia-ml-py) every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (MLflow's default: 10)."""
     import mlflow
 
     configure()
     experiment_id = use_experiment(experiment)
     run_id = resume_id if _reusable(mlflow.MlflowClient(), resume_id, experiment_id) else None
     with mlflow.start_run(
-        run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None, tags=tags
+        run_id=run_id,
+        run_name=run_name(),
+        tags=tags,
+        description=description,
+        log_system_metrics=system_metrics,
     ) as run:
         mlflow.log_params(params)
         yield run

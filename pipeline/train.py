@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline import artifacts, distributed, tracking
+from pipeline import artifacts, distributed, lineage, model_card, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import Params
 from pipeline.data import load_dataset
@@ -44,6 +44,7 @@ class Inputs:
     std: float
     dataset_md5: dict[str, str]  # file name -> md5, from checksums.json
     fingerprint: str
+    checksums: artifacts.Checksums
 
 
 def read_stats(image_size: int) -> tuple[float, float]:
@@ -75,7 +76,7 @@ def load_inputs(params: Params, device: torch.device) -> Inputs:
         return Split(data.train_images[index].to(device), data.train_labels[index].to(device))
 
     digest = fingerprint(params, dataset_md5, [STATS_FILE, TRAIN_INDEX_FILE, VALID_INDEX_FILE])
-    return Inputs(split(train_idx), split(valid_idx), mean, std, dataset_md5, digest)
+    return Inputs(split(train_idx), split(valid_idx), mean, std, dataset_md5, digest, checksums)
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -99,8 +100,9 @@ def epoch_line(r: EpochResult, epochs: int) -> str:
     )
 
 
-def run_tags(dataset_md5: dict[str, str]) -> dict[str, str]:
+def run_tags(dataset_md5: dict[str, str], data_digest: str) -> dict[str, str]:
     tags = {f"dataset.md5.{name}": md5 for name, md5 in dataset_md5.items()}
+    tags["data_digest"] = data_digest
     tags["git_commit"] = tracking.git_commit()
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
@@ -139,9 +141,16 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
         state.mlflow_run_id = None
         yield
         return
-    tags = run_tags(inputs.dataset_md5)
+    digest = lineage.data_digest(inputs.checksums, params.data.image_size)
+    description = model_card.describe_run(params.flat(), digest, None)
+    tags = run_tags(inputs.dataset_md5, digest)
     with tracking.start_run(
-        params.mlflow.experiment, params.flat(), tags, state.mlflow_run_id
+        params.mlflow.experiment,
+        params.flat(),
+        tags,
+        state.mlflow_run_id,
+        description,
+        params.mlflow.system_metrics,
     ) as run:
         if state.mlflow_run_id not in (None, run.info.run_id):
             log(
@@ -149,6 +158,15 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
                 "to a new run"
             )
         state.mlflow_run_id = run.info.run_id
+        splits = {"train": inputs.train, "valid": inputs.valid}
+        for name, split in splits.items():
+            lineage.log_split(
+                name,
+                split.images.cpu().numpy(),
+                split.labels.cpu().numpy(),
+                inputs.checksums,
+                params.data.image_size,
+            )
         yield
 
 
@@ -242,13 +260,20 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
         }
     )
     example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
-    tracking.log_model(
-        model,
-        example,
-        tracking.registered_name(params.mlflow.registered_model, params.data.image_size),
-    )
+    name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
+    info = tracking.log_model(model, example, name)
     run = mlflow.active_run()
-    assert run is not None  # rank 0 trains inside the run that tracking_run opened
+    assert run is not None, "finish runs inside tracking_run, which has opened the run"
+    model_card.register(
+        mlflow.MlflowClient(),
+        name,
+        str(info.registered_model_version),
+        mlflow.MlflowClient().get_run(run.info.run_id),
+        best.valid_accuracy,
+    )
+    lineage.log_data_validation(
+        {"train": len(inputs.train.labels), "valid": len(inputs.valid.labels)}
+    )
     artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
     state.completed = True
     save_state(LAST_CHECKPOINT_FILE, state)

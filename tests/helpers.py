@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import base64
 import csv
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -84,6 +93,52 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def background_server(
+    command: list[str], ready_url: str, log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run a server until `ready_url` answers 200 (within 180 s); killed, with every process it
+    forked, whatever happens."""
+    # Its own session, so that the workers it forks go down with it.
+    with open(log_path, "w") as log:  # the server keeps its own copy of the file
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert server.poll() is None, f"{command[:3]} exited:\n" + log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{ready_url} not answering after 180 s"
+            time.sleep(1)
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+@contextmanager
+def mlflow_service(kind: str, store_uri: str, log_path: Path, *options: str) -> Iterator[str]:
+    """`mlflow server` or `mlflow ui` on a free 127.0.0.1 port with one worker; yields its URL."""
+    port = free_port()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow, kind, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    url = f"http://127.0.0.1:{port}"
+    with background_server(
+        [*command, "--backend-store-uri", store_uri, *options], f"{url}/health", log_path
+    ):
+        yield url
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

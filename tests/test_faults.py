@@ -284,7 +284,7 @@ def test_mirror_password_reaches_no_log_file_or_mlflow_record(
 
     with MirrorServer.of(synthetic_mirror) as mirror:
         monkeypatch.setenv("MNIST_MIRROR", mirror.url("auth", credentials=True))
-        run_stages("download", "stats", "split", "train")
+        run_stages("download", "stats", "split", "train", "evaluate")
     logs = "".join(capfd.readouterr())
     assert "127.0.0.1" in logs  # the download lines do name the source...
     assert "s3cr3t" not in logs and MIRROR_USER not in logs  # ...without the credentials
@@ -293,6 +293,14 @@ def test_mirror_password_reaches_no_log_file_or_mlflow_record(
     )
     recorded = json.dumps([run.data.params, run.data.tags])
     assert "dataset.md5.train-images-idx3-ubyte.gz" in recorded and "s3cr3t" not in recorded
+    # The dataset records (the run list's Dataset column) name the mirror, also without them.
+    sources = sorted(json.loads(i.dataset.source)["url"] for i in run.inputs.dataset_inputs)
+    files = (
+        "t10k-images-idx3-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+    )
+    assert sources == [mirror.url("auth") + name for name in files]
     leaks = [str(p) for p in Path.cwd().rglob("*") if p.is_file() and b"s3cr3t" in p.read_bytes()]
     assert leaks == []  # data/raw/checksums.json, models/, reports/, mlflow.db and its artifacts
 

@@ -4,12 +4,6 @@ there."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -18,60 +12,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.paths import FIGURES_DIR, METRICS_FILE, MLFLOW_RUN_FILE
-from tests.helpers import free_port
-
-STARTUP_TIMEOUT_S = 180
+from tests.helpers import mlflow_service
 
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real tracking server with its own sqlite store and served artifacts; killed whatever
-    happens."""
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "server-artifacts"),
-    ]
-    # Its own session, so that the workers it forks go down with it.
-    with open(tmp_path / "server.log", "w") as log:  # the server keeps its own copy of the file
-        server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert server.poll() is None, (
-                "mlflow server exited:\n" + (tmp_path / "server.log").read_text()[-3000:]
-            )
-            assert time.monotonic() < deadline, (
-                f"mlflow server not healthy after {STARTUP_TIMEOUT_S} s"
-            )
-            time.sleep(1)
+    """A real tracking server with its own sqlite store and served artifacts."""
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    artifacts = ("--artifacts-destination", str(tmp_path / "server-artifacts"))
+    with mlflow_service("server", store, tmp_path / "server.log", *artifacts) as url:
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
 
 
 def rest(url: str, endpoint: str, **query: str) -> dict:
@@ -133,6 +83,19 @@ def test_a_pipeline_run_on_a_tracking_server_has_params_curves_figures_model_and
     assert champion["run_id"] == run_id and champion["source"] == f"models:/{model_id}"
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["promotion.decision"] == "promoted"
+
+    # Datasets, the data checks and the model card also reach a server (the card through its
+    # logged-model artifact upload).
+    assert sorted(i["dataset"]["name"] for i in run["inputs"]["dataset_inputs"]) == [
+        "custom-test",
+        "custom-train",
+        "custom-valid",
+    ]
+    assert tags["data_validation.success"] == "true"
+    cards = rest(
+        mlflow_server, f"logged-models/{model_id}/artifacts/directories", artifact_directory_path=""
+    )
+    assert "model_card.md" in [f["path"] for f in cards["files"]]
 
     # Artifacts went through the server to its destination, none into the project.
     assert list((tmp_path / "server-artifacts").rglob("model.pt2"))

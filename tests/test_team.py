@@ -165,6 +165,13 @@ def use_stack(monkeypatch: pytest.MonkeyPatch, stack: dict[str, str]) -> str:
         "AWS_DEFAULT_REGION",
     ):
         monkeypatch.setenv(key, stack[key])
+    # In-process callers (promote's get_model_info) use MLflow's process-wide URI, which an
+    # earlier test in this worker may have set with mlflow.set_tracking_uri; a stage process
+    # sets it from the environment (tracking.configure), so do the same here.
+    import mlflow
+
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
     return stack["MLFLOW_TRACKING_URI"]
 
 
@@ -423,7 +430,10 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
     record = json.loads(PROMOTION_FILE.read_text())
     assert record["version"] == 2 and record["run_id"] != first_run["run_id"]
     assert {v.version for v in client.search_model_versions(f"name='{model}'")} == {"1", "2"}
-    model_id = client.get_run(record["run_id"]).outputs.model_outputs[0].model_id
+    # The version's own model: the run also lists the failed attempt's, in no fixed order (the
+    # rows share MLflow's inputs table with the run's dataset inputs).
+    model_id = client.get_model_version(model, "2").source.removeprefix("models:/")
+    assert model_id in [o.model_id for o in client.get_run(record["run_id"]).outputs.model_outputs]
     assert any(
         model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow")
     )
