@@ -268,3 +268,11 @@ def log_promotion_evidence(
     client.log_dict(run_id, Model(signature=signature).to_dict(), "model/MLmodel")
     table = answer_table() if answers is None else answers
     client.log_text(run_id, table.to_csv(index=False), "evaluation/predictions.csv")
+
+
+def serve_command(model_uri: str, port: int) -> list[str]:
+    """`mlflow models serve` of `model_uri` on 127.0.0.1:`port`, as the docs tell users."""
+    return [
+        *(sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri),
+        *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
+    ]

@@ -21,9 +21,8 @@ from pipeline.data import resize
 from pipeline.datasets import TEST_IMAGES
 from pipeline.paths import RAW_DIR
 from pipeline.predict import read_input
-from tests.helpers import background_server, free_port, mlflow_service
+from tests.helpers import background_server, free_port, mlflow_service, serve_command
 
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # Debian's chromium (.ci/run installs it); $CHROMIUM names another Chromium-based browser.
 CHROMIUM = os.environ.get("CHROMIUM", "chromium")
 
@@ -69,19 +68,7 @@ def test_served_champion_labels_200_test_images_as_predict_does(
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        MLFLOW,
-        "models",
-        "serve",
-        "-m",
-        "models:/mnist-mlp@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
+    command = serve_command("models:/mnist-mlp@champion", port)
     with background_server(
         command, f"{url}/ping", tmp_path / "serve.log", env=dict(os.environ)
     ) as server:

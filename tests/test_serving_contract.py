@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import parse_params
-from tests.helpers import TINY_PIPELINE, free_port
+from tests.helpers import TINY_PIPELINE, free_port, serve_command
 
 pytestmark = pytest.mark.slow
 
@@ -41,21 +40,7 @@ def answer(uri: str, pixels: int) -> tuple[int, str]:
     `pixels` values."""
     port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        serve_command(uri, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
