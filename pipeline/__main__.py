@@ -47,6 +47,13 @@ def parser() -> argparse.ArgumentParser:
         help="let a version whose MLflow input/output signature differs from the champion's become "
         "champion (its clients must change too); the other gates still apply",
     )
+    stages["promote"].add_argument(
+        "--run",
+        metavar="RUN_ID",
+        default=argparse.SUPPRESS,
+        help="promote this MLflow run's registered version (e.g. a DVC experiment's, which never "
+        "moves the champion by itself) through the same gates, reading its evidence from MLflow",
+    )
     commands.add_parser(
         "upstream",
         parents=[params],
@@ -94,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
-    options = (
-        {"allow_contract_change": True} if getattr(args, "allow_contract_change", False) else {}
-    )
+    options = {
+        key: getattr(args, key)
+        for key in ("allow_contract_change", "run")
+        if getattr(args, key, False) not in (False, None)
+    }
     return run_stage(args.command, getattr(args, "params", PARAMS_FILE), options)
 
 

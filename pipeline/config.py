@@ -132,6 +132,8 @@ class PromoteParams(Section):
     class_drop_p: float = Field(default=0.01, gt=0, lt=1)
     max_class_drop: float = Field(default=1.0, ge=0, le=100)
     max_ece_increase: float = Field(default=0.01, ge=0, le=1)
+    main_branch: str = Field(default="main", min_length=1)
+    from_experiments: bool = False
 
 
 class Params(Section):

@@ -10,6 +10,11 @@ tracking server that other machines also promote into. Either way the run is tag
 decision and reports/promotion.json says why, with every p-value. Reading the champion, deciding
 and writing happen under the registry's lease lock (pipeline/registry_lock.py), so concurrent
 promotions from several machines take turns and the better model always ends champion.
+
+Only the main line moves the alias by itself (pipeline/mainline.py): a DVC experiment, a dirty
+tree or another branch registers its version and records `would promote` or `would keep`.
+`python -m pipeline promote --run ID` promotes one such run deliberately, through the same gates,
+reading its evidence from MLflow.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import artifacts, gate, registry_lock, tracking
+from pipeline import artifacts, gate, mainline, registry_lock, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.paths import MLFLOW_RUN_FILE, PREDICTIONS_FILE
@@ -37,6 +42,7 @@ ACCURACY_METRIC = "test_accuracy"
 ECE_METRIC = "test_ece"
 PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"  # evaluate logs it
 DATA_TAG = "dataset.md5."  # train tags its run with each data file's MD5
+WOULD = {True: "would promote", False: "would keep"}  # decisions off the main line
 
 
 @dataclass(frozen=True)
@@ -87,40 +93,49 @@ def champion_version(client: MlflowClient, name: str) -> Version | None:
     number = client.get_registered_model(name).aliases.get(CHAMPION_ALIAS)
     if number is None:
         return None
-    version = client.get_model_version(name, str(number))
     remedy = (
         f"re-evaluate that run with this pipeline or remove the alias "
         f"(MlflowClient().delete_registered_model_alias({name!r}, {CHAMPION_ALIAS!r}))"
     )
-    run_id = version.run_id
+    return logged_version(
+        client, name, int(number), f"{CHAMPION_ALIAS} version {number} of {name!r}", remedy
+    )
+
+
+def logged_version(
+    client: MlflowClient, name: str, number: int, label: str, remedy: str
+) -> Version:
+    """A version's evidence as its run logged it: test metrics, per-image answers, signature.
+
+    `label` names the version in errors ("champion version 3 of 'mnist-mlp'"); `remedy` says how
+    to give it the missing pieces.
+    """
+    run_id = client.get_model_version(name, str(number)).run_id
     if run_id is None:  # a version registered from files rather than from a run
         raise PipelineError(
-            f"{CHAMPION_ALIAS} version {version.version} of {name!r} was registered without a run, "
-            f"so nothing can be compared with it; {remedy}"
+            f"{label} was registered without a run, so nothing can be compared with it; {remedy}"
         )
     run = client.get_run(run_id)
     metrics = run.data.metrics
     missing = [key for key in (ACCURACY_METRIC, ECE_METRIC) if key not in metrics]
     if missing:
         raise PipelineError(
-            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no "
-            f"{' or '.join(missing)} metric in run {run_id}, so nothing can be compared with it; "
-            f"{remedy}"
+            f"{label} has no {' or '.join(missing)} metric in run {run_id}, so nothing can be "
+            f"compared with it; {remedy}"
         )
     try:
         answers = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT)
     except Exception as exc:  # MLflow raises several kinds for a missing artifact  # noqa: BLE001
         raise PipelineError(
-            f"{CHAMPION_ALIAS} version {version.version} of {name!r} has no "
-            f"{PREDICTIONS_ARTIFACT} in run {run_id} "
+            f"{label} has no {PREDICTIONS_ARTIFACT} in run {run_id} "
             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), so its digits "
             f"cannot be compared; {remedy}"
         ) from None
     evidence = gate.Evidence(
-        int(version.version),
+        number,
         float(metrics[ACCURACY_METRIC]),
         float(metrics[ECE_METRIC]),
-        signature_text(name, int(version.version)),
+        signature_text(name, number),
     )
     return Version(evidence, run_id, artifacts.read_predictions(Path(answers)), data_md5(run))
 
@@ -171,8 +186,10 @@ def promote(
     metrics: dict[str, float],
     answers: pd.DataFrame,
     settings: gate.Settings,
+    line: mainline.Line,
 ) -> dict:
-    """Decide, move the alias if earned, tag the run -> the record for reports/promotion.json."""
+    """Decide, move the alias if earned and `line` is the main line, tag the run -> the record for
+    reports/promotion.json. Off the main line the decision reads `would promote`/`would keep`."""
     version = registered_version(client, name, run_id)
     new = gate.Evidence(
         version,
@@ -189,12 +206,15 @@ def promote(
         else:
             classes = compare_digits(answers, before.answers, settings)
             verdict = gate.decide(new, before.evidence, classes, settings)
-        if verdict.promote:
+        moved = verdict.promote and line.may_move
+        if moved:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-        decision = "promoted" if verdict.promote else "kept"
+        decision = ("promoted" if moved else "kept") if line.may_move else WOULD[verdict.promote]
         client.set_tag(run_id, "promotion.decision", decision)
         client.set_tag(run_id, "promotion.reason", verdict.reason[:5000])
         client.set_tag(run_id, "promotion.failed_gates", ",".join(verdict.failed_gates) or "none")
+        client.set_tag(run_id, "promotion.may_move_champion", str(line.may_move).lower())
+        client.set_tag(run_id, "promotion.may_move_champion_reason", line.reason[:5000])
         if verdict.classes:
             p_values = {str(c.digit): round(c.p_value, 6) for c in verdict.classes}
             client.set_tag(run_id, "promotion.digit_p_values", json.dumps(p_values))
@@ -203,6 +223,8 @@ def promote(
         "decision": decision,
         "reason": verdict.reason,
         "failed_gates": list(verdict.failed_gates),
+        "may_move_champion": line.may_move,
+        "may_move_champion_reason": line.reason,
         "registered_model": name,
         "alias": CHAMPION_ALIAS,
         "run_id": run_id,
@@ -214,22 +236,73 @@ def promote(
         "previous_champion_test_accuracy": old.accuracy if old else None,
         "previous_champion_test_ece": old.ece if old else None,
         "previous_champion_signature": old.signature if old else None,
-        "champion_version": version if verdict.promote or old is None else old.version,
+        "champion_version": version if moved else (old.version if old else None),
         "digits": [{**asdict(c), "drop_points": round(c.drop_points, 4)} for c in verdict.classes],
         "settings": asdict(settings),
         "data_changed_since_champion": changed_files(data_md5(client.get_run(run_id)), before),
     }
 
 
-def main(params: Params, allow_contract_change: bool = False) -> None:
+def summary(record: dict) -> str:
+    """The stage's last line; off the main line, with the command that promotes it after all."""
+    text = f"promote: {record['decision']}: {record['reason']}"
+    if not record["may_move_champion"]:
+        text += f" [{record['may_move_champion_reason']}; the champion does not move]"
+        if record["decision"] == WOULD[True]:
+            text += f"; promote it with: python -m pipeline promote --run {record['run_id']}"
+    return text
+
+
+def main(params: Params, allow_contract_change: bool = False, run: str | None = None) -> None:
+    """The stage, from this workspace's evaluation; with `run`, that run's version, deliberately."""
     from mlflow import MlflowClient
 
+    settings = settings_from(params, allow_contract_change)
+    if run is not None:
+        log(summary(promote_run(MlflowClient(tracking.configure()), run, settings)))
+        return
     metrics = artifacts.read_metrics()
     answers = artifacts.read_predictions()
     run_id = tracking.training_run_id(MLFLOW_RUN_FILE)
     name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
-    record = promote(
-        MlflowClient(), name, run_id, metrics, answers, settings_from(params, allow_contract_change)
-    )
+    line = mainline.judge(params.promote.main_branch, params.promote.from_experiments)
+    record = promote(MlflowClient(), name, run_id, metrics, answers, settings, line)
     artifacts.write_promotion(record)
-    log(f"promote: {record['decision']}: {record['reason']}")
+    log(summary(record))
+
+
+def promote_run(client: MlflowClient, run_id: str, settings: gate.Settings) -> dict:
+    """`python -m pipeline promote --run ID`: the same gates, with every piece of evidence read
+    from that run in MLflow (a queued experiment's files are not in this workspace). The record
+    goes to the run's tags and the output; reports/promotion.json stays this workspace's."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(
+            f"run {run_id!r} is not in the tracking store {tracking.tracking_uri()}; copy the id "
+            "from the experiment's reports/promotion.json (run_id) or the MLflow UI, with "
+            "MLFLOW_TRACKING_URI pointing at the store it ran against"
+        ) from None
+    logged = run.data.params
+    try:
+        name = tracking.registered_name(
+            logged["mlflow.registered_model"], int(logged["data.image_size"])
+        )
+    except (KeyError, ValueError):
+        raise PipelineError(
+            f"run {run_id} has no mlflow.registered_model and data.image_size params, so it is no "
+            "run of this pipeline's train stage; give the id of a run that train opened"
+        ) from None
+    number = registered_version(client, name, run_id)
+    version = logged_version(
+        client,
+        name,
+        number,
+        f"version {number} of {name!r}",
+        "only a run that finished its evaluate stage can be promoted; rerun that experiment",
+    )
+    metrics = {ACCURACY_METRIC: version.evidence.accuracy, ECE_METRIC: version.evidence.ece}
+    line = mainline.Line(True, f"deliberate: python -m pipeline promote --run {run_id}")
+    return promote(client, name, run_id, metrics, version.answers, settings, line)

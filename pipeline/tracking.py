@@ -77,7 +77,7 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _git(*args: str) -> str | None:
+def git_output(*args: str) -> str | None:
     """A git command's output, or None outside a repository or without git."""
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
@@ -87,7 +87,7 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> str:
-    return (_git("rev-parse", "HEAD") or "unknown").strip()
+    return (git_output("rev-parse", "HEAD") or "unknown").strip()
 
 
 def pipeline_written_paths(dvc_yaml: Path = DVC_YAML) -> list[str]:
@@ -126,6 +126,13 @@ def dirty_paths(status_z: str, written: list[str]) -> list[str]:
     return found
 
 
+def changed_inputs(also_written: tuple[str, ...] = ()) -> list[str]:
+    """Tracked files that differ from HEAD, but for what the pipeline (and `also_written`'s
+    writers) rewrite; see dirty_paths."""
+    status = git_output("status", "--porcelain", "-z", "--untracked-files=no") or ""
+    return dirty_paths(status, [*pipeline_written_paths(), *also_written])
+
+
 def run_name(env: Mapping[str, str] | None = None) -> str:
     """The DVC experiment's name (DVC sets DVC_EXP_NAME for `dvc exp run`, queued or not), else
     repro-<short commit>, with -dirty when code or params differ from that commit (judged
@@ -133,11 +140,10 @@ def run_name(env: Mapping[str, str] | None = None) -> str:
     environ = os.environ if env is None else env
     if environ.get("DVC_EXP_NAME"):
         return environ["DVC_EXP_NAME"]
-    short = (_git("rev-parse", "--short", "HEAD") or "").strip()
+    short = (git_output("rev-parse", "--short", "HEAD") or "").strip()
     if not short:
         return "repro-untracked"  # not a git checkout: nothing to name the code by
-    status = _git("status", "--porcelain", "-z", "--untracked-files=no") or ""
-    return f"repro-{short}" + ("-dirty" if dirty_paths(status, pipeline_written_paths()) else "")
+    return f"repro-{short}" + ("-dirty" if changed_inputs() else "")
 
 
 def training_run_id(run_file: Path) -> str:

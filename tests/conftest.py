@@ -29,8 +29,12 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    # Not inside any git checkout, whatever pytest's base temp lies in: promote's main-line rule
+    # (pipeline/mainline.py) treats such a folder as the main line.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     return root
 
@@ -205,6 +209,7 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
     for role in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{role}_NAME", "test")
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")

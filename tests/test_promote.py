@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import __main__ as cli
 from pipeline import artifacts, promote, tracking
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
@@ -46,6 +47,8 @@ def finished_run(
         pass
     log_promotion_evidence(client, run.info.run_id, accuracy, ece, table, inputs)
     run_id = run.info.run_id
+    client.log_param(run_id, "mlflow.registered_model", NAME)  # what `promote --run` reads
+    client.log_param(run_id, "data.image_size", 28 if inputs == 784 else 16)
     if register:
         if not client.search_registered_models(f"name='{name}'"):
             client.create_registered_model(name)
@@ -57,7 +60,7 @@ def finished_run(
 
 
 def promote_stage(
-    min_delta: float = 0.0, allow_contract_change: bool = False, **gate: float
+    min_delta: float = 0.0, allow_contract_change: bool = False, **gate: float | bool
 ) -> dict:
     promote.main(parse_params({"promote": {"min_delta": min_delta, **gate}}), allow_contract_change)
     return json.loads(PROMOTION_FILE.read_text())
@@ -76,6 +79,10 @@ def run_tags(run_id: str) -> dict[str, str]:
     return mlflow.MlflowClient().get_run(run_id).data.tags
 
 
+NO_GIT = (
+    "not a git checkout: no branch or commit to judge, and dvc exp needs git, so every run here "
+    "is the main line"
+)
 SIG_784 = "inputs [Tensor('float32', (-1, 784))] -> outputs [Tensor('float32', (-1, 10))]"
 
 
@@ -86,6 +93,8 @@ def test_first_model_becomes_champion_and_an_equal_one_does_not(mlflow_workdir: 
         "decision": "promoted",
         "reason": "no champion yet: version 1 becomes the first",
         "failed_gates": [],
+        "may_move_champion": True,
+        "may_move_champion_reason": NO_GIT,
         "registered_model": NAME,
         "alias": "champion",
         "run_id": first,
@@ -323,3 +332,105 @@ def test_each_input_size_has_its_own_registered_model_and_champion(mlflow_workdi
     assert (record["registered_model"], record["decision"]) == ("mnist-mlp-16x16", "promoted")
     assert champion_version("mnist-mlp-16x16") == 1 and champion_version() == 1
     assert tracking.registered_name("mnist-mlp", 28) == "mnist-mlp"
+
+
+EXPERIMENT = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "lr-trial"}
+OFF_LINE = "DVC experiment 'lr-trial' (dvc exp run from commit 0123456), not the main line"
+
+
+def test_an_experiment_registers_and_says_what_it_would_do_but_never_moves_the_champion(
+    mlflow_workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in EXPERIMENT.items():
+        monkeypatch.setenv(key, value)
+    finished_run(0.90)
+    record = promote_stage()
+    assert (record["decision"], record["champion_version"]) == ("would promote", None)
+    assert champion_version() is None, "not even the first champion comes from an experiment"
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV")
+    promote_stage()  # the same run, now on the main line: version 1 becomes champion
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", EXPERIMENT["DVC_EXP_BASELINE_REV"])
+
+    better = finished_run(0.97)
+    capsys.readouterr()
+    record = promote_stage()
+    assert record["decision"] == "would promote" and record["failed_gates"] == []
+    assert (record["version"], record["champion_version"]) == (2, 1)
+    assert (record["may_move_champion"], record["may_move_champion_reason"]) == (False, OFF_LINE)
+    assert record["reason"].startswith("version 2 vs champion version 1: test accuracy 0.9700")
+    assert champion_version() == 1
+    tags = run_tags(better)
+    assert tags["promotion.decision"] == "would promote"
+    assert tags["promotion.reason"] == record["reason"]
+    assert tags["promotion.may_move_champion"] == "false"
+    assert tags["promotion.may_move_champion_reason"] == OFF_LINE
+    said = capsys.readouterr().err.strip()
+    assert said.endswith(
+        f"[{OFF_LINE}; the champion does not move]; promote it with: "
+        f"python -m pipeline promote --run {better}"
+    )
+
+    finished_run(0.80)
+    record = promote_stage()
+    assert (record["decision"], record["failed_gates"]) == ("would keep", ["accuracy"])
+    assert champion_version() == 1
+
+    # Deliberately, through the same gates, from the run's evidence in MLflow: the local files
+    # now hold the 0.80 run's numbers and answers, which must not matter.
+    Path("params.yaml").write_text("{}\n")
+    before = PROMOTION_FILE.read_bytes()
+    assert cli.main(["promote", "--run", better]) == 0
+    assert champion_version() == 2
+    tags = run_tags(better)
+    assert (tags["promotion.decision"], tags["promotion.may_move_champion"]) == ("promoted", "true")
+    assert tags["promotion.may_move_champion_reason"] == (
+        f"deliberate: python -m pipeline promote --run {better}"
+    )
+    assert PROMOTION_FILE.read_bytes() == before, "the workspace's record stays its own run's"
+    assert "promote: promoted: version 2 vs champion version 1" in capsys.readouterr().err
+    # The gates still apply: the 0.80 run is kept out, deliberately asked or not.
+    worse = artifacts.read_run_reference()["run_id"]
+    assert cli.main(["promote", "--run", worse]) == 0
+    assert run_tags(worse)["promotion.decision"] == "kept" and champion_version() == 2
+
+    finished_run(0.99)
+    record = promote_stage(from_experiments=True)
+    assert (record["decision"], record["champion_version"]) == ("promoted", 4)
+    assert record["may_move_champion_reason"] == (
+        f"{OFF_LINE}; promote.from_experiments is true, so it promotes by itself"
+    )
+
+
+def test_promote_run_names_a_missing_run_or_missing_evidence_in_one_error_line(
+    mlflow_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+
+    Path("params.yaml").write_text("{}\n")
+
+    def error_of(run_id: str) -> str:
+        capsys.readouterr()
+        assert cli.main(["promote", "--run", run_id]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        return err
+
+    finished_run(0.9)
+    assert "run 'no-such-run' is not in the tracking store sqlite:///" in error_of("no-such-run")
+    with mlflow.start_run() as bare:
+        pass
+    assert "has no mlflow.registered_model and data.image_size params" in error_of(bare.info.run_id)
+    unregistered = finished_run(0.9, register=False)
+    assert "has no version of registered model 'mnist-mlp'" in error_of(unregistered)
+    client = mlflow.MlflowClient()  # a run train registered but evaluate never reached
+    nometrics = client.create_run(client.get_experiment_by_name("mnist-mlp").experiment_id)
+    run_id = nometrics.info.run_id
+    client.log_param(run_id, "mlflow.registered_model", NAME)
+    client.log_param(run_id, "data.image_size", 28)
+    client.create_model_version(NAME, source=f"runs:/{run_id}/model", run_id=run_id)
+    assert (
+        "version 2 of 'mnist-mlp' has no test_accuracy or test_ece metric in run "
+        f"{run_id}, so nothing can be compared with it; only a run that finished its evaluate "
+        "stage can be promoted"
+    ) in error_of(run_id)
+    assert champion_version() is None
