@@ -4,6 +4,9 @@
 # The `best` preset (docs/results.md): an MLP only, 784-1024-1024-10 with dropout, trained on
 # elastically distorted (Simard et al. 2003) and randomly rotated, scaled and shifted digits,
 # Adam with a cosine schedule. `make best` runs it as the DVC experiment `best`, tracked in MLflow.
+# Like every experiment it never moves @champion by itself: its last line and
+# reports/promotion.json say `would promote` or `would keep`. To promote it, through the same
+# gates: python -m pipeline promote --run <the run_id in reports/promotion.json>
 BEST_PARAMS = -S 'model.hidden=[1024,1024]' -S model.dropout=0.1 \
 	-S augment.rotation_deg=10 -S augment.scale=0.1 -S augment.crop_padding=2 \
 	-S augment.elastic_alpha=34 -S augment.elastic_sigma=4 -S augment.interpolation=bilinear \

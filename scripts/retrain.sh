@@ -5,7 +5,10 @@
 # last model is no retrain, and with fixed seeds the same inputs must give the same metrics,
 # which `dvc metrics diff` then shows. Stages before train run only when their inputs changed.
 # The promote stage decides against the registry at $MLFLOW_TRACKING_URI (else the repository's
-# mlflow.db) and reports/promotion.json says why.
+# mlflow.db) and reports/promotion.json says why. It moves @champion only when this is the main
+# line, a clean commit at the tip of promote.main_branch (pipeline/mainline.py); the
+# data/upstream.json this script refreshes does not count as a change. Elsewhere it says
+# `would promote` or `would keep`.
 #
 # With a DVC remote configured (dvc remote add -d ...), the last results are pulled first and
 # the new ones pushed at the end. A custom dataset's sources are checked for changed files first

@@ -98,3 +98,58 @@ def test_queued_sweep_and_a_workspace_experiment_are_tracked_in_the_main_store(
             / "learning_curves.png"
         )
         assert local.is_file() and dvc_project in local.parents, local
+
+
+@pytest.mark.slow
+def test_a_queued_experiment_that_beats_the_champion_leaves_it_and_is_promoted_on_request(
+    dvc_project: Path,
+) -> None:
+    """Issue 17: a queued `dvc exp run` only says it would promote; `promote --run` then does."""
+    import mlflow
+
+    dvc("repro", "promote")  # the main line, a clean commit of main (report is not needed here)
+    first = json.loads(Path("reports/promotion.json").read_text())
+    assert (first["decision"], first["may_move_champion"]) == ("promoted", True)
+    assert first["may_move_champion_reason"].startswith("clean commit ")
+
+    dvc("exp", "run", "--queue", "promote", "-n", "challenger", "-S", "train.epochs=6")
+    output = dvc("exp", "run", "--run-all", timeout=QUEUE_TIMEOUT_S)
+    client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
+    assert client.get_registered_model("mnist-mlp").aliases == {"champion": 1}
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.dvc_experiment = 'challenger'")
+    tags = run.data.tags
+    said = f"{tags['promotion.decision']}: {tags['promotion.reason']}"
+    assert tags["promotion.decision"] == "would promote", said
+    assert tags["promotion.may_move_champion"] == "false"
+    # DVC told the queued stage it runs an experiment (DVC_EXP_BASELINE_REV, DVC_EXP_NAME).
+    assert tags["promotion.may_move_champion_reason"].startswith("DVC experiment 'challenger'")
+    assert f"python -m pipeline promote --run {run.info.run_id}" in output
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    (ref,) = [r for r in refs if r.endswith("/challenger")]
+    committed = subprocess.run(
+        ["git", "show", f"{ref}:reports/promotion.json"], check=True, capture_output=True, text=True
+    ).stdout
+    record = json.loads(committed)
+    assert (record["decision"], record["run_id"], record["version"]) == (
+        "would promote",
+        run.info.run_id,
+        2,
+    )
+    assert record["champion_version"] == 1 and record["test_accuracy"] > first["test_accuracy"]
+
+    promoted = subprocess.run(
+        ["python", "-m", "pipeline", "promote", "--run", run.info.run_id],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    assert "promote: promoted: version 2 vs champion version 1" in promoted.stderr
+    assert client.get_registered_model("mnist-mlp").aliases == {"champion": 2}
+    assert client.get_run(run.info.run_id).data.tags["promotion.decision"] == "promoted"
