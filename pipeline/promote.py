@@ -188,8 +188,8 @@ def promote(
     settings: gate.Settings,
     line: mainline.Line,
 ) -> dict:
-    """Decide, move the alias if earned and `line` is the main line, tag the run -> the record for
-    reports/promotion.json. Off the main line the decision reads `would promote`/`would keep`."""
+    """Decide, move the alias if earned and `line` allows it, tag the run -> the record for
+    reports/promotion.json. Where it may not, the decision reads `would promote`/`would keep`."""
     version = registered_version(client, name, run_id)
     new = gate.Evidence(
         version,
@@ -279,10 +279,11 @@ def promote_run(client: MlflowClient, run_id: str, settings: gate.Settings) -> d
 
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
         raise PipelineError(
-            f"run {run_id!r} is not in the tracking store {tracking.tracking_uri()}; copy the id "
-            "from the experiment's reports/promotion.json (run_id) or the MLflow UI, with "
+            f"cannot read run {run_id!r} from the tracking store {tracking.tracking_uri()} "
+            f"({(str(exc).splitlines() or [exc.error_code])[0]}); copy the id from the "
+            "experiment's reports/promotion.json (run_id) or the MLflow UI, with "
             "MLFLOW_TRACKING_URI pointing at the store it ran against"
         ) from None
     logged = run.data.params

@@ -416,7 +416,9 @@ def test_promote_run_names_a_missing_run_or_missing_evidence_in_one_error_line(
         return err
 
     finished_run(0.9)
-    assert "run 'no-such-run' is not in the tracking store sqlite:///" in error_of("no-such-run")
+    missing = error_of("no-such-run")
+    assert "cannot read run 'no-such-run' from the tracking store sqlite:///" in missing
+    assert "(Run with id=no-such-run not found); copy the id from" in missing
     with mlflow.start_run() as bare:
         pass
     assert "has no mlflow.registered_model and data.image_size params" in error_of(bare.info.run_id)
