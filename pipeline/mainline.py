@@ -76,6 +76,7 @@ def _judge(main_branch: str, env: Mapping[str, str]) -> Line:
         listed = ", ".join(dirty[:MAX_LISTED]) + (" ..." if len(dirty) > MAX_LISTED else "")
         return Line(
             False,
-            f"{listed} differ from commit {head[:7]} of {main_branch!r}: an uncommitted trial",
+            f"{listed} {'differs' if len(dirty) == 1 else 'differ'} from commit {head[:7]} of "
+            f"{main_branch!r}: an uncommitted trial",
         )
     return Line(True, f"clean commit {head[:7]} of {main_branch!r}")

@@ -69,7 +69,7 @@ def test_an_uncommitted_change_makes_a_repro_a_trial(repo: Path, changed: str) -
     Path(changed).write_text(Path(changed).read_text() + "# edited\n")
     line = judge()
     assert not line.may_move
-    assert line.reason.startswith(f"{changed} differ from commit ")
+    assert line.reason.startswith(f"{changed} differs from commit ")
     assert line.reason.endswith("of 'main': an uncommitted trial")
 
 
@@ -121,6 +121,8 @@ def test_from_experiments_lets_every_run_move_the_champion_and_says_why(repo: Pa
     )
     Path("params.yaml").write_text("train:\n  lr: 0.01\n")
     assert judge(from_experiments=True).may_move
+    Path("dvc.yaml").write_text("stages: {}\n")
+    assert judge().reason.startswith("dvc.yaml, params.yaml differ from commit ")
 
 
 def test_outside_git_every_run_is_the_main_line(
