@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def test_a_queued_experiment_that_beats_the_champion_leaves_it_and_is_promoted_o
     assert record["champion_version"] == 1 and record["test_accuracy"] > first["test_accuracy"]
 
     promoted = subprocess.run(
-        ["python", "-m", "pipeline", "promote", "--run", run.info.run_id],
+        [sys.executable, "-m", "pipeline", "promote", "--run", run.info.run_id],
         capture_output=True,
         text=True,
         timeout=300,
