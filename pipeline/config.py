@@ -109,6 +109,8 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=1, ge=0, le=1024)
     amp: bool = False
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
 class EvaluateParams(Section):

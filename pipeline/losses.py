@@ -8,6 +8,7 @@ scores (as the reference notebook does), not on the pre-sigmoid values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -38,10 +39,21 @@ def _check(name: str) -> None:
         )
 
 
-def loss_fn(name: str) -> LossFn:
-    """Mean loss over the batch: `loss_fn(name)(model_outputs, int64_labels)`."""
+def loss_fn(name: str, label_smoothing: float = 0.0) -> LossFn:
+    """Mean loss over the batch: `loss_fn(name)(model_outputs, int64_labels)`.
+
+    `label_smoothing` > 0 (cross-entropy only) trains against targets that give each other class
+    label_smoothing / 10 of the mass; at 0 the loss is exactly the plain one.
+    """
     _check(name)
-    return LOSSES[name]
+    if not label_smoothing:
+        return LOSSES[name]
+    if name != "cross_entropy":
+        raise PipelineError(
+            f"train.label_smoothing applies to the cross_entropy loss only, not {name}; set "
+            "-S train.label_smoothing=0 or use -S train.loss=cross_entropy"
+        )
+    return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
 
 
 def probabilities(outputs: torch.Tensor, name: str) -> torch.Tensor:

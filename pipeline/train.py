@@ -177,7 +177,7 @@ def record_epoch(state: TrainState, result: EpochResult, trainer: Trainer) -> No
     state.grad_norms.append({"epoch": result.epoch, **result.grad_norms})
     if state.best is None or result.valid_loss < state.best.valid_loss:
         weights = {
-            k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()
+            k: v.detach().to("cpu", copy=True) for k, v in trainer.evaluated.state_dict().items()
         }
         state.best = BestEpoch(result.epoch, result.valid_loss, result.valid_acc, weights)
     state.epoch = result.epoch

@@ -19,6 +19,7 @@ from pipeline import distributed
 from pipeline.augment import Augmentation, augment
 from pipeline.config import TrainParams
 from pipeline.distributed import World
+from pipeline.ema import WeightAverage
 from pipeline.errors import PipelineError
 from pipeline.losses import loss_fn
 from pipeline.model import MLP
@@ -133,13 +134,20 @@ class Trainer:
         self.net = distributed.wrap(
             model, world
         )  # forward through this; `model` stays the plain module
-        self.loss = loss_fn(train.loss)
+        self.loss = loss_fn(train.loss)  # validation: the plain loss, comparable across runs
+        self.objective = loss_fn(train.loss, train.label_smoothing)  # what the steps minimise
         self.optimizer = make_optimizer(model, train)
         self.steps_per_epoch = steps_per_epoch
         self.scheduler = make_scheduler(self.optimizer, train, steps_per_epoch)
         self.generator = torch.Generator().manual_seed(train.seed)
         self.layers = linear_layers(model)
         self.weights = [layer.weight for layer in self.layers.values()]
+        self.ema = WeightAverage(model, train.ema_decay) if train.ema_decay else None
+
+    @property
+    def evaluated(self) -> MLP:
+        """The weights validation scores and the best epoch keeps: the EMA's when it is on."""
+        return self.ema.model if self.ema else self.model
 
     def state_dict(self) -> dict:
         state = {
@@ -149,6 +157,8 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),  # dropout masks
         }
+        if self.ema:
+            state["ema"] = self.ema.model.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -159,6 +169,8 @@ class Trainer:
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        if self.ema:
+            self.ema.model.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -229,18 +241,22 @@ class Trainer:
         (exactly 1.0 for a single process); each layer's weight-gradient norm adds to `norm_sum`."""
         with autocast(self.device, self.train.amp):
             scores = self.net(x)
-            loss = self.loss(scores.float(), y) if len(y) else scores.sum() * 0.0
+            loss = self.objective(scores.float(), y) if len(y) else scores.sum() * 0.0
         self.optimizer.zero_grad(set_to_none=True)
         (loss * share).backward()
         norm_sum += torch.stack([torch.linalg.vector_norm(w.grad) for w in self.weights])
         self.optimizer.step()
+        if self.ema:
+            self.ema.update()
         if self.scheduler:
             self.scheduler.step()
         return loss.detach(), scores.detach().argmax(1)
 
     def evaluate(self, data: Split) -> tuple[float, float]:
         """Mean loss and accuracy on un-augmented images."""
-        result = score(self.model, data.images, data.labels, self.loss, EVAL_BATCH, self.train.amp)
+        result = score(
+            self.evaluated, data.images, data.labels, self.loss, EVAL_BATCH, self.train.amp
+        )
         return result.loss, result.accuracy
 
     def run_epoch(self, train: Split, valid: Split, epoch: int) -> EpochResult:

@@ -337,3 +337,112 @@ def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
         )
     with pytest.raises(PipelineError, match="no CUDA device"):
         train.train(small_params(train={"device": "cuda"}))
+
+
+def test_weight_average_moves_each_weight_a_share_towards_the_trained_one() -> None:
+    from pipeline.ema import WeightAverage
+
+    torch.manual_seed(0)
+    model = MLP(Architecture(28, (8,)), 0.1, 0.3)
+    average = WeightAverage(model, decay=0.75)
+    start = {k: v.clone() for k, v in average.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update()
+    for key, value in model.state_dict().items():
+        expected = 0.75 * start[key] + 0.25 * value if key not in ("mean", "std") else start[key]
+        torch.testing.assert_close(average.model.state_dict()[key], expected)
+    assert not any(p.requires_grad for p in average.model.parameters())
+
+
+def test_ema_weights_are_validated_kept_and_resumed_exactly(inputs: Path) -> None:
+    """With train.ema_decay the best epoch's saved weights are the average's, not the trained
+    ones; a run interrupted after epoch 1 ends with the same weights and average, bit for bit."""
+    params = small_params(model={"dropout": 0.1}, train={"ema_decay": 0.9})
+    last: list[dict] = []  # the trainer state last.pt holds after epoch 3 (finish then loads
+    # the best weights into the live model)
+
+    def keep_last(epoch: int) -> None:
+        if epoch == 3:
+            last.append(torch.load(paths.LAST_CHECKPOINT_FILE, weights_only=True)["trainer"])
+
+    whole = train.train(params, after_epoch=keep_last)
+    whole_model = load_checkpoint(paths.MODEL_FILE)["state_dict"]
+    whole_history = read_history(paths.TRAIN_HISTORY_FILE)
+    ema, trained = last[0]["ema"], last[0]["model"]
+    assert set(ema) == set(trained)
+    assert not torch.equal(ema["output.weight"], trained["output.weight"])
+    saved = whole_model["output.weight"]
+    assert torch.equal(saved, whole.best.state_dict["output.weight"])
+    if whole.best.epoch == 3:  # the last epoch's average, not its trained weights
+        assert torch.equal(saved, ema["output.weight"])
+    for path in (paths.MODEL_FILE, paths.TRAIN_HISTORY_FILE, paths.MLFLOW_RUN_FILE):
+        path.unlink()
+    with pytest.raises(Interrupt):
+        train.train(params, after_epoch=stop_after(1))
+    resumed = train.train(params, after_epoch=keep_last)
+    assert read_history(paths.TRAIN_HISTORY_FILE) == whole_history
+    assert resumed.best.epoch == whole.best.epoch
+    for part in ("model", "ema"):
+        for key, value in last[0][part].items():
+            assert torch.equal(last[1][part][key], value), (part, key)
+    for key, value in whole_model.items():
+        assert torch.equal(load_checkpoint(paths.MODEL_FILE)["state_dict"][key], value), key
+
+
+def test_ema_validates_the_average() -> None:
+    params = small_params(train={"ema_decay": 0.99})
+    x, y = synthetic_digits(200, seed=4)
+    data = Split(torch.from_numpy(x), torch.from_numpy(y).long())
+    torch.manual_seed(0)
+    trainer = Trainer(
+        MLP(Architecture.from_params(params), 0.2, 0.3),
+        params.train,
+        Augmentation.from_params(params),
+        -(-200 // 32),
+    )
+    initial = trainer.model.output.weight.detach().clone()
+    trainer.train_epoch(data, 1)
+    assert trainer.ema is not None and trainer.evaluated is trainer.ema.model
+    averaged = trainer.ema.model.output.weight
+    assert not torch.equal(averaged, initial)  # updated during the epoch
+    assert not torch.equal(averaged, trainer.model.output.weight)
+    from pipeline.losses import loss_fn
+    from pipeline.scoring import score
+
+    def loss_of(model: MLP) -> float:
+        return score(model, data.images, data.labels, loss_fn("cross_entropy"), 4096).loss
+
+    ema_loss = trainer.evaluate(data)[0]
+    assert ema_loss == loss_of(trainer.ema.model) and ema_loss != loss_of(trainer.model)
+
+
+def test_label_smoothing_is_the_training_objective_and_validation_stays_plain() -> None:
+    from pipeline.losses import LOSSES, loss_fn
+
+    outputs, labels = torch.randn(6, 10), torch.arange(6)
+    target = torch.full((6, 10), 0.01).scatter_(1, labels[:, None], 0.91)
+    manual = -(target * outputs.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(loss_fn("cross_entropy", 0.1)(outputs, labels), manual)
+    assert loss_fn("cross_entropy", 0.0) is LOSSES["cross_entropy"]  # off: the very same loss
+
+    def one_epoch(smoothing: float) -> tuple[Trainer, dict[str, torch.Tensor]]:
+        params = small_params(train={"label_smoothing": smoothing})
+        x, y = synthetic_digits(200, seed=4)
+        torch.manual_seed(0)
+        model = MLP(Architecture.from_params(params), 0.2, 0.3)
+        trainer = Trainer(model, params.train, Augmentation.from_params(params), 7)
+        trainer.train_epoch(Split(torch.from_numpy(x), torch.from_numpy(y).long()), 1)
+        return trainer, model.state_dict()
+
+    smoothed, smoothed_weights = one_epoch(0.1)
+    plain, plain_weights = one_epoch(0.0)
+    assert not torch.equal(smoothed_weights["output.weight"], plain_weights["output.weight"])
+    assert smoothed.loss is plain.loss is LOSSES["cross_entropy"]
+
+
+def test_label_smoothing_with_mse_is_refused(inputs: Path) -> None:
+    with pytest.raises(PipelineError, match="label_smoothing applies to the cross_entropy loss"):
+        train.train(small_params(train={"loss": "mse", "label_smoothing": 0.1}))
+    assert not paths.LAST_CHECKPOINT_FILE.exists()
