@@ -16,7 +16,17 @@ from pipeline.config import PARAMS_FILE, load_params
 from pipeline.errors import PipelineError
 from pipeline.paths import MODEL_FILE
 
-STAGES = ("download", "stats", "split", "validate", "train", "evaluate", "report", "promote")
+STAGES = (
+    "download",
+    "stats",
+    "split",
+    "validate",
+    "train",
+    "evaluate",
+    "report",
+    "promote",
+    "committee",
+)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -53,6 +63,18 @@ def parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="promote this MLflow run's registered version (e.g. a DVC experiment's, which never "
         "moves the champion by itself) through the same gates, reading its evidence from MLflow",
+    )
+    stages["train"].add_argument(
+        "--member",
+        type=int,
+        metavar="SEED",
+        help="train the committee member of this seed into committee/members/SEED/ "
+        "(committee/dvc.yaml) instead of the single model",
+    )
+    stages["evaluate"].add_argument(
+        "--committee",
+        action="store_true",
+        help="score the committee (committee/models/model.pt) into committee/reports/",
     )
     commands.add_parser(
         "upstream",
@@ -101,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
+    # A stage's own flags, given only when set, so each main() sees only the keywords it takes
+    # (identity tests: --member 0 is set, though 0 == False).
     options = {
-        key: getattr(args, key)
-        for key in ("allow_contract_change", "run")
-        if getattr(args, key, False) not in (False, None)
+        name: value
+        for name in ("allow_contract_change", "run", "member", "committee")
+        if (value := getattr(args, name, None)) is not None and value is not False
     }
     return run_stage(args.command, getattr(args, "params", PARAMS_FILE), options)
 

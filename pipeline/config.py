@@ -113,6 +113,19 @@ class TrainParams(Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
+class CommitteeParams(Section):
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[1, 2, 3, 4, 5], min_length=2)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(
+                f"must not repeat a seed (a repeat trains the same member), got {value}"
+            )
+        return value
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(default=2000, gt=0)
 
@@ -145,6 +158,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     augment: AugmentParams = AugmentParams()
     train: TrainParams = TrainParams()
+    committee: CommitteeParams = CommitteeParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()

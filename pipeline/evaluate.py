@@ -20,18 +20,14 @@ from pipeline.config import Params
 from pipeline.data import load_dataset, resize
 from pipeline.datasets import CLASSES, NUM_CLASSES
 from pipeline.losses import loss_fn
-from pipeline.model import MLP, checkpoint_field, load_checkpoint, model_from_checkpoint
-from pipeline.paths import (
-    METRICS_FILE,
-    MLFLOW_RUN_FILE,
-    MODEL_FILE,
-    OOD_REFERENCE_FILE,
-    PER_CLASS_FILE,
-    PREDICTIONS_FILE,
-    RAW_DIR,
-    TRAIN_INDEX_FILE,
-    VALID_INDEX_FILE,
+from pipeline.model import (
+    Classifier,
+    Committee,
+    checkpoint_field,
+    classifier_from_checkpoint,
+    load_checkpoint,
 )
+from pipeline.paths import COMMITTEE, RAW_DIR, TRAIN_INDEX_FILE, VALID_INDEX_FILE, Layout
 from pipeline.progress import log
 from pipeline.quality import calibration_metrics, confidence_and_prediction, robustness_metrics
 from pipeline.scoring import score
@@ -75,8 +71,25 @@ def per_class_table(confusion: np.ndarray) -> pd.DataFrame:
     )
 
 
+def member_accuracies(
+    committee: Committee,
+    test: tuple[torch.Tensor, torch.Tensor],
+    valid: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+) -> dict[str, float]:
+    """`member_<i>_test_accuracy` and `_valid_accuracy` of each member (1-based, in the order of
+    committee.seeds), to set beside the committee's own."""
+    loss = loss_fn("cross_entropy")
+    metrics = {}
+    for i, member in enumerate(committee.mlps(), start=1):
+        for name, (images, labels) in (("test", test), ("valid", valid)):
+            result = score(member, images, labels, loss, batch_size)
+            metrics[f"member_{i}_{name}_accuracy"] = result.accuracy
+    return metrics
+
+
 def evaluate(
-    model: MLP,
+    model: Classifier,
     loss_name: str,
     test: tuple[torch.Tensor, torch.Tensor],
     valid: tuple[torch.Tensor, torch.Tensor],
@@ -84,10 +97,11 @@ def evaluate(
 ) -> Evaluation:
     """`test` and `valid` hold 28x28 MNIST-form images; they are resized to the model's size here,
     after the perturbations of the robustness metrics, as predict resizes after its framing."""
-    size = model.arch.image_size
+    size = model.image_size
     loss = loss_fn(loss_name)
-    tested = score(model, resize(test[0], size), test[1], loss, batch_size)
-    validated = score(model, resize(valid[0], size), valid[1], loss, batch_size)
+    sized_test, sized_valid = (resize(test[0], size), test[1]), (resize(valid[0], size), valid[1])
+    tested = score(model, *sized_test, loss, batch_size)
+    validated = score(model, *sized_valid, loss, batch_size)
     confidence, predicted_np = confidence_and_prediction(tested.outputs, loss_name)
     actual = test[1].numpy()
     confusion = confusion_counts(actual, predicted_np)
@@ -104,6 +118,8 @@ def evaluate(
         **calibration_metrics(tested.outputs, test[1], loss_name),
         **robustness_metrics(model, test[0], test[1], batch_size),
     }
+    if isinstance(model, Committee):
+        metrics.update(member_accuracies(model, sized_test, sized_valid, batch_size))
     predictions = pd.DataFrame(
         {
             "index": np.arange(len(actual)),
@@ -115,18 +131,21 @@ def evaluate(
     return Evaluation(metrics, per_class, predictions, confusion)
 
 
-def write_outputs(result: Evaluation) -> None:
-    artifacts.write_metrics(result.metrics)
-    artifacts.write_per_class(result.per_class)
-    artifacts.write_predictions(result.predictions)
+def write_outputs(result: Evaluation, layout: Layout) -> None:
+    artifacts.write_metrics(result.metrics, layout.metrics)
+    artifacts.write_per_class(result.per_class, layout.per_class)
+    artifacts.write_predictions(result.predictions, layout.predictions)
 
 
 def log_to_mlflow(
-    result: Evaluation, checkpoint_epoch: int, test: tuple[torch.Tensor, torch.Tensor]
+    result: Evaluation,
+    checkpoint_epoch: int,
+    test: tuple[torch.Tensor, torch.Tensor],
+    layout: Layout,
 ) -> None:
     import mlflow
 
-    with tracking.resume_run(MLFLOW_RUN_FILE) as run:
+    with tracking.resume_run(layout.run) as run:
         checksums = artifacts.read_checksums()
         lineage.log_split("test", test[0].numpy(), test[1].numpy(), checksums, test[0].shape[-1])
         # At the checkpoint's epoch, so valid_* lines up with the per-epoch values train logged.
@@ -140,21 +159,24 @@ def log_to_mlflow(
             },
             "evaluation/confusion_matrix.json",
         )
-        mlflow.log_artifact(str(PER_CLASS_FILE), "evaluation")
-        mlflow.log_artifact(str(METRICS_FILE), "evaluation")
+        mlflow.log_artifact(str(layout.per_class), "evaluation")
+        mlflow.log_artifact(str(layout.metrics), "evaluation")
         # promote pairs the champion's per-image answers with a candidate's (per-digit McNemar
         # test), and predict checks inputs against the model's off-distribution reference.
-        mlflow.log_artifact(str(PREDICTIONS_FILE), "evaluation")
-        mlflow.log_artifact(str(OOD_REFERENCE_FILE), "evaluation")
+        mlflow.log_artifact(str(layout.predictions), "evaluation")
+        mlflow.log_artifact(str(layout.ood_reference), "evaluation")
         model_card.complete(run.info.run_id, result.metrics, result.per_class)
 
 
-def main(params: Params) -> None:
-    tracking.training_run_id(MLFLOW_RUN_FILE)  # fail before the work, not after it
-    payload = load_checkpoint(MODEL_FILE)
-    model = model_from_checkpoint(payload)
-    loss_name = str(checkpoint_field(payload, "loss", MODEL_FILE))
-    epoch = int(checkpoint_field(payload, "epoch", MODEL_FILE))
+def main(params: Params, committee: bool = False) -> None:
+    """`committee`: score the committee (committee/models/model.pt, `python -m pipeline evaluate
+    --committee`) into committee/reports/ instead of the single model."""
+    layout = COMMITTEE if committee else Layout()
+    tracking.training_run_id(layout.run)  # fail before the work, not after it
+    payload = load_checkpoint(layout.model)
+    model = classifier_from_checkpoint(payload)
+    loss_name = str(checkpoint_field(payload, "loss", layout.model))
+    epoch = int(checkpoint_field(payload, "epoch", layout.model))
     data = load_dataset(RAW_DIR, 28)  # MNIST form; evaluate resizes for the model
     valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, len(data.train_labels)))
     train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels)))
@@ -165,13 +187,13 @@ def main(params: Params) -> None:
         valid=(data.train_images[valid_idx], data.train_labels[valid_idx]),
         batch_size=params.evaluate.batch_size,
     )
-    write_outputs(result)
+    write_outputs(result, layout)
     reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
-    artifacts.write_ood_reference(reference.to_dict())
+    artifacts.write_ood_reference(reference.to_dict(), layout.ood_reference)
     m = result.metrics
     log(
         f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), valid accuracy "
         f"{m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}, "
         f"ECE {m['test_ece']:.4f}; off-distribution threshold {reference.threshold:.2f}"
     )
-    log_to_mlflow(result, epoch, (data.test_images, data.test_labels))
+    log_to_mlflow(result, epoch, (data.test_images, data.test_labels), layout)

@@ -7,6 +7,7 @@ and std (stored as buffers), so a checkpoint or logged model never needs the sta
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pipeline.datasets import NUM_CLASSES
 from pipeline.errors import PipelineError
 
 CHECKPOINT_FORMAT = "mnist-mlp/1"
+COMMITTEE_FORMAT = "mnist-mlp-committee/1"  # {"members": [CHECKPOINT_FORMAT payloads], ...}
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
@@ -62,6 +64,10 @@ class MLP(nn.Module):
         self.hidden = nn.Sequential(*layers)
         self.output = nn.Linear(fan_in, NUM_CLASSES)
 
+    @property
+    def image_size(self) -> int:
+        return self.arch.image_size
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Activations of the last hidden layer, for PCA and t-SNE."""
         x = pixels.flatten(1)
@@ -73,6 +79,44 @@ class MLP(nn.Module):
         return torch.sigmoid(scores) if self.arch.output_activation == "sigmoid" else scores
 
 
+class Committee(nn.Module):
+    """MLPs that vote by their mean softmax output, as one model with the single MLP's contract.
+
+    forward returns the log of the members' mean softmax: read as logits (the cross_entropy way
+    of pipeline/losses.py), its softmax is that mean itself, so confidence, calibration, NLL,
+    predict and promotion treat the committee's probabilities exactly as one MLP's, and its
+    argmax is the committee's vote. One forward holds every member, so torch.export gives one
+    pt2 graph taking [N, S*S] pixels like a single MLP.
+    """
+
+    def __init__(self, members: Sequence[MLP]) -> None:
+        super().__init__()
+        sizes = {member.image_size for member in members}
+        if len(sizes) != 1:
+            raise PipelineError(
+                f"committee members read images of sizes {sorted(sizes)}; train them all with "
+                "the same data.image_size"
+            )
+        self.members = nn.ModuleList(members)
+        self._image_size = sizes.pop()
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    def mlps(self) -> list[MLP]:
+        """The members, typed (nn.ModuleList yields plain modules)."""
+        return [member for member in self.members if isinstance(member, MLP)]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], [N, S*S] or [N, S, S] -> log of the members' mean softmax [N, 10]."""
+        mean = torch.stack([torch.softmax(member(pixels), 1) for member in self.members]).mean(0)
+        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+
+
+Classifier = MLP | Committee  # what evaluate and predict score: [N, S*S] pixels -> 10 outputs
+
+
 @torch.no_grad()
 def model_outputs(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Raw model outputs for uint8 images [N, S, S], in batches to bound memory."""
@@ -80,7 +124,7 @@ def model_outputs(model: nn.Module, images: torch.Tensor, batch_size: int) -> to
     return torch.cat([model(batch.float().div_(255)) for batch in images.split(batch_size)])
 
 
-def save_checkpoint(path: Path, model: MLP, extra: dict[str, Any] | None = None) -> None:
+def checkpoint_payload(model: MLP, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Plain tensors and builtins only, so that `torch.load(weights_only=True)` reads it."""
     arch = asdict(model.arch)
     arch["hidden"] = list(arch["hidden"])
@@ -96,6 +140,14 @@ def save_checkpoint(path: Path, model: MLP, extra: dict[str, Any] | None = None)
         "state_dict": model.state_dict(),
         **(extra or {}),
     }
+    return payload
+
+
+def save_checkpoint(path: Path, model: MLP, extra: dict[str, Any] | None = None) -> None:
+    save_payload(path, checkpoint_payload(model, extra))
+
+
+def save_payload(path: Path, payload: dict[str, Any]) -> None:
     with atomic.atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -117,14 +169,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise PipelineError(
             f"{path} is not a readable checkpoint ({reason}); retrain or restore it"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (
+        CHECKPOINT_FORMAT,
+        COMMITTEE_FORMAT,
+    ):
         raise PipelineError(
             f"{path} is not a {CHECKPOINT_FORMAT} checkpoint; retrain with this pipeline"
         )
     return payload
 
 
+def classifier_from_checkpoint(payload: dict[str, Any]) -> Classifier:
+    """One MLP, or a committee of them (the committee stage's checkpoint), in eval mode."""
+    if payload["format"] == COMMITTEE_FORMAT:
+        return Committee([model_from_checkpoint(member) for member in payload["members"]]).eval()
+    return model_from_checkpoint(payload)
+
+
 def model_from_checkpoint(payload: dict[str, Any]) -> MLP:
+    if payload.get("format") == COMMITTEE_FORMAT:
+        raise PipelineError(
+            "this is a committee checkpoint; only evaluate and predict read committees, the "
+            "report and the single-model stages need one MLP (models/model.pt)"
+        )
     arch = dict(payload["arch"])
     arch["hidden"] = tuple(arch["hidden"])
     model = MLP(Architecture(**arch), payload["preprocess"]["mean"], payload["preprocess"]["std"])

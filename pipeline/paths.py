@@ -3,6 +3,7 @@
 dvc.yaml names the same paths; keep the two in step.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")
@@ -32,3 +33,59 @@ FIGURES_DIR = REPORTS_DIR / "figures"
 REPORT_HTML_FILE = REPORTS_DIR / "report.html"
 REPORT_MD_FILE = REPORTS_DIR / "report.md"
 PROMOTION_FILE = REPORTS_DIR / "promotion.json"
+
+COMMITTEE_DIR = Path("committee")  # committee/dvc.yaml: the committee preset's own pipeline
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one model's train and evaluate files go: the root pipeline's by default, else a
+    committee member's folder or the committee's (committee/dvc.yaml names the same paths)."""
+
+    models: Path = MODELS_DIR
+    reports: Path = REPORTS_DIR
+
+    @property
+    def model(self) -> Path:
+        return self.models / MODEL_FILE.name
+
+    @property
+    def last(self) -> Path:
+        return self.models / LAST_CHECKPOINT_FILE.name
+
+    @property
+    def run(self) -> Path:
+        return self.models / MLFLOW_RUN_FILE.name
+
+    @property
+    def ood_reference(self) -> Path:
+        return self.models / OOD_REFERENCE_FILE.name
+
+    @property
+    def history(self) -> Path:
+        return self.reports / TRAIN_HISTORY_FILE.name
+
+    @property
+    def grad_norms(self) -> Path:
+        return self.reports / GRAD_NORMS_FILE.name
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / METRICS_FILE.name
+
+    @property
+    def per_class(self) -> Path:
+        return self.reports / PER_CLASS_FILE.name
+
+    @property
+    def predictions(self) -> Path:
+        return self.reports / PREDICTIONS_FILE.name
+
+
+COMMITTEE = Layout(COMMITTEE_DIR / "models", COMMITTEE_DIR / "reports")
+
+
+def member_layout(seed: int) -> Layout:
+    """A committee member's files, all in committee/members/<seed>/."""
+    folder = COMMITTEE_DIR / "members" / str(seed)
+    return Layout(folder, folder)

@@ -36,7 +36,12 @@ from pipeline.data import resize
 from pipeline.errors import PipelineError
 from pipeline.idx import is_idx, parse_idx
 from pipeline.losses import probabilities
-from pipeline.model import checkpoint_field, load_checkpoint, model_from_checkpoint, model_outputs
+from pipeline.model import (
+    checkpoint_field,
+    classifier_from_checkpoint,
+    load_checkpoint,
+    model_outputs,
+)
 from pipeline.ood import OodReference, check, read_reference
 from pipeline.paths import OOD_REFERENCE_FILE
 
@@ -89,9 +94,9 @@ def load_predictor(spec: str) -> Predictor:
         return load_logged(spec)
     payload = load_checkpoint(Path(spec))
     loss = str(checkpoint_field(payload, "loss", Path(spec)))
-    model = model_from_checkpoint(payload)
+    model = classifier_from_checkpoint(payload)  # one MLP or a committee
     reference = read_reference(Path(spec).with_name(OOD_REFERENCE_FILE.name))
-    return Predictor(model, model.arch.image_size, loss, reference)
+    return Predictor(model, model.image_size, loss, reference)
 
 
 class ExportedMLP(nn.Module):

@@ -16,7 +16,7 @@ from pipeline.calibration import (
 )
 from pipeline.data import resize
 from pipeline.losses import probabilities
-from pipeline.model import MLP, NUM_CLASSES, model_outputs
+from pipeline.model import NUM_CLASSES, Classifier, model_outputs
 from pipeline.perturb import perturbations
 
 
@@ -43,11 +43,11 @@ def calibration_metrics(
 
 
 def perturbed_predictions(
-    model: MLP, images: torch.Tensor, batch_size: int
+    model: Classifier, images: torch.Tensor, batch_size: int
 ) -> dict[str, torch.Tensor]:
     """Predicted class per perturbation for uint8 MNIST-form images [N, 28, 28], resized to the
     model's size."""
-    size = model.arch.image_size
+    size = model.image_size
     return {
         name: model_outputs(model, resize(perturb(images), size), batch_size).argmax(1)
         for name, perturb in perturbations().items()
@@ -55,7 +55,7 @@ def perturbed_predictions(
 
 
 def robustness_metrics(
-    model: MLP, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> dict[str, float]:
     """`robust_<name>_accuracy`: test accuracy under each perturbation of pipeline/perturb.py."""
     return {

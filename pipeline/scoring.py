@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.losses import LossFn
-from pipeline.model import MLP
+from pipeline.model import Classifier
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 
 @torch.no_grad()
 def score(
-    model: MLP,
+    model: Classifier,
     images: torch.Tensor,
     labels: torch.Tensor,
     loss: LossFn,

@@ -90,6 +90,18 @@ def git_commit() -> str:
     return (git_output("rev-parse", "HEAD") or "unknown").strip()
 
 
+def run_tags(
+    dataset_md5: dict[str, str], data_digest: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A training or committee run's tags: the data it saw, the code and the DVC experiment."""
+    tags = {f"dataset.md5.{name}": md5 for name, md5 in dataset_md5.items()}
+    tags["data_digest"] = data_digest
+    tags["git_commit"] = git_commit()
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    return {**tags, **(extra or {})}
+
+
 def pipeline_written_paths(dvc_yaml: Path = DVC_YAML) -> list[str]:
     """dvc.lock and every out, metric and plot of dvc.yaml: what a `dvc repro` itself rewrites."""
     written = [DVC_LOCK]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,12 +22,12 @@ from pipeline.distributed import World
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, save_checkpoint
 from pipeline.paths import (
-    LAST_CHECKPOINT_FILE,
-    MODEL_FILE,
     RAW_DIR,
     STATS_FILE,
     TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
+    Layout,
+    member_layout,
 )
 from pipeline.progress import bar, log
 from pipeline.resume import BestEpoch, TrainState, fingerprint, load_resume_state, save_state
@@ -100,15 +100,6 @@ def epoch_line(r: EpochResult, epochs: int) -> str:
     )
 
 
-def run_tags(dataset_md5: dict[str, str], data_digest: str) -> dict[str, str]:
-    tags = {f"dataset.md5.{name}": md5 for name, md5 in dataset_md5.items()}
-    tags["data_digest"] = data_digest
-    tags["git_commit"] = tracking.git_commit()
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
-    return tags
-
-
 def build(params: Params, world: World) -> tuple[Inputs, Trainer]:
     """The data on the device and a freshly seeded model and trainer."""
     t = params.train
@@ -122,10 +113,10 @@ def build(params: Params, world: World) -> tuple[Inputs, Trainer]:
     return inputs, Trainer(model, t, Augmentation.from_params(params), steps, world)
 
 
-def restore(trainer: Trainer, digest: str, world: World) -> TrainState:
+def restore(trainer: Trainer, digest: str, world: World, last: Path) -> TrainState:
     """The interrupted run's state, loaded into `trainer`, when last.pt may be resumed; else a fresh
     one. Only rank 0 reads last.pt; it hands the state on to the other ranks."""
-    saved = load_resume_state(LAST_CHECKPOINT_FILE, digest) if world.main else None
+    saved = load_resume_state(last, digest) if world.main else None
     state = distributed.from_main(saved, world)
     if state is None:
         return TrainState(digest)
@@ -134,7 +125,9 @@ def restore(trainer: Trainer, digest: str, world: World) -> TrainState:
 
 
 @contextlib.contextmanager
-def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World) -> Iterator[None]:
+def tracking_run(
+    params: Params, inputs: Inputs, state: TrainState, world: World, member: int | None
+) -> Iterator[None]:
     """Rank 0 logs into the interrupted run if it still exists, else a new one; other ranks log
     nothing."""
     if not world.main:
@@ -143,7 +136,8 @@ def tracking_run(params: Params, inputs: Inputs, state: TrainState, world: World
         return
     digest = lineage.data_digest(inputs.checksums, params.data.image_size)
     description = model_card.describe_run(params.flat(), digest, None)
-    tags = run_tags(inputs.dataset_md5, digest)
+    extra = {} if member is None else {"committee_member": str(member)}
+    tags = tracking.run_tags(inputs.dataset_md5, digest, extra)
     with tracking.start_run(
         params.mlflow.experiment,
         params.flat(),
@@ -184,7 +178,7 @@ def record_epoch(state: TrainState, result: EpochResult, trainer: Trainer) -> No
     state.trainer = trainer.state_dict()
 
 
-def publish_epoch(state: TrainState, result: EpochResult, epochs: int) -> None:
+def publish_epoch(state: TrainState, result: EpochResult, epochs: int, layout: Layout) -> None:
     """Rank 0 after each epoch: metrics to MLflow, then last.pt, the CSVs and one log line."""
     import mlflow
 
@@ -192,48 +186,63 @@ def publish_epoch(state: TrainState, result: EpochResult, epochs: int) -> None:
     metrics["epoch_seconds"] = result.seconds
     metrics.update({f"grad_norm/{name}": v for name, v in result.grad_norms.items()})
     mlflow.log_metrics(metrics, step=result.epoch)
-    save_state(LAST_CHECKPOINT_FILE, state)
-    write_history(state)
+    save_state(layout.last, state)
+    write_history(state, layout)
     log(epoch_line(result, epochs))
 
 
 def train(
-    params: Params, after_epoch: Callable[[int], None] | None = None, world: World = World()
+    params: Params,
+    after_epoch: Callable[[int], None] | None = None,
+    world: World = World(),
+    member: int | None = None,
 ) -> TrainState:
     """Run the stage; `after_epoch(epoch)` runs once each epoch's state is saved (tests interrupt
     there).
 
     With several ranks (torchrun) each trains on its share of every batch; only rank 0 reads
-    last.pt (and hands it on), writes files and talks to MLflow.
+    last.pt (and hands it on), writes files and talks to MLflow. `member` trains the committee
+    member of that seed (committee/dvc.yaml): train.seed is replaced by it, its files go to
+    committee/members/<seed>/ and its model is not registered (the committee stage registers the
+    whole committee).
     """
+    layout = Layout()
+    if member is not None:
+        params = params.model_copy(
+            update={"train": params.train.model_copy(update={"seed": member})}
+        )
+        layout = member_layout(member)
     if world.main:
         tracking.configure()  # an unreachable server fails now, not after the training
     epochs = params.train.epochs
     inputs, trainer = build(params, world)
-    state = restore(trainer, inputs.fingerprint, world)
-    with tracking_run(params, inputs, state, world):
+    state = restore(trainer, inputs.fingerprint, world, layout.last)
+    with tracking_run(params, inputs, state, world, member):
         with bar(total=epochs, initial=state.epoch, desc="train", unit="epoch") as progress:
             for epoch in range(state.epoch + 1, epochs + 1):
                 result = trainer.run_epoch(inputs.train, inputs.valid, epoch)
                 check_finite(result, trainer)
                 record_epoch(state, result, trainer)
                 if world.main:
-                    publish_epoch(state, result, epochs)
+                    publish_epoch(state, result, epochs, layout)
                 progress.update(1)
                 if after_epoch:
                     after_epoch(epoch)
         if world.main:
-            finish(params, trainer.model, inputs, state)
+            finish(params, trainer.model, inputs, state, layout, register=member is None)
     return state
 
 
-def write_history(state: TrainState) -> None:
-    artifacts.write_history(state.history)
-    artifacts.write_grad_norms(state.grad_norms)
+def write_history(state: TrainState, layout: Layout) -> None:
+    artifacts.write_history(state.history, layout.history)
+    artifacts.write_grad_norms(state.grad_norms, layout.grad_norms)
 
 
-def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> None:
-    """Best weights to models/model.pt and the MLflow registry, then mark last.pt completed."""
+def finish(
+    params: Params, model: MLP, inputs: Inputs, state: TrainState, layout: Layout, register: bool
+) -> None:
+    """Best weights to models/model.pt and (unless a committee member's) the MLflow registry, then
+    mark last.pt completed."""
     import mlflow
 
     best = state.best
@@ -242,7 +251,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
     model.load_state_dict(best.state_dict)
     model.eval()
     save_checkpoint(
-        MODEL_FILE,
+        layout.model,
         model,
         {
             "epoch": best.epoch,
@@ -251,7 +260,7 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
             "loss": params.train.loss,
         },
     )
-    write_history(state)
+    write_history(state, layout)
     mlflow.log_metrics(
         {
             "best_epoch": best.epoch,
@@ -259,33 +268,27 @@ def finish(params: Params, model: MLP, inputs: Inputs, state: TrainState) -> Non
             "best_valid_acc": best.valid_accuracy,
         }
     )
-    example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
-    name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
-    info = tracking.log_model(model, example, name)
+    if register:
+        example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
+        model_card.log_and_register(model, example, params, best.valid_accuracy)
     run = mlflow.active_run()
     assert run is not None, "finish runs inside tracking_run, which has opened the run"
-    model_card.register(
-        mlflow.MlflowClient(),
-        name,
-        str(info.registered_model_version),
-        mlflow.MlflowClient().get_run(run.info.run_id),
-        best.valid_accuracy,
-    )
     lineage.log_data_validation(
         {"train": len(inputs.train.labels), "valid": len(inputs.valid.labels)}
     )
-    artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
+    artifacts.write_run_reference(run.info.run_id, run.info.experiment_id, layout.run)
     state.completed = True
-    save_state(LAST_CHECKPOINT_FILE, state)
+    save_state(layout.last, state)
     log(
         f"best epoch {best.epoch}: valid loss {best.valid_loss:.4f}, accuracy "
-        f"{best.valid_accuracy:.4f}; saved {MODEL_FILE}, MLflow run {run.info.run_id}"
+        f"{best.valid_accuracy:.4f}; saved {layout.model}, MLflow run {run.info.run_id}"
     )
 
 
-def main(params: Params) -> None:
+def main(params: Params, member: int | None = None) -> None:
+    """`member`: train the committee member of that seed (`python -m pipeline train --member N`)."""
     world = World.from_env()
     with distributed.process_group(
         world, distributed.device_for(world, resolve_device(params.train.device))
     ):
-        train(params, world=world)
+        train(params, world=world, member=member)

@@ -15,7 +15,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CMD = re.compile(r"python -m pipeline (\w+)")
+CMD = re.compile(r"python -m pipeline (\w+)(?: --[\w-]+(?: \$\{item\})?)*")
+# The root pipeline, and the committee's (kept out of a plain `dvc repro`); stage names of the
+# latter carry its file's name, as DVC shows them.
+DVC_FILES = ("dvc.yaml", "committee/dvc.yaml")
 
 
 def direct_imports(path: Path, package: Path) -> set[str]:
@@ -56,13 +59,20 @@ def closure(module: str, package: Path) -> set[str]:
 
 
 def pipeline_stages() -> dict[str, tuple[str, list[str]]]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     found = {}
-    for name, stage in stages.items():
-        match = CMD.fullmatch(str(stage.get("cmd", "")).strip())
-        if match:
-            found[name] = (match.group(1), [str(d) for d in stage.get("deps", [])])
+    for dvc_file in DVC_FILES:
+        stages = yaml.safe_load((REPO / dvc_file).read_text())["stages"]
+        prefix = "" if dvc_file == "dvc.yaml" else f"{dvc_file}:"
+        for name, stage in stages.items():
+            stage = stage.get("do", stage)  # a foreach stage: its template
+            match = CMD.fullmatch(str(stage.get("cmd", "")).strip())
+            if match:
+                found[prefix + name] = (match.group(1), [str(d) for d in stage.get("deps", [])])
     return found
+
+
+def test_committee_stages_are_checked_too():
+    assert {"committee/dvc.yaml:member", "committee/dvc.yaml:committee"} <= set(pipeline_stages())
 
 
 def test_dvc_yaml_has_pipeline_stages():
@@ -120,6 +130,7 @@ WRITTEN_BY = {
     "REPORT_HTML_FILE": "report",
     "REPORT_MD_FILE": "report",
     "PROMOTION_FILE": "promote",
+    "COMMITTEE_DIR": None,  # committee/dvc.yaml's outs: test_committee_outputs_are_declared
 }
 
 
@@ -146,6 +157,31 @@ def test_every_path_a_stage_writes_is_declared_in_its_outs():
                 f"{name} ({path}) is not among stage {stage!r}'s outs {[str(o) for o in outputs]}"
             )
     assert undeclared == []
+
+
+def test_committee_outputs_are_declared():
+    """The Layout files train --member, committee and evaluate --committee write are outs of the
+    stage that runs them in committee/dvc.yaml (last.pt, the resume state, excepted)."""
+    from pipeline.paths import COMMITTEE, member_layout
+
+    stages = yaml.safe_load((REPO / "committee/dvc.yaml").read_text())["stages"]
+    member = member_layout(123)  # stands for ${item}
+    written = {
+        "member": [member.model, member.run, member.history, member.grad_norms],
+        "committee": [COMMITTEE.model, COMMITTEE.run],
+        "evaluate": [
+            COMMITTEE.metrics,
+            COMMITTEE.per_class,
+            COMMITTEE.predictions,
+            COMMITTEE.ood_reference,
+        ],
+    }
+    for stage, files in written.items():
+        outputs = {
+            str(out).replace("${item}", "123")
+            for out in declared_outputs(stages[stage].get("do", stages[stage]))
+        }
+        assert {f.as_posix() for f in files} <= outputs, stage
 
 
 def test_report_params_are_the_sections_it_prints():
