@@ -1,0 +1,212 @@
+"""The committee: members' mean softmax as one model (pipeline/model.py's Committee), its
+checkpoint and pt2 export, and the member, committee and evaluate --committee stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import committee, evaluate, train
+from pipeline.config import parse_params
+from pipeline.errors import PipelineError
+from pipeline.model import (
+    COMMITTEE_FORMAT,
+    MLP,
+    Architecture,
+    Committee,
+    checkpoint_payload,
+    classifier_from_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_payload,
+)
+from pipeline.paths import COMMITTEE, member_layout
+from tests.helpers import TINY_PIPELINE
+
+
+def members(count: int = 3, size: int = 28) -> list[MLP]:
+    torch.manual_seed(0)
+    return [MLP(Architecture(size, (16 + 8 * i,)), 0.13, 0.3).eval() for i in range(count)]
+
+
+def test_committee_output_is_the_log_of_the_members_mean_softmax() -> None:
+    mlps = members()
+    pixels = torch.rand(7, 784)
+    outputs = Committee(mlps)(pixels)
+    mean = torch.stack([torch.softmax(m(pixels), 1) for m in mlps]).mean(0)
+    torch.testing.assert_close(torch.softmax(outputs, 1), mean)  # what losses.probabilities reads
+    torch.testing.assert_close(outputs.exp(), mean)
+    assert torch.equal(outputs.argmax(1), mean.argmax(1))
+    one = Committee(mlps[:1])(pixels)  # a committee of one is that MLP's log-softmax
+    torch.testing.assert_close(one, torch.log_softmax(mlps[0](pixels), 1))
+
+
+def test_members_of_other_image_sizes_are_refused() -> None:
+    with pytest.raises(PipelineError, match=r"sizes \[16, 28\]; train them all with the same"):
+        Committee(members(1, 28) + members(1, 16))
+
+
+def test_committee_checkpoint_loads_back_as_the_same_committee(tmp_path: Path) -> None:
+    mlps = members(2)
+    path = tmp_path / "committee.pt"
+    payload = {
+        "format": COMMITTEE_FORMAT,
+        "members": [checkpoint_payload(m, {"loss": "cross_entropy"}) for m in mlps],
+        "loss": "cross_entropy",
+        "epoch": 0,
+    }
+    save_payload(path, payload)
+    loaded = classifier_from_checkpoint(load_checkpoint(path))
+    assert isinstance(loaded, Committee) and loaded.image_size == 28
+    pixels = torch.rand(5, 28, 28)
+    torch.testing.assert_close(loaded(pixels), Committee(mlps)(pixels))
+    with pytest.raises(PipelineError, match="committee checkpoint"):
+        model_from_checkpoint(load_checkpoint(path))
+
+
+def test_logged_committee_is_one_pt2_graph_with_the_single_models_contract(
+    mlflow_workdir: Path,
+) -> None:
+    """Logged as train logs one MLP: [-1, 784] float rows in, 10 scores out (the committee's
+    log-probabilities), loadable without pickles, through pyfunc as `mlflow models serve` does."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.predict import MLFLOW_ENVIRONMENT, signature_image_size
+
+    model = Committee(members(2))
+    example = np.random.default_rng(0).random((5, 784), dtype=np.float32)
+    tracking.configure()
+    mlflow.set_experiment("mnist-mlp")
+    with mlflow.start_run():
+        info = tracking.log_model(model, example, "mnist-mlp")
+    assert signature_image_size(info) == 28
+    assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in MLFLOW_ENVIRONMENT.items():
+            patch.setenv(key, value)
+        served = mlflow.pyfunc.load_model(info.model_uri)
+        pixels = np.random.default_rng(1).random((3, 784), dtype=np.float32)  # another batch size
+        expected = model(torch.from_numpy(pixels)).detach().numpy()
+        np.testing.assert_allclose(served.predict(pixels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_members_committee_and_its_evaluation(run_stages, capsys: pytest.CaptureFixture) -> None:
+    """Two tiny members (the second interrupted once and resumed), the committee stage and
+    evaluate --committee, in-process on the synthetic data."""
+    import mlflow
+
+    from pipeline.predict import load_predictor
+
+    params = run_stages("download", "stats", "split", "validate")
+    params = parse_params({**TINY_PIPELINE, "committee": {"seeds": [3, 7]}})
+    train.train(params, member=3)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch: int) -> None:
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train.train(params, member=7, after_epoch=stop)
+    capsys.readouterr()
+    train.train(params, member=7)
+    assert "resuming from committee/members/7/last.pt after epoch 1" in capsys.readouterr().err
+    assert not Path("models/model.pt").exists()  # members leave the single model's files alone
+    weights = [load_checkpoint(member_layout(s).model)["state_dict"] for s in (3, 7)]
+    assert not torch.equal(weights[0]["output.weight"], weights[1]["output.weight"])
+    client = mlflow.MlflowClient()
+    assert client.search_model_versions("name='mnist-mlp'") == []  # members are not registered
+
+    committee.main(params)
+    evaluate.main(params, committee=True)
+    metrics = json.loads(COMMITTEE.metrics.read_text())
+    for i in (1, 2):
+        assert 0 <= metrics[f"member_{i}_test_accuracy"] <= 1
+        assert 0 <= metrics[f"member_{i}_valid_accuracy"] <= 1
+    assert metrics["test_accuracy"] > 0.5 and {"test_ece", "test_nll"} <= set(metrics)
+    assert COMMITTEE.predictions.is_file() and COMMITTEE.ood_reference.is_file()
+
+    (version,) = client.search_model_versions("name='mnist-mlp'")
+    run_id = json.loads(COMMITTEE.run.read_text())["run_id"]
+    assert version.run_id == run_id and version.tags["input_shape"] == "[N, 784]"
+    run = client.get_run(run_id)
+    member_runs = [json.loads(member_layout(s).run.read_text())["run_id"] for s in (3, 7)]
+    assert run.data.tags["committee_member_runs"] == ",".join(member_runs)
+    assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    local = load_predictor(str(COMMITTEE.model))
+    logged = load_predictor(f"models:/mnist-mlp/{version.version}")
+    assert local.loss == logged.loss == "cross_entropy" and logged.reference is not None
+    pixels = images.float().div(255)
+    torch.testing.assert_close(logged.model(pixels), local.model(pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_members_trained_with_mse_are_refused(run_stages) -> None:
+    run_stages("download", "stats", "split")
+    params = parse_params({**TINY_PIPELINE, "train": {"epochs": 1, "loss": "mse"}})
+    for seed in (1, 2):
+        train.train(params, member=seed)
+    with pytest.raises(PipelineError, match="trained with the mse loss, but a committee averages"):
+        committee.main(parse_params({**TINY_PIPELINE, "committee": {"seeds": [1, 2]}}))
+    assert not COMMITTEE.model.exists()
+
+
+def test_committee_seeds_are_checked() -> None:
+    with pytest.raises(PipelineError, match=r"committee.seeds must not repeat a seed"):
+        parse_params({"committee": {"seeds": [1, 1]}})
+    with pytest.raises(PipelineError, match=r"committee.seeds must have at least 2"):
+        parse_params({"committee": {"seeds": [1]}})
+
+
+@pytest.mark.slow
+def test_plain_repro_leaves_the_committee_out_and_its_own_dvc_yaml_runs_it(
+    dvc_project: Path,
+) -> None:
+    """committee/dvc.yaml in a fresh repository: `dvc repro` runs none of its stages,
+    `dvc repro committee/dvc.yaml` trains the members on the root pipeline's data outputs,
+    combines and scores them, and predict reads the registered committee."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    source = Path(__file__).resolve().parents[1] / "committee"
+    Path("committee").mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(source / name, Path("committee") / name)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["committee"] = {"seeds": [1, 2]}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def run(*command: str) -> str:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    plain = run("dvc", "repro")  # targets ./dvc.yaml alone: never looks at the committee's
+    assert "Running stage 'promote'" in plain and "committee/dvc.yaml" not in plain
+    assert not Path("committee/members").exists()
+    out = run("dvc", "repro", "committee/dvc.yaml")
+    assert "Running stage 'committee/dvc.yaml:member@1'" in out
+    assert "Stage 'validate' didn't change, skipping" in out  # the root's data outputs reused
+    metrics = json.loads(Path("committee/reports/metrics.json").read_text())
+    assert {"member_1_test_accuracy", "member_2_test_accuracy", "test_accuracy"} <= set(metrics)
+    assert "Data and pipelines are up to date" in run("dvc", "status", "committee/dvc.yaml")
+    lines = run(
+        "python",
+        "-m",
+        "pipeline",
+        "predict",
+        "--json",
+        "--model",
+        "models:/mnist-mlp/2",  # 1: the single model
+        "data/raw/t10k-images-idx3-ubyte.gz",
+    ).splitlines()
+    assert len(lines) == 200 and {"label", "confidence"} <= set(json.loads(lines[0]))
