@@ -1,0 +1,114 @@
+"""Run a preset's command and record its result in results/NAME.json, the source of the numbers
+the Results table quotes (docs/results.md).
+
+    python scripts/record_result.py NAME METRICS_JSON -- COMMAND...
+
+e.g. `make best` runs `python scripts/record_result.py best reports/metrics.json -- dvc exp run
+...`. It records the test accuracy and errors from METRICS_JSON (what the command's evaluate
+stage wrote), the git commit, the command, its wall-clock and CPU seconds (the command and every
+process it waited for: DVC, the stages, their threads), and the machine (CPU model, cores, OS).
+A failed command, or one that leaves no metrics, writes nothing and passes its exit status on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import atomic
+
+RESULTS_DIR = Path("results")
+
+
+def cpu_model() -> str:
+    """/proc/cpuinfo's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """HEAD, with -dirty when tracked files differ from it (the command ran on uncommitted code)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def record(name: str, metrics_file: Path, command: list[str]) -> int:
+    commit = git_commit()  # before the run: DVC experiments leave HEAD where it was
+    cpu_before, started = children_cpu_seconds(), time.monotonic()
+    status = subprocess.run(command).returncode
+    wall, cpu = time.monotonic() - started, children_cpu_seconds() - cpu_before
+    if status != 0:
+        print(
+            f"error: {shlex.join(command)} exited with {status}; nothing recorded", file=sys.stderr
+        )
+        return status
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        accuracy, errors = float(metrics["test_accuracy"]), int(metrics["test_errors"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(
+            f"error: {metrics_file} holds no test_accuracy and test_errors ({exc}); check that "
+            "the command ends with an evaluate stage",
+            file=sys.stderr,
+        )
+        return 1
+    result = {
+        "preset": name,
+        "test_accuracy": accuracy,
+        "test_errors": errors,
+        "valid_accuracy": metrics.get("valid_accuracy"),
+        "members": {k: v for k, v in metrics.items() if k.startswith("member_")},
+        "git_commit": commit,
+        "command": shlex.join(command),
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = RESULTS_DIR / f"{name}.json"
+    atomic.write_json(path, result)
+    print(f"{path}: test accuracy {accuracy:.4f} ({errors} errors), {wall:.0f} s wall")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 4 or argv[2] != "--":
+        print(f"usage: {Path(__file__).name} NAME METRICS_JSON -- COMMAND...", file=sys.stderr)
+        return 2
+    return record(argv[0], Path(argv[1]), argv[3:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,58 @@
+"""scripts/record_result.py: results/NAME.json from a preset's command, its metrics and its cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Burns ~0.3 s of CPU, then writes the metrics an evaluate stage would.
+PRESET = (
+    "import json, pathlib, time\n"
+    "end = time.process_time() + 0.3\n"
+    "while time.process_time() < end: pass\n"
+    "pathlib.Path('reports').mkdir()\n"
+    "pathlib.Path('reports/metrics.json').write_text(json.dumps({'test_accuracy': 0.9946, "
+    "'test_errors': 54, 'valid_accuracy': 0.995, 'member_1_test_accuracy': 0.993}))\n"
+)
+
+
+def record(tmp_path: Path, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts/record_result.py"), "best", "reports/metrics.json"]
+        + ["--", *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+
+
+def test_a_finished_preset_is_recorded_with_its_cost_and_machine(tmp_path: Path) -> None:
+    done = record(tmp_path, sys.executable, "-c", PRESET)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "results/best.json").read_text())
+    assert (result["preset"], result["test_accuracy"], result["test_errors"]) == (
+        "best",
+        0.9946,
+        54,
+    )
+    assert result["members"] == {"member_1_test_accuracy": 0.993}
+    assert result["command"].endswith("-c '" + PRESET.replace("'", "'\"'\"'") + "'")
+    assert result["cpu_seconds"] >= 0.3 and result["wall_seconds"] >= 0.3
+    assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
+    assert result["git_commit"] == "unknown"  # tmp_path is no git checkout
+    assert "results/best.json: test accuracy 0.9946 (54 errors)" in done.stdout
+
+
+def test_a_failed_preset_records_nothing(tmp_path: Path) -> None:
+    done = record(tmp_path, sys.executable, "-c", "raise SystemExit(3)")
+    assert done.returncode == 3 and "exited with 3; nothing recorded" in done.stderr
+    assert not (tmp_path / "results").exists()
+    done = record(tmp_path, sys.executable, "-c", "pass")  # exit 0 but no metrics
+    assert done.returncode == 1 and "holds no test_accuracy" in done.stderr
+    assert not (tmp_path / "results").exists()
