@@ -210,3 +210,17 @@ def test_plain_repro_leaves_the_committee_out_and_its_own_dvc_yaml_runs_it(
         "data/raw/t10k-images-idx3-ubyte.gz",
     ).splitlines()
     assert len(lines) == 200 and {"label", "confidence"} <= set(json.loads(lines[0]))
+
+
+def test_cli_hands_member_and_committee_flags_to_the_stages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline import __main__ as cli
+
+    seen = []
+    monkeypatch.setattr(
+        cli, "run_stage", lambda stage, params, options: seen.append((stage, options)) or 0
+    )
+    for argv in (["train", "--member", "0"], ["evaluate", "--committee"], ["train"]):
+        assert cli.main(argv) == 0
+    assert seen == [("train", {"member": 0}), ("evaluate", {"committee": True}), ("train", {})]
