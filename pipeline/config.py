@@ -131,7 +131,7 @@ class EvaluateParams(Section):
 
 
 class ReportParams(Section):
-    tsne_samples: int = Field(default=5000, ge=50, le=10000)
+    tsne_samples: int = Field(default=2000, ge=50, le=10000)
     tsne_perplexity: float = Field(default=30.0, gt=1)
     seed: int = Field(default=0, ge=0)
 

@@ -20,6 +20,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
+from threadpoolctl import threadpool_limits
 
 from pipeline import artifacts, atomic, ood, plotting, tracking
 from pipeline.augment import Augmentation, augment
@@ -67,7 +68,10 @@ MISTAKES = 25
 WEIGHT_UNITS = 100
 TSNE_PCA_DIMS = 50
 TSNE_MAX_ITER = 500
-TSNE_JOBS = 2
+# One thread: sklearn's Barnes-Hut gradient runs on OpenMP, whose threads spin-wait; on a shared
+# 2-core machine two threads took 2-3x the wall and CPU time of one (docs/evaluation.md), and one
+# thread gives the same map on any CPU count.
+TSNE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ def tsne_sample(count: int, samples: int, seed: int) -> np.ndarray:
 
 
 def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    """Barnes-Hut t-SNE after PCA to 50 dimensions: ~20 s for 5,000 points on 2 cores."""
+    """Barnes-Hut t-SNE after PCA to 50 dimensions, on one thread: ~6 CPU s for 2,000 points."""
     if perplexity >= len(features):
         raise PipelineError(
             f"report.tsne_perplexity ({perplexity:g}) must be below the number of t-SNE points "
@@ -157,9 +161,10 @@ def tsne_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
         learning_rate="auto",
         max_iter=TSNE_MAX_ITER,
         random_state=seed,
-        n_jobs=TSNE_JOBS,
+        n_jobs=TSNE_THREADS,
     )
-    return tsne.fit_transform(features.astype(np.float32))
+    with threadpool_limits(TSNE_THREADS):
+        return tsne.fit_transform(features.astype(np.float32))
 
 
 def confident_mistakes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:

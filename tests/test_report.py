@@ -138,6 +138,25 @@ def test_tsne_sample_is_seeded_and_bounded() -> None:
     assert np.array_equal(report.tsne_sample(40, 100, seed=0), np.arange(40))
 
 
+def test_tsne_runs_on_one_openmp_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two spinning OpenMP threads took 2-3x the time of one on the shared 2-core machine."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_info
+
+    seen: list[int] = []
+    fit = TSNE.fit_transform
+
+    def spy(self: TSNE, features: np.ndarray) -> np.ndarray:
+        pools = threadpool_info()
+        seen.extend(pool["num_threads"] for pool in pools if pool["user_api"] == "openmp")
+        return fit(self, features)
+
+    monkeypatch.setattr(TSNE, "fit_transform", spy)
+    features = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    assert report.tsne_2d(features, perplexity=10.0, seed=0).shape == (60, 2)
+    assert seen and set(seen) == {1}
+
+
 def test_perplexity_too_large_for_the_sample_is_refused() -> None:
     with pytest.raises(
         PipelineError, match="tsne_perplexity.*lower it or raise report.tsne_samples"
