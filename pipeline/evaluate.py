@@ -26,6 +26,7 @@ from pipeline.model import (
     checkpoint_field,
     classifier_from_checkpoint,
     load_checkpoint,
+    one_thread,
 )
 from pipeline.paths import COMMITTEE, RAW_DIR, TRAIN_INDEX_FILE, VALID_INDEX_FILE, Layout
 from pipeline.progress import log
@@ -180,15 +181,16 @@ def main(params: Params, committee: bool = False) -> None:
     data = load_dataset(RAW_DIR, 28)  # MNIST form; evaluate resizes for the model
     valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, len(data.train_labels)))
     train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels)))
-    result = evaluate(
-        model,
-        loss_name,
-        test=(data.test_images, data.test_labels),
-        valid=(data.train_images[valid_idx], data.train_labels[valid_idx]),
-        batch_size=params.evaluate.batch_size,
-    )
-    write_outputs(result, layout)
-    reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
+    with one_thread():
+        result = evaluate(
+            model,
+            loss_name,
+            test=(data.test_images, data.test_labels),
+            valid=(data.train_images[valid_idx], data.train_labels[valid_idx]),
+            batch_size=params.evaluate.batch_size,
+        )
+        write_outputs(result, layout)
+        reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
     artifacts.write_ood_reference(reference.to_dict(), layout.ood_reference)
     m = result.metrics
     log(

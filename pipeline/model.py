@@ -7,7 +7,8 @@ and std (stored as buffers), so a checkpoint or logged model never needs the sta
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,19 @@ class Committee(nn.Module):
 
 
 Classifier = MLP | Committee  # what evaluate and predict score: [N, S*S] pixels -> 10 outputs
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside, restored after. Scoring is a few big matmuls, and on the
+    shared 2-core machine two threads took 4x the CPU time of one for the same outputs: they spin
+    while they wait for a core (docs/benchmarks.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()

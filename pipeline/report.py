@@ -36,6 +36,7 @@ from pipeline.model import (
     load_checkpoint,
     model_from_checkpoint,
     model_outputs,
+    one_thread,
 )
 from pipeline.paths import (
     FIGURES_DIR,
@@ -582,7 +583,9 @@ def main(params: Params) -> None:
     inputs = load_inputs()
     pngs: dict[str, bytes] = {}
     docs: list[FigureDoc] = []
-    for doc, figure in build_figures(inputs, params):
+    with one_thread():
+        figures = build_figures(inputs, params)
+    for doc, figure in figures:
         pngs[doc.name] = plotting.png_bytes(figure)
         atomic.write_bytes(FIGURES_DIR / doc.name, pngs[doc.name])
         docs.append(doc)

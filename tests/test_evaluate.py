@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline import artifacts, evaluate, paths
 from pipeline.config import parse_params
@@ -65,6 +67,28 @@ def test_writes_consistent_outputs(trained_workdir: Path) -> None:
     counts = np.array(json.loads(Path(confusion_path).read_text())["counts"])
     assert counts.shape == (10, 10) and counts.sum() == N_TEST
     assert np.trace(counts) == N_TEST - metrics["test_errors"]
+
+
+def test_scores_on_one_torch_thread_then_restores_the_count(
+    trained_workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads took 4x the CPU time on the shared 2-core machine (pipeline/model.py)."""
+    threads: list[int] = []
+    score = evaluate.score
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(torch.get_num_threads())
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate.main(parse_params({}))
+        assert threads == [1, 1]  # test and valid
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_calibration_per_digit_and_robustness_metrics(trained_workdir: Path) -> None:
