@@ -275,15 +275,21 @@ def dvc_repro(folder: Path, env: dict[str, str]) -> dict[str, Any]:
             "returncode": None,
             "error": "",
         }
-    seconds, rss, code, error = run_measured(["dvc", "repro", chain[-1]], folder, env)
+    # Every stage named: `dvc repro promote` alone skips report, which promote does not depend on.
+    before = os.times()
+    seconds, rss, code, error = run_measured(["dvc", "repro", *chain], folder, env)
+    after = os.times()
+    cpu = sum(getattr(after, k) - getattr(before, k) for k in ("children_user", "children_system"))
     print(
-        f"  dvc repro {chain[-1]}: {seconds:.1f} s" + (f", FAILED: {error}" if code else ""),
+        f"  dvc repro {' '.join(chain)}: {seconds:.1f} s ({cpu:.1f} s CPU)"
+        + (f", FAILED: {error}" if code else ""),
         file=sys.stderr,
     )
     return {
         "stages": chain,
         "missing_stages": [s for s in STAGES if s not in chain],
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_rss_mb": rss,
         "returncode": code,
         "error": error,
@@ -680,7 +686,7 @@ def fmt(value: Any, digits: int = 1, suffix: str = "", missing: str = "not reach
 
 
 def markdown_table(r: dict[str, Any]) -> str:
-    best = r["best_batch"] or "-"
+    best, repro = r["best_batch"] or "-", r["dvc_repro"]
     rows = [
         ("Reference loop (torchvision + PIL, batch 64), images/s", fmt(r["seed_images_per_s"], 0)),
         ("Ours (batch 64), images/s", fmt(r["ours_images_per_s"], 0)),
@@ -715,10 +721,14 @@ def markdown_table(r: dict[str, Any]) -> str:
             f"{fmt(r['peak_matmul_all_cores']['limit_epoch_seconds'], 2)}",
         ),
         (
-            "`dvc repro` from raw files ({}), s".format(
+            "Ours at batch 64 / lower bound, wall (CPU) time",
+            f"{fmt(r['ratio_to_limit_b64'], 1, 'x')} ({fmt(r['ratio_to_limit_b64_cpu'], 1, 'x')})",
+        ),
+        (
+            "`dvc repro` from raw files ({}), s (CPU s)".format(
                 ", ".join(r["dvc_repro"]["stages"]) or "no stages"
             ),
-            fmt(r["dvc_repro"]["seconds"], 0),
+            f"{fmt(repro['seconds'], 0)} ({fmt(repro.get('cpu_seconds'), 0, missing='n/a')})",
         ),
     ]
     rows += [
@@ -977,6 +987,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "limit_epoch_seconds": best_limit,
         "limit_epoch_seconds_b64": limits[64]["limit_epoch_seconds"],
         "ours_epoch_seconds_b64": b64["epoch_seconds"],
+        "ratio_to_limit_b64": b64["epoch_seconds"] / limits[64]["limit_epoch_seconds"],
+        "ratio_to_limit_b64_cpu": b64["epoch_cpu_seconds"] / limits[64]["limit_epoch_cpu_seconds"],
         "ours_epoch_seconds_best": best["epoch_seconds"] if best else None,
         "best_batch": best["batch_size"] if best else None,
         "ratio_to_limit": best["epoch_seconds"] / best_limit if best else None,
