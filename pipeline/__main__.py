@@ -1,4 +1,4 @@
-"""`python -m pipeline <stage>`, `predict PATH...` and `upstream`: one subcommand each.
+"""`python -m pipeline <stage>`, `predict PATH...`, `upstream` and `gitref`: one subcommand each.
 
 A stage loads params.yaml once, runs, and reports bad input as one `error:` line (exit 1).
 """
@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     )
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
     commands = main.add_subparsers(
-        dest="command", required=True, metavar="{stage,predict,upstream}"
+        dest="command", required=True, metavar="{stage,predict,upstream,gitref}"
     )
     stages = {
         stage: commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
@@ -82,6 +82,13 @@ def parser() -> argparse.ArgumentParser:
         help="fingerprint a custom dataset's sources into data/upstream.json "
         "(pipeline/upstream.py)",
     )
+    gitref = commands.add_parser(
+        "gitref",
+        parents=[params],
+        help="commit the retrained working tree as a branch retrain/..., push it and tag the "
+        "MLflow run with it (pipeline/gitref.py)",
+    )
+    gitref.add_argument("--remote", required=True, help="the git remote to push to, e.g. origin")
     predict = commands.add_parser(
         "predict",
         parents=[params],
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # (identity tests: --member 0 is set, though 0 == False).
     options = {
         name: value
-        for name in ("allow_contract_change", "run", "member", "committee")
+        for name in ("allow_contract_change", "run", "member", "committee", "remote")
         if (value := getattr(args, name, None)) is not None and value is not False
     }
     return run_stage(args.command, getattr(args, "params", PARAMS_FILE), options)

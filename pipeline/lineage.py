@@ -1,4 +1,5 @@
-"""What a run was trained and tested on, recorded in MLflow: dataset inputs and the data checks.
+"""What a run was trained and tested on, recorded in MLflow: dataset inputs, the data checks and
+the SHA-256 of the checkpoint it wrote.
 
 Each split is logged with `mlflow.log_input` as `<dataset>-train|valid|test`, so the run list's
 Dataset column and the run page name it. Its digest comes from the raw files' checksums
@@ -39,6 +40,7 @@ SPLIT_FILES = {
 INDEX_FILES = {"train": TRAIN_INDEX_FILE, "valid": VALID_INDEX_FILE}
 DIGEST_CHARS = 16  # MLflow stores at most 36
 VALIDATION_ARTIFACTS = "data_validation"
+CHECKPOINT_TAG = "model.sha256"
 NOT_VALIDATED = "not validated"
 
 
@@ -73,6 +75,16 @@ def source_of(split: str, checksums: Checksums) -> str:
     ):
         return source
     return str(RAW_DIR / name)
+
+
+def log_checkpoint(path: Path) -> str:
+    """Tag the active run with the checkpoint file's SHA-256, so that a checkout restored from git
+    and DVC can prove it holds the very file this run trained; returns it."""
+    import mlflow
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    mlflow.set_tag(CHECKPOINT_TAG, digest)
+    return digest
 
 
 def log_split(

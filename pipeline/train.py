@@ -260,6 +260,7 @@ def finish(
             "loss": params.train.loss,
         },
     )
+    lineage.log_checkpoint(layout.model)
     write_history(state, layout)
     mlflow.log_metrics(
         {

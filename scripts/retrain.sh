@@ -13,10 +13,20 @@
 # With a DVC remote configured (dvc remote add -d ...), the last results are pulled first and
 # the new ones pushed at the end. A custom dataset's sources are checked for changed files first
 # (python -m pipeline upstream refreshes data/upstream.json, which the download stage depends on).
+#
+# RETRAIN_GIT_REMOTE=origin also records what was trained as a git branch retrain/<time>-<run>
+# pushed there, after `dvc push` (so the DVC remote has the data before a ref points at it), and
+# tags the MLflow run with it (python -m pipeline gitref; docs/operating.md). Unset: no git writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 remote="$(dvc remote list)"
+if [ -n "${RETRAIN_GIT_REMOTE:-}" ]; then
+    git remote get-url "$RETRAIN_GIT_REMOTE" >/dev/null 2>&1 \
+        || { echo "error: RETRAIN_GIT_REMOTE=$RETRAIN_GIT_REMOTE names no git remote; add it (git remote add $RETRAIN_GIT_REMOTE URL) or unset RETRAIN_GIT_REMOTE" >&2; exit 1; }
+    [ -n "$remote" ] \
+        || { echo "error: RETRAIN_GIT_REMOTE is set but no DVC remote is configured, so the branch would point at data nobody can pull; add one (dvc remote add -d NAME URL) or unset RETRAIN_GIT_REMOTE" >&2; exit 1; }
+fi
 if [ -n "$remote" ]; then
     echo "== dvc pull (remote: ${remote%%[[:space:]]*})"
     dvc pull --allow-missing
@@ -58,4 +68,8 @@ fi
 if [ -n "$remote" ]; then
     echo "== dvc push"
     dvc push
+fi
+if [ -n "${RETRAIN_GIT_REMOTE:-}" ]; then
+    echo "== git branch of this retrain (python -m pipeline gitref --remote $RETRAIN_GIT_REMOTE)"
+    python -m pipeline gitref --remote "$RETRAIN_GIT_REMOTE"
 fi

@@ -125,7 +125,24 @@ def test_retrain_runs_on_schedule_and_by_hand_through_one_script() -> None:
         if step.get("uses", "").startswith("actions/upload-artifact@")
     ]
     assert "reports/" in upload[0]["with"]["path"] and upload[0]["if"] == "always()"
-    assert workflow["jobs"]["retrain"]["permissions"] == {"contents": "read"}
+    assert workflow["jobs"]["retrain"]["permissions"] == {"contents": "write"}
+
+
+def test_only_the_branch_push_sees_the_write_token_and_it_runs_after_the_retrain() -> None:
+    """contents: write is for pushing the branch retrain/... (pipeline/gitref.py); the training
+    step and every other one run without the token, and the push step prints nothing of it."""
+    job = load("retrain.yml")["jobs"]["retrain"]
+    holders = [
+        i
+        for i, step in enumerate(job["steps"])
+        if re.search(r"github\.token|secrets\.GITHUB_TOKEN", json.dumps(step))
+    ]
+    assert len(holders) == 1, holders
+    push = job["steps"][holders[0]]
+    assert "python -m pipeline gitref --remote origin" in push["run"]
+    assert not re.search(r"\becho\b|set -x", push["run"]), "never print the token"
+    retrain = next(i for i, step in enumerate(job["steps"]) if "retrain.sh" in step.get("run", ""))
+    assert retrain < holders[0]
 
 
 def test_pull_request_workflow_tests_reproduces_and_comments_the_diffs() -> None:
