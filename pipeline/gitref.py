@@ -96,7 +96,7 @@ def record(remote: str, run_file: Path = MLFLOW_RUN_FILE, now: datetime | None =
             "record no branch (unset RETRAIN_GIT_REMOTE)"
         ) from None
     ref = branch_name(run_id, now or datetime.now(timezone.utc))
-    commit = commit_worktree(f"retrain: MLflow run {run_id}\n\nWritten by python -m pipeline gitref.")
+    commit = commit_worktree(f"retrain: MLflow run {run_id} (python -m pipeline gitref)")
     git("branch", ref, commit)
     try:
         git("push", "--quiet", remote, f"refs/heads/{ref}:refs/heads/{ref}")

@@ -9,6 +9,7 @@ killing moto, which keeps its objects only in memory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,7 +28,13 @@ import pytest
 import yaml
 
 from pipeline import registry_lock
-from tests.helpers import TINY_PIPELINE, answer_table, free_port, log_promotion_evidence
+from tests.helpers import (
+    TINY_PIPELINE,
+    answer_table,
+    free_port,
+    log_promotion_evidence,
+    write_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "scripts" / "stack.sh"
@@ -437,3 +444,69 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
     assert any(
         model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow")
     )
+
+
+@pytest.mark.slow
+def test_a_champion_is_restored_from_the_git_branch_its_run_names(
+    dvc_project: Path, stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scheduled retrains (RETRAIN_GIT_REMOTE=origin) on a clean main: on 200 training images v1
+    becomes champion; on 900 (the mirror changed) v2 replaces it and its branch is pushed. A fresh
+    clone checks out the branch named on the champion's run, pulls, and dvc repro reruns nothing;
+    its models/model.pt is the file the champion's run trained, by SHA-256."""
+    from mlflow import MlflowClient
+
+    from pipeline import gitref, lineage
+
+    client = MlflowClient(use_stack(monkeypatch, stack))
+    model = f"gitref-{uuid.uuid4().hex[:8]}"
+    mirror = write_dataset(tmp_path / "gitref-mirror", n_train=200)
+    monkeypatch.setenv("MNIST_MIRROR", str(mirror))
+    monkeypatch.setenv("RETRAIN_GIT_REMOTE", "origin")
+    a, origin = dvc_project, tmp_path / "origin.git"
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["mlflow"] = {"experiment": model, "registered_model": model}
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc", "remote", "add", "-d", "storage", f"{stack['STACK_DVC_REMOTE']}/{model}", cwd=a)
+    sh("dvc", "remote", "modify", "storage", "endpointurl", stack["STACK_S3_ENDPOINT"], cwd=a)
+    sh("git", "init", "-q", "--bare", "-b", "main", str(origin), cwd=tmp_path)
+    sh("git", "remote", "add", "origin", str(origin), cwd=a)
+    sh("git", "add", "-A", cwd=a)
+    sh("git", "commit", "-q", "-m", "team remote", cwd=a)
+    sh("git", "push", "-q", "origin", "main", cwd=a)
+
+    def retrain() -> tuple[dict, dict[str, str]]:
+        output = sh("scripts/retrain.sh", cwd=a, timeout=1200)
+        assert output.index("== dvc push") < output.index("== git branch"), output
+        record = json.loads((a / "reports/promotion.json").read_text())
+        return record, client.get_run(record["run_id"]).data.tags
+
+    first, first_tags = retrain()
+    assert (first["decision"], first["version"]) == ("promoted", 1), first
+    # The branch's commit is the working tree as trained, new files included; main takes it, as a
+    # merged pull request would, so the next retrain starts from a clean main again.
+    sh("git", "reset", "-q", first_tags[gitref.REF_TAG], cwd=a)
+    assert sh("git", "status", "--porcelain", cwd=a) == ""
+
+    write_dataset(mirror, n_train=900)  # same test set, more training images
+    second, tags = retrain()
+    assert (second["decision"], second["version"]) == ("promoted", 2), second
+    assert tags[gitref.REF_TAG] != first_tags[gitref.REF_TAG]
+    assert tags[lineage.CHECKPOINT_TAG] != first_tags[lineage.CHECKPOINT_TAG]
+
+    # A newcomer knows only the registry and the git remote.
+    c = tmp_path / "c"
+    sh("git", "clone", "-q", str(origin), str(c), cwd=tmp_path)
+    champion = client.get_model_version_by_alias(model, "champion")
+    run_tags = client.get_run(champion.run_id).data.tags
+    assert (champion.version, run_tags) == ("2", tags)
+    ref = run_tags[gitref.REF_TAG]
+    sh("git", "fetch", "-q", "origin", ref, cwd=c)
+    sh("git", "checkout", "-q", ref, cwd=c)
+    assert sh("git", "rev-parse", "HEAD", cwd=c).strip() == run_tags[gitref.COMMIT_TAG]
+    sh("dvc", "pull", cwd=c)
+    repro = sh("dvc", "repro", cwd=c)
+    assert "Running stage" not in repro, repro
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=c)
+    restored = hashlib.sha256((c / "models/model.pt").read_bytes()).hexdigest()
+    assert restored == run_tags[lineage.CHECKPOINT_TAG]

@@ -1,0 +1,96 @@
+"""python -m pipeline gitref: the retrained working tree as a pushed branch named on the MLflow run,
+without touching the checkout; the whole loop on the team stack is in tests/test_team.py."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from pipeline import __main__ as cli
+from pipeline import artifacts, gitref
+
+NOW = datetime(2026, 11, 30, 17, 5, 9, tzinfo=timezone.utc)
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(
+        ["git", *args], check=True, capture_output=True, text=True, cwd=cwd, timeout=60
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(mlflow_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """mlflow_workdir as a git checkout of a bare `origin`, holding a run train would have
+    recorded; returns that run's id."""
+    import mlflow
+
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+    git("init", "-q", "--bare", "-b", "main", str(tmp_path / "origin.git"))
+    git("init", "-q", "-b", "main")
+    git("remote", "add", "origin", str(tmp_path / "origin.git"))
+    Path(".gitignore").write_text("mlflow.db\nmlruns/\nignored.bin\n")
+    Path("dvc.lock").write_text("old lock\n")
+    Path("params.yaml").write_text("{}\n")  # the defaults
+    git("add", "-A")
+    git("commit", "-q", "-m", "pipeline")
+    git("push", "-q", "origin", "main")
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_workdir / 'mlflow.db'}")
+    mlflow.set_experiment("gitref")
+    with mlflow.start_run() as run:
+        pass
+    artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
+    return run.info.run_id
+
+
+def test_the_branch_holds_the_trained_tree_is_pushed_and_named_on_the_run(repo: str) -> None:
+    import mlflow
+
+    Path("dvc.lock").write_text("new lock\n")  # what the retrain rewrote
+    Path("ignored.bin").write_text("DVC's business")
+    status = git("status", "--porcelain")
+    ref = gitref.record("origin", now=NOW)
+
+    assert ref == f"retrain/20261130T170509Z-{repo[:8]}"
+    commit = git("rev-parse", ref)
+    assert git("ls-remote", "origin", f"refs/heads/{ref}").split()[0] == commit
+    assert git("show", f"{commit}:dvc.lock") == "new lock"
+    assert git("show", f"{commit}:models/mlflow_run.json")  # new files too
+    assert "ignored.bin" not in git("ls-tree", "-r", "--name-only", commit)
+    assert git("rev-parse", f"{commit}^") == git("rev-parse", "main"), "a child of the trained HEAD"
+    # The checkout, its branch and its index are as before.
+    assert git("symbolic-ref", "--short", "HEAD") == "main"
+    assert git("status", "--porcelain") == status
+    tags = mlflow.MlflowClient().get_run(repo).data.tags
+    assert (tags[gitref.REF_TAG], tags[gitref.COMMIT_TAG]) == (ref, commit)
+
+
+def test_a_failed_push_is_one_error_line_keeps_the_branch_and_tags_nothing(
+    repo: str, capsys: pytest.CaptureFixture
+) -> None:
+    import mlflow
+
+    git("remote", "set-url", "origin", "/nonexistent/origin.git")
+    assert cli.main(["gitref", "--remote", "origin"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: could not push retrain/"), err
+    ref = err.split()[4]
+    assert err.endswith(f"push it with git push origin {ref}"), err
+    assert git("branch", "--list", ref), "the commit stays on a local branch"
+    assert gitref.REF_TAG not in mlflow.MlflowClient().get_run(repo).data.tags
+
+
+def test_an_unknown_remote_is_named_before_any_commit(
+    repo: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert cli.main(["gitref", "--remote", "upstream"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: git remote 'upstream' is not configured; add it (git remote add upstream URL) "
+        "or record no branch (unset RETRAIN_GIT_REMOTE)"
+    )
+    assert not git("branch", "--list", "retrain/*")
