@@ -71,12 +71,12 @@ def tag_run(run_id: str, ref: str, commit: str) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    tracking.configure()
     try:
+        tracking.configure()
         client = mlflow.MlflowClient()
         client.set_tag(run_id, REF_TAG, ref)
         client.set_tag(run_id, COMMIT_TAG, commit)
-    except (MlflowException, OSError) as exc:
+    except (PipelineError, MlflowException, OSError) as exc:  # requests' errors are OSErrors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise PipelineError(
             f"pushed {ref} but could not tag MLflow run {run_id} with it ({first}); set the tags "
@@ -102,8 +102,8 @@ def record(remote: str, run_file: Path = MLFLOW_RUN_FILE, now: datetime | None =
         git("push", "--quiet", remote, f"refs/heads/{ref}:refs/heads/{ref}")
     except PipelineError as exc:
         raise PipelineError(
-            f"could not push {ref} to {remote} ({exc}); the DVC remote has its data and the "
-            f"commit is on the local branch {ref}: push it with git push {remote} {ref}"
+            f"could not push {ref} to {remote} ({exc}); the commit is on the local branch "
+            f"{ref}: push it with git push {remote} {ref}"
         ) from None
     tag_run(run_id, ref, commit)
     log(f"gitref: {ref} ({commit[:12]}) pushed to {remote}; MLflow run {run_id} tagged {REF_TAG}")

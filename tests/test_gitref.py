@@ -94,3 +94,18 @@ def test_an_unknown_remote_is_named_before_any_commit(
         "or record no branch (unset RETRAIN_GIT_REMOTE)"
     )
     assert not git("branch", "--list", "retrain/*")
+
+
+def test_a_tracking_server_that_is_down_after_the_push_is_one_line_naming_the_tags(
+    repo: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    assert cli.main(["gitref", "--remote", "origin"]) == 1
+    err = capsys.readouterr().err.strip()
+    ref = git("branch", "--list", "--format=%(refname:short)", "retrain/*")
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: pushed {ref} but could not tag MLflow run {repo} with it ("), err
+    assert err.endswith(
+        f"set the tags git.ref={ref} and git.commit={git('rev-parse', ref)} by hand"
+    )
+    assert git("ls-remote", "origin", f"refs/heads/{ref}"), "the push stands"

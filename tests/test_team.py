@@ -466,6 +466,9 @@ def test_a_champion_is_restored_from_the_git_branch_its_run_names(
     a, origin = dvc_project, tmp_path / "origin.git"
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["mlflow"] = {"experiment": model, "registered_model": model}
+    # Models this tiny trade digits between trainings (digit 7 goes from 85% to 0% here): the
+    # per-digit gate, tested on its own elsewhere, is off, so that the more accurate model wins.
+    params["promote"].update(class_drop_p=1e-12, max_class_drop=100.0)
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("dvc", "remote", "add", "-d", "storage", f"{stack['STACK_DVC_REMOTE']}/{model}", cwd=a)
     sh("dvc", "remote", "modify", "storage", "endpointurl", stack["STACK_S3_ENDPOINT"], cwd=a)
