@@ -3,6 +3,7 @@ without touching the checkout; the whole loop on the team stack is in tests/test
 
 from __future__ import annotations
 
+import os
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,3 +110,29 @@ def test_a_tracking_server_that_is_down_after_the_push_is_one_line_naming_the_ta
         f"set the tags git.ref={ref} and git.commit={git('rev-parse', ref)} by hand"
     )
     assert git("ls-remote", "origin", f"refs/heads/{ref}"), "the push stands"
+
+
+@pytest.mark.parametrize(
+    "setup, error",
+    [
+        ([], "error: RETRAIN_GIT_REMOTE=origin names no git remote;"),
+        (
+            [["git", "remote", "add", "origin", "/somewhere.git"]],
+            "error: RETRAIN_GIT_REMOTE is set but no DVC remote is configured,",
+        ),
+    ],
+)
+def test_retrain_refuses_to_start_without_a_git_or_dvc_remote_to_push_to(
+    dvc_project: Path, setup: list[list[str]], error: str
+) -> None:
+    for command in setup:
+        subprocess.run(command, check=True, timeout=60)
+    result = subprocess.run(
+        ["scripts/retrain.sh"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RETRAIN_GIT_REMOTE": "origin"},
+    )
+    assert result.returncode == 1 and result.stderr.startswith(error), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not result.stdout, "before any work"
