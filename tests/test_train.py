@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -259,6 +260,8 @@ def test_mlflow_run_holds_params_metrics_tags_and_model(
     )
     assert run.data.tags["dvc_experiment"] == "try-1" and run.info.run_name == "try-1"
     assert "git_commit" in run.data.tags
+    checkpoint = hashlib.sha256(paths.MODEL_FILE.read_bytes()).hexdigest()
+    assert run.data.tags["model.sha256"] == checkpoint, "the file this run trained, by hash"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_acc")] == [1, 2]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/hidden.0")] == [
         1,
