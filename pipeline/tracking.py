@@ -23,6 +23,8 @@ from pipeline.errors import PipelineError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 REACHABILITY_TIMEOUT_S = 5.0
+# Needs a login on a server with authentication, unlike /health.
+CREDENTIALS_PROBE = "/api/2.0/mlflow/experiments/search"
 MNIST_IMAGE_SIZE = 28
 DVC_YAML = Path("dvc.yaml")
 DVC_LOCK = "dvc.lock"
@@ -57,14 +59,53 @@ def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None
         ) from None
 
 
+def check_credentials(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None:
+    """Fail before any work when the server refuses our credentials (basic-auth, a proxy).
+
+    /health answers anyone, so this asks for one experiment, which needs a login where there is
+    one, with MLflow's own credentials ($MLFLOW_TRACKING_USERNAME/PASSWORD, a token, ...). A
+    server without authentication answers 200; any answer but 401 or 403 is left to MLflow.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        answer = http_request(
+            creds,
+            CREDENTIALS_PROBE,
+            "GET",
+            max_retries=0,
+            timeout=timeout_s,
+            params={"max_results": 1},
+        )
+    except (MlflowException, OSError):
+        return  # unreachable is check_reachable's to report; MLflow reports anything else
+    causes = {401: "wrong or missing password", 403: "not allowed"}
+    if answer.status_code not in causes:
+        return
+    who = f"user {creds.username!r}" if creds.username else "anonymous access"
+    raise PipelineError(
+        f"MLflow tracking server {uri} refused {who} (HTTP {answer.status_code}: "
+        f"{causes[answer.status_code]}); set MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD to a user of that server (the local stack: "
+        'eval "$(scripts/stack.sh env)") and rerun'
+    )
+
+
 def configure() -> str:
-    """Point MLflow at the store, bounding its HTTP retries so a dead server fails in seconds."""
+    """Point MLflow at the store, bounding its HTTP retries so a dead server fails in seconds,
+    and check our credentials before the stage does any work."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = tracking_uri()
     check_reachable(uri)
+    check_credentials(uri)
     quiet()
     mlflow.set_tracking_uri(uri)
     return uri

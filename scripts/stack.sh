@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The team setup on one machine, for trying it on a laptop and for the team tests:
-# PostgreSQL (MLflow's runs and registry), moto_server (S3: MLflow artifacts and the DVC remote)
-# and `mlflow server` on top of both, all on 127.0.0.1 and on free ports.
+# PostgreSQL (MLflow's runs, registry and users), moto_server (S3: MLflow artifacts and the DVC
+# remote) and `mlflow server --app-name basic-auth` on top of both, all on 127.0.0.1, free ports.
 #
 #   scripts/stack.sh start    # start all three (idempotent: a running stack is left alone)
-#   eval "$(scripts/stack.sh env)"   # MLFLOW_TRACKING_URI, S3 endpoint and credentials, DVC remote
+#   eval "$(scripts/stack.sh env)"   # MLFLOW_TRACKING_URI and the `ci` user, S3, DVC remote
+#   eval "$(scripts/stack.sh env viewer)"   # the same as `viewer` (or `admin`)
 #   scripts/stack.sh stop     # stop exactly the processes start started (pid files), keep the data
 #
-# State (database files, logs, pid files, ports) lives in $STACK_DIR, default .stack/ in the
-# repository (gitignored). moto keeps its objects in memory only: they are gone after stop.
-# Run as root (CI), PostgreSQL runs as the `postgres` user, since initdb refuses root.
+# State (database files, logs, pid files, ports, generated passwords, mode 600) lives in
+# $STACK_DIR, default .stack/ in the repository (gitignored). moto keeps its objects in memory
+# only: they are gone after stop. Run as root (CI), PostgreSQL runs as the `postgres` user,
+# since initdb refuses root. The admin's password is $MLFLOW_AUTH_ADMIN_PASSWORD, else one
+# generated into $STACK_DIR/admin.password; MLflow uses it only when it creates the admin, on the
+# first start against an empty user database (docs/team.md: rotation).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 STACK_DIR="${STACK_DIR:-$repo/.stack}"
 STARTUP_TIMEOUT_S="${STACK_STARTUP_TIMEOUT_S:-180}"
 MLFLOW_BUCKET=mlflow
+# MLflow's runs and registry, and the basic-auth app's users and permissions.
+DATABASES="mlflow mlflow_auth"
 DVC_BUCKET=dvc
 # moto accepts any credentials; these only have to be the same for every client.
 S3_KEY=stack
@@ -32,6 +38,21 @@ alive() {  # alive NAME: the process recorded in NAME.pid runs
     pid="$(cat "$STACK_DIR/$1.pid" 2>/dev/null)" || return 1
     # A zombie (exited, not yet reaped where no init reaps) answers kill -0 but is gone.
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
+
+secret() {  # secret NAME: the password in $STACK_DIR/NAME.password, generated (mode 600) if missing
+    local file="$STACK_DIR/$1.password"
+    [ -s "$file" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(16))' >"$file")
+    chmod 600 "$file"
+    cat "$file"
+}
+
+admin_password() {
+    if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then
+        printf '%s\n' "$MLFLOW_AUTH_ADMIN_PASSWORD"
+    else
+        secret admin
+    fi
 }
 
 pg_bindir() {
@@ -77,9 +98,7 @@ start_postgres() {
     if [ ! -f "$root/data/PG_VERSION" ]; then
         mkdir -p "$root/data"
         chmod 700 "$root/data"
-        [ -f "$STACK_DIR/postgres.password" ] || python3 -c 'import secrets; print(secrets.token_hex(16))' >"$STACK_DIR/postgres.password"
-        chmod 600 "$STACK_DIR/postgres.password"
-        cp "$STACK_DIR/postgres.password" "$root/initdb.pw"
+        (umask 077 && secret postgres >"$root/initdb.pw")
         [ "$(id -u)" != 0 ] || chown -R postgres "$root"
         as_pg "$bin/initdb" -D "$root/data" -U mlflow --pwfile="$root/initdb.pw" --auth=scram-sha-256 -E UTF8 \
             >"$STACK_DIR/initdb.log" 2>&1 || { rm -f "$root/initdb.pw"; die "initdb failed, see $STACK_DIR/initdb.log"; }
@@ -95,10 +114,13 @@ start_postgres() {
         || die "PostgreSQL did not start, see $root/postgres.log"
     head -1 "$root/data/postmaster.pid" >"$STACK_DIR/postgres.pid"
     echo "$port" >"$STACK_DIR/postgres.port"
-    PGPASSWORD="$(cat "$STACK_DIR/postgres.password")" "$bin/psql" -h 127.0.0.1 -p "$port" -U mlflow -d postgres -tAq \
-        -c "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 \
-        || PGPASSWORD="$(cat "$STACK_DIR/postgres.password")" "$bin/createdb" -h 127.0.0.1 -p "$port" -U mlflow mlflow \
-        || die "could not create database mlflow, see $root/postgres.log"
+    local db
+    for db in $DATABASES; do
+        PGPASSWORD="$(secret postgres)" "$bin/psql" -h 127.0.0.1 -p "$port" -U mlflow -d postgres -tAq \
+            -c "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+            || PGPASSWORD="$(secret postgres)" "$bin/createdb" -h 127.0.0.1 -p "$port" -U mlflow "$db" \
+            || die "could not create database $db, see $root/postgres.log"
+    done
     log "PostgreSQL on 127.0.0.1:$port (data $root/data)"
 }
 
@@ -138,8 +160,24 @@ PY
     log "S3 (moto_server) on 127.0.0.1:$port, buckets $MLFLOW_BUCKET and $DVC_BUCKET"
 }
 
-backend_uri() {
-    echo "postgresql+psycopg://mlflow:$(cat "$STACK_DIR/postgres.password")@127.0.0.1:$(cat "$STACK_DIR/postgres.port")/mlflow"
+backend_uri() {  # backend_uri DATABASE
+    echo "postgresql+psycopg://mlflow:$(secret postgres)@127.0.0.1:$(cat "$STACK_DIR/postgres.port")/$1"
+}
+
+write_auth_config() {
+    # The basic-auth app reads its database from this file only (no environment variable), so
+    # the file holds the PostgreSQL password: mode 600, in $STACK_DIR, rewritten on each start
+    # (PostgreSQL's port changes). default_permission READ: a user without a grant on an
+    # experiment or model (viewer, or anyone on another user's) reads it but changes nothing.
+    (umask 077 && cat >"$STACK_DIR/auth.ini" <<EOF
+[mlflow]
+default_permission = READ
+database_uri = $(backend_uri mlflow_auth)
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOF
+    )
+    chmod 600 "$STACK_DIR/auth.ini"
 }
 
 start_mlflow() {
@@ -149,12 +187,28 @@ start_mlflow() {
     command -v mlflow >/dev/null || die "mlflow not found; activate the project's virtual environment"
     echo "$port" >"$STACK_DIR/mlflow.port"
     # STACK_MLFLOW_S3_ENDPOINT: another way for the server to reach S3 (the tests put a proxy there).
+    write_auth_config
+    # Every credential through the environment or the 600 file, none on a command line (ps).
+    # The Flask secret key signs the auth app's CSRF tokens; it must stay the same across restarts.
     MLFLOW_S3_ENDPOINT_URL="${STACK_MLFLOW_S3_ENDPOINT:-http://127.0.0.1:$(cat "$STACK_DIR/s3.port")}" \
         AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_DEFAULT_REGION=us-east-1 \
-        spawn mlflow mlflow server --host 127.0.0.1 --port "$port" --workers 1 \
-        --backend-store-uri "$(backend_uri)" --artifacts-destination "s3://$MLFLOW_BUCKET/artifacts"
+        MLFLOW_BACKEND_STORE_URI="$(backend_uri mlflow)" \
+        MLFLOW_AUTH_CONFIG_PATH="$STACK_DIR/auth.ini" MLFLOW_AUTH_ADMIN_PASSWORD="$(admin_password)" \
+        MLFLOW_FLASK_SERVER_SECRET_KEY="$(secret flask-secret-key)" \
+        spawn mlflow mlflow server --app-name basic-auth --host 127.0.0.1 --port "$port" --workers 1 \
+        --artifacts-destination "s3://$MLFLOW_BUCKET/artifacts"
     wait_http mlflow "http://127.0.0.1:$port/health"
-    log "MLflow server on http://127.0.0.1:$port (runs in PostgreSQL, artifacts in s3://$MLFLOW_BUCKET/artifacts)"
+    log "MLflow server on http://127.0.0.1:$port (basic-auth; runs and users in PostgreSQL, artifacts in s3://$MLFLOW_BUCKET/artifacts)"
+}
+
+add_users() {
+    # As admin: users ci and viewer (passwords from $STACK_DIR, reset to them on every start),
+    # the experiment and registered model params.yaml names, and the two users' grants on them.
+    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$(admin_password)" \
+        MLFLOW_TRACKING_URI="http://127.0.0.1:$(cat "$STACK_DIR/mlflow.port")" \
+        CI_USER_PASSWORD="$(secret ci)" VIEWER_USER_PASSWORD="$(secret viewer)" \
+        PYTHONPATH="$repo" python3 "$repo/scripts/mlflow_users.py" "$repo/params.yaml" >&2 \
+        || die "could not set up the users ci and viewer (is the admin password the one the server started with?)"
 }
 
 stop_one() {  # stop_one NAME: TERM the session NAME.pid leads, KILL it after 10 s
@@ -181,20 +235,27 @@ stop_postgres() {
     rm -f "$STACK_DIR/postgres.pid"
 }
 
-print_env() {
+print_env() {  # print_env USER: ci (default), viewer or admin
+    local user="$1" password
     for name in postgres s3 mlflow; do
         alive "$name" || die "$name is not running; run scripts/stack.sh start"
     done
+    case "$user" in
+        ci | viewer) password="$(secret "$user")" ;;
+        admin) password="$(admin_password)" ;;
+        *) die "no user $user; choose ci, viewer or admin" ;;
+    esac
     local s3="http://127.0.0.1:$(cat "$STACK_DIR/s3.port")"
     cat <<EOF
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$(cat "$STACK_DIR/mlflow.port")
+export MLFLOW_TRACKING_USERNAME=$user
+export MLFLOW_TRACKING_PASSWORD=$password
 export AWS_ACCESS_KEY_ID=$S3_KEY
 export AWS_SECRET_ACCESS_KEY=$S3_SECRET
 export AWS_DEFAULT_REGION=us-east-1
 export STACK_S3_ENDPOINT=$s3
 export STACK_DVC_REMOTE=s3://$DVC_BUCKET
 export STACK_MLFLOW_ARTIFACTS=s3://$MLFLOW_BUCKET/artifacts
-export STACK_BACKEND_STORE_URI=$(backend_uri)
 EOF
 }
 
@@ -204,6 +265,7 @@ case "${1:-}" in
         start_postgres
         start_s3
         start_mlflow
+        add_users
         ;;
     stop)
         [ -d "$STACK_DIR" ] || exit 0
@@ -212,10 +274,10 @@ case "${1:-}" in
         stop_postgres
         ;;
     env)
-        print_env
+        print_env "${2:-ci}"
         ;;
     *)
-        echo "usage: scripts/stack.sh start|stop|env" >&2
+        echo "usage: scripts/stack.sh start|stop|env [ci|viewer|admin]" >&2
         exit 2
         ;;
 esac
