@@ -11,6 +11,8 @@ Faults covered elsewhere, so not repeated here:
   ::test_divergence_never_replaces_the_saved_state;
 - a tracking server on a closed port:
   tests/test_train.py::test_unreachable_tracking_server_fails_before_training;
+- wrong or missing credentials against the real team stack (train and promote, basic-auth):
+  tests/test_team.py::test_a_wrong_password_stops_train_and_promote_before_any_work;
 - corrupt pictures and IDX files, and a pickled --model, given to predict:
   tests/test_predict.py::test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted and
   ::test_missing_or_pickled_model_is_a_clear_error.
@@ -18,6 +20,8 @@ Faults covered elsewhere, so not repeated here:
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -26,7 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -167,6 +174,74 @@ def test_tracking_server_that_never_answers_fails_within_15_s(
     assert "unset MLFLOW_TRACKING_URI" in line
     assert elapsed < 15, f"took {elapsed:.1f} s"
     assert not paths.MODELS_DIR.exists() and not paths.REPORTS_DIR.exists()
+
+
+@contextlib.contextmanager
+def login_server(password: str | None) -> Iterator[str]:
+    """A stand-in MLflow server: /health answers anyone (as MLflow's does), the API only the
+    user `ci` with `password` (everyone when None: a server without authentication). Yields its
+    URL."""
+    token = "Basic " + base64.b64encode(f"ci:{password}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            anyone = self.path == "/health" or password is None
+            self.send_response(200 if anyone or self.headers.get("Authorization") == token else 401)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    "user, refused", [(None, "refused anonymous access"), ("ci", "refused user 'ci'")]
+)
+def test_refused_credentials_stop_train_before_any_work(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    user: str | None,
+    refused: str,
+) -> None:
+    """/health answers without credentials, so only a call that needs them can tell; train
+    checks before it reads the data (there is none here) or writes anything."""
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    if user:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-pa55")
+    Path("params.yaml").write_text("{}\n")
+    with login_server("right-pa55") as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert cli_main(["train"]) == 1
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    assert line == (
+        f"error: MLflow tracking server {uri} {refused} (HTTP 401: wrong or missing password); "
+        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server "
+        '(the local stack: eval "$(scripts/stack.sh env)") and rerun'
+    )
+    assert "wrong-pa55" not in err and os.listdir(".") == ["params.yaml"]
+
+
+@pytest.mark.parametrize("password", [None, "right-pa55"], ids=["no auth", "right password"])
+def test_accepted_credentials_or_a_server_without_auth_pass_the_check(
+    monkeypatch: pytest.MonkeyPatch, password: str | None
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ci")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "right-pa55")
+    with login_server(password) as uri:
+        tracking.check_credentials(uri)
 
 
 # --- pickled payloads --------------------------------------------------------------------------
