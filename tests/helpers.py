@@ -141,6 +141,16 @@ def mlflow_service(kind: str, store_uri: str, log_path: Path, *options: str) -> 
         yield url
 
 
+def files_holding(root: Path, *secrets: str) -> list[str]:
+    """The files under `root` whose bytes contain any of `secrets`: the leak tests' last check."""
+    needles = [secret.encode() for secret in secrets]
+    return [
+        str(path)
+        for path in root.rglob("*")
+        if path.is_file() and any(needle in path.read_bytes() for needle in needles)
+    ]
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path) as handle:
         return list(csv.DictReader(handle))

@@ -11,8 +11,9 @@ Faults covered elsewhere, so not repeated here:
   ::test_divergence_never_replaces_the_saved_state;
 - a tracking server on a closed port:
   tests/test_train.py::test_unreachable_tracking_server_fails_before_training;
-- wrong or missing credentials against the real team stack (train and promote, basic-auth):
-  tests/test_team.py::test_a_wrong_password_stops_train_and_promote_before_any_work;
+- wrong credentials against the real team stack (train and promote, basic-auth), and the
+  stack's passwords in no log line, run record, artifact or workspace file:
+  tests/test_team.py::test_basic_auth_ci_promotes_viewer_only_reads_and_bad_logins_do_nothing;
 - corrupt pictures and IDX files, and a pickled --model, given to predict:
   tests/test_predict.py::test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted and
   ::test_missing_or_pickled_model_is_a_clear_error.
@@ -46,7 +47,14 @@ from pipeline.config import parse_params
 from pipeline.datasets import FILES, DatasetSpec
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, load_checkpoint, save_checkpoint
-from tests.helpers import MIRROR_USER, TINY_PIPELINE, MirrorServer, free_port, read_history
+from tests.helpers import (
+    MIRROR_USER,
+    TINY_PIPELINE,
+    MirrorServer,
+    files_holding,
+    free_port,
+    read_history,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,8 +384,8 @@ def test_mirror_password_reaches_no_log_file_or_mlflow_record(
         "train-images-idx3-ubyte.gz",
     )
     assert sources == [mirror.url("auth") + name for name in files]
-    leaks = [str(p) for p in Path.cwd().rglob("*") if p.is_file() and b"s3cr3t" in p.read_bytes()]
-    assert leaks == []  # data/raw/checksums.json, models/, reports/, mlflow.db and its artifacts
+    # data/raw/checksums.json, models/, reports/, mlflow.db and its artifacts
+    assert files_holding(Path.cwd(), "s3cr3t") == []
 
 
 # --- signals during training -------------------------------------------------------------------

@@ -8,6 +8,7 @@ killing moto, which keeps its objects only in memory.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -31,6 +33,7 @@ from pipeline import registry_lock
 from tests.helpers import (
     TINY_PIPELINE,
     answer_table,
+    files_holding,
     free_port,
     log_promotion_evidence,
     write_dataset,
@@ -123,10 +126,19 @@ def s3_proxy() -> Iterator[TcpProxy]:
     proxy.off()
 
 
+def stack_env(env: dict[str, str], user: str) -> dict[str, str]:
+    """`scripts/stack.sh env USER` as a dict."""
+    exports = subprocess.run(
+        [str(STACK), "env", user], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return dict(line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines())
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Iterator[dict[str, str]]:
-    """`scripts/stack.sh start` in a folder of its own, its `env` as a dict; stopped at the end,
-    checking that stop ends every process start recorded."""
+    """`scripts/stack.sh start` in a folder of its own, its `env` (user ci) as a dict, plus
+    STACK_DIR and the passwords of viewer and admin (VIEWER_PASSWORD, ADMIN_PASSWORD); stopped at
+    the end, checking that stop ends every process start recorded."""
     state = tmp_path_factory.mktemp("stack")
     env = tool_env(STACK_DIR=str(state), STACK_MLFLOW_S3_ENDPOINT=s3_proxy.url)
     started = subprocess.run(
@@ -136,12 +148,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Itera
         assert started.returncode == 0, started.stderr + "".join(
             f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in state.glob("*.log")
         )
-        exports = subprocess.run(
-            [str(STACK), "env"], env=env, capture_output=True, text=True, timeout=60, check=True
-        )
-        values = dict(
-            line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines()
-        )
+        values = stack_env(env, "ci")
+        assert values["MLFLOW_TRACKING_USERNAME"] == "ci"
+        for user in ("viewer", "admin"):
+            values[f"{user.upper()}_PASSWORD"] = stack_env(env, user)["MLFLOW_TRACKING_PASSWORD"]
+        values["STACK_DIR"] = str(state)
         s3 = urllib.parse.urlsplit(values["STACK_S3_ENDPOINT"])
         s3_proxy.target = (s3.hostname, s3.port)
         yield values
@@ -167,6 +178,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_proxy: TcpProxy) -> Itera
 def use_stack(monkeypatch: pytest.MonkeyPatch, stack: dict[str, str]) -> str:
     for key in (
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_DEFAULT_REGION",
@@ -182,10 +195,40 @@ def use_stack(monkeypatch: pytest.MonkeyPatch, stack: dict[str, str]) -> str:
     return stack["MLFLOW_TRACKING_URI"]
 
 
+def call(
+    url: str,
+    endpoint: str,
+    login: tuple[str, str] | None,
+    body: dict | None = None,
+    method: str | None = None,
+    api: str = "2.0",
+    **query: str,
+) -> tuple[int, dict]:
+    """One REST request to the MLflow server as `login` (user, password), anonymous when None: a
+    GET with `query`, else `method` (default POST) with `body`. Returns the status and the JSON
+    answer."""
+    request = urllib.request.Request(
+        f"{url}/api/{api}/mlflow/{endpoint}?{urllib.parse.urlencode(query)}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    if login:
+        token = base64.b64encode(":".join(login).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
 def rest(url: str, endpoint: str, **query: str) -> dict:
-    address = f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(address, timeout=30) as answer:
-        return json.loads(answer.read())
+    """A GET as the user use_stack put in the environment (ci)."""
+    login = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
+    status, answer = call(url, endpoint, login, **query)
+    assert status == 200, (endpoint, query, status)
+    return answer
 
 
 def bucket_keys(stack: dict[str, str], bucket: str, prefix: str = "") -> list[str]:
@@ -513,3 +556,164 @@ def test_a_champion_is_restored_from_the_git_branch_its_run_names(
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=c)
     restored = hashlib.sha256((c / "models/model.pt").read_bytes()).hexdigest()
     assert restored == run_tags[lineage.CHECKPOINT_TAG]
+
+
+@pytest.mark.slow
+def test_basic_auth_ci_promotes_viewer_only_reads_and_bad_logins_do_nothing(
+    stack: dict[str, str],
+    mlflow_workdir: Path,
+    synthetic_mirror: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The stack's server runs basic-auth with the users of scripts/mlflow_users.py: strangers get
+    401; `ci` (EDIT on the admin's mnist-mlp) trains, registers and promotes into it; `viewer`
+    (READ) reads its runs and metrics and each change it tries gets 403; a wrong password stops
+    train and promote before any work; no password of the stack leaks."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline import __main__ as cli
+    from pipeline.paths import METRICS_FILE, MLFLOW_RUN_FILE, PROMOTION_FILE
+
+    url = use_stack(monkeypatch, stack)
+    monkeypatch.setenv("MNIST_MIRROR", str(synthetic_mirror))
+    admin, viewer = ("admin", stack["ADMIN_PASSWORD"]), ("viewer", stack["VIEWER_PASSWORD"])
+    logs: list[str] = []
+
+    # Strangers: /health answers anyone (so it cannot check a login), the API does not.
+    with urllib.request.urlopen(f"{url}/health", timeout=30) as answer:
+        assert answer.status == 200
+    assert call(url, "experiments/search", None, max_results="1")[0] == 401
+    assert call(url, "experiments/search", ("ci", "wrong"), max_results="1")[0] == 401
+
+    # ci: the pipeline into mnist-mlp (params' defaults), which the stack's admin created.
+    Path("params.yaml").write_text(yaml.safe_dump(TINY_PIPELINE))
+    for stage in ("download", "stats", "split", "validate", "train", "evaluate", "promote"):
+        assert cli.main([stage]) == 0, stage
+    logs += capfd.readouterr()
+    record = json.loads(PROMOTION_FILE.read_text())
+    run_id, version = record["run_id"], str(record["version"])
+    experiment = json.loads(MLFLOW_RUN_FILE.read_text())["experiment_id"]
+    assert record["decision"] == "promoted", record
+    champion = [{"alias": "champion", "version": version}]
+    assert (
+        call(url, "registered-models/get", admin, name="mnist-mlp")[1]["registered_model"][
+            "aliases"
+        ]
+        == champion
+    )
+    # It ran as ci, whose grant is EDIT (not MANAGE) on both; the lock model is gone again.
+    for kind, resource in (
+        ("experiment", experiment),
+        ("registered_model", "mnist-mlp"),
+    ):
+        status, grant = call(
+            url,
+            "users/permissions/get",
+            admin,
+            api="3.0",
+            username="ci",
+            resource_type=kind,
+            resource_id=resource,
+        )
+        assert (status, grant.get("permission")) == (200, "EDIT"), (kind, grant)
+    assert call(url, "registered-models/get", admin, name="mnist-mlp.lock")[0] == 404
+
+    # viewer: reads the runs and their metrics...
+    status, found = call(url, "runs/search", viewer, {"experiment_ids": [experiment]})
+    assert status == 200 and run_id in [r["info"]["run_id"] for r in found["runs"]]
+    status, history = call(
+        url, "metrics/get-history", viewer, run_id=run_id, metric_key="test_accuracy"
+    )
+    accuracy = json.loads(METRICS_FILE.read_text())["test_accuracy"]
+    assert status == 200 and history["metrics"][0]["value"] == pytest.approx(accuracy)
+    # ...and changes nothing of mnist-mlp's.
+    refused = {
+        "registered-models/alias": {"name": "mnist-mlp", "alias": "champion", "version": "1"},
+        "registered-models/set-tag": {"name": "mnist-mlp", "key": "k", "value": "v"},
+        "registered-models/update": {"name": "mnist-mlp", "description": "mine now"},
+        "registered-models/rename": {"name": "mnist-mlp", "new_name": "renamed"},
+        "model-versions/create": {"name": "mnist-mlp", "source": f"runs:/{run_id}/model"},
+        "experiments/update": {"experiment_id": experiment, "new_name": "renamed"},
+        "experiments/set-experiment-tag": {"experiment_id": experiment, "key": "k", "value": "v"},
+        "experiments/delete": {"experiment_id": experiment},
+        "runs/create": {"experiment_id": experiment},
+        "runs/delete": {"run_id": run_id},
+    }
+    for endpoint, body in refused.items():
+        assert call(url, endpoint, viewer, body)[0] == 403, endpoint
+    delete_model = call(url, "registered-models/delete", viewer, {"name": "mnist-mlp"}, "DELETE")
+    assert delete_model[0] == 403
+    status, model = call(url, "registered-models/get", admin, name="mnist-mlp")
+    assert model["registered_model"]["aliases"] == champion and not model["registered_model"].get(
+        "tags"
+    )
+    status, kept = call(url, "experiments/get", admin, experiment_id=experiment)
+    assert kept["experiment"]["name"] == "mnist-mlp"
+    assert kept["experiment"]["lifecycle_stage"] == "active"
+    # MLflow lets any logged-in user create experiments of their own (docs/team.md).
+    assert (
+        call(url, "experiments/create", viewer, {"name": f"own-{uuid.uuid4().hex[:8]}"})[0] == 200
+    )
+
+    # A wrong password: one error line from train and from promote, nothing written anywhere.
+    def workspace() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in Path.cwd().rglob("*") if p.is_file()}
+
+    def runs() -> list[str]:
+        found = call(url, "runs/search", admin, {"experiment_ids": [experiment]})[1]
+        return sorted(r["info"]["run_id"] for r in found["runs"])
+
+    files, run_ids = workspace(), runs()
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+    for stage in ("train", "promote"):
+        assert cli.main([stage]) == 1, stage
+        out, err = capfd.readouterr()
+        logs += (out, err)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in out + err, err
+        assert errors[0].startswith(
+            f"error: MLflow tracking server {url} refused user 'ci' (HTTP 401: wrong or missing "
+            "password); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        ), err
+    assert workspace() == files and runs() == run_ids
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", stack["MLFLOW_TRACKING_PASSWORD"])
+    aliases = call(url, "registered-models/get", admin, name="mnist-mlp")[1]["registered_model"]
+    assert aliases["aliases"] == champion
+
+    # No password of the stack in a log line, a run record, an artifact or a workspace file...
+    state = Path(stack["STACK_DIR"])
+    secrets = [
+        stack["MLFLOW_TRACKING_PASSWORD"],
+        stack["VIEWER_PASSWORD"],
+        stack["ADMIN_PASSWORD"],
+        (state / "postgres.password").read_text().strip(),
+        (state / "flask-secret-key.password").read_text().strip(),
+    ]
+    _, run = call(url, "runs/get", admin, run_id=run_id)
+    # The run's artifacts (figures, reports, data docs) and the registered model's files.
+    artifacts = tmp_path / "artifacts"
+    MlflowClient(url).download_artifacts(run_id, "", str(artifacts / "run"))
+    mlflow.artifacts.download_artifacts(
+        f"models:/mnist-mlp/{version}", dst_path=str(artifacts / "model")
+    )
+    assert list(artifacts.glob("run/*")) and list(artifacts.rglob("MLmodel")), "nothing downloaded"
+    for secret in secrets:
+        assert secret not in "".join(logs) and secret not in json.dumps(run)
+    assert files_holding(artifacts, *secrets) == [] and files_holding(Path.cwd(), *secrets) == []
+    # ...nor on a command line (ps); in the stack's folder only in its password files and the
+    # auth app's config (which has no other way to get its database password).
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert not any(secret.encode() in cmdline.read_bytes() for secret in secrets)
+    holders = {Path(f).name for f in files_holding(state, *secrets)}
+    assert holders <= {
+        "ci.password",
+        "viewer.password",
+        "admin.password",
+        "postgres.password",
+        "flask-secret-key.password",
+        "auth.ini",
+    }, holders
