@@ -169,12 +169,16 @@ write_auth_config() {
     # the file holds the PostgreSQL password: mode 600, in $STACK_DIR, rewritten on each start
     # (PostgreSQL's port changes). default_permission READ: a user without a grant on an
     # experiment or model (viewer, or anyone on another user's) reads it but changes nothing.
+    # auth_cache_ttl_seconds: without it every request pays a password hash check (werkzeug's
+    # scrypt: 0.2 s with check_password_hash on the shared 2-core dev machine); with one worker,
+    # a password change through the API still takes effect at once.
     (umask 077 && cat >"$STACK_DIR/auth.ini" <<EOF
 [mlflow]
 default_permission = READ
 database_uri = $(backend_uri mlflow_auth)
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 300
 EOF
     )
     chmod 600 "$STACK_DIR/auth.ini"
