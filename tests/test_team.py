@@ -351,10 +351,11 @@ def finished_run(client, experiment_id: str, model: str, accuracy: float) -> str
 
 def promote_run(client, model: str, run_id: str, accuracy: float) -> dict:
     """promote's decision for a run whose only difference from the champion is its accuracy."""
-    from pipeline import gate, promote
+    from pipeline import gate, mainline, promote
 
     metrics = {"test_accuracy": accuracy, "test_ece": 0.003}
-    return promote.promote(client, model, run_id, metrics, answer_table(), gate.Settings())
+    line = mainline.Line(True, "both promoters retrain the main line")
+    return promote.promote(client, model, run_id, metrics, answer_table(), gate.Settings(), line)
 
 
 @pytest.mark.slow
