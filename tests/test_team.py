@@ -706,9 +706,13 @@ def test_basic_auth_ci_promotes_viewer_only_reads_and_bad_logins_do_nothing(
     assert files_holding(artifacts, *secrets) == [] and files_holding(Path.cwd(), *secrets) == []
     # ...nor on a command line (ps); in the stack's folder only in its password files and the
     # auth app's config (which has no other way to get its database password).
+    exposed = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
-            assert not any(secret.encode() in cmdline.read_bytes() for secret in secrets)
+            words = cmdline.read_bytes()
+            if any(secret.encode() in words for secret in secrets):
+                exposed.append(f"pid {cmdline.parent.name}: {words.split(bytes(1))[0].decode()}")
+    assert exposed == []
     holders = {Path(f).name for f in files_holding(state, *secrets)}
     assert holders <= {
         "ci.password",
