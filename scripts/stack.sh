@@ -190,10 +190,10 @@ start_mlflow() {
     port="$(free_port)"
     command -v mlflow >/dev/null || die "mlflow not found; activate the project's virtual environment"
     echo "$port" >"$STACK_DIR/mlflow.port"
-    # STACK_MLFLOW_S3_ENDPOINT: another way for the server to reach S3 (the tests put a proxy there).
     write_auth_config
     # Every credential through the environment or the 600 file, none on a command line (ps).
     # The Flask secret key signs the auth app's CSRF tokens; it must stay the same across restarts.
+    # STACK_MLFLOW_S3_ENDPOINT: another way for the server to reach S3 (the tests put a proxy there).
     MLFLOW_S3_ENDPOINT_URL="${STACK_MLFLOW_S3_ENDPOINT:-http://127.0.0.1:$(cat "$STACK_DIR/s3.port")}" \
         AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_DEFAULT_REGION=us-east-1 \
         MLFLOW_BACKEND_STORE_URI="$(backend_uri mlflow)" \
