@@ -46,6 +46,18 @@ def git(*args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout.strip()
 
 
+def dvc_remote_configured() -> bool:
+    """Whether `dvc remote list` names any remote: without one the pushed branch would point at
+    data that nobody can `dvc pull`."""
+    try:
+        done = subprocess.run(
+            ["dvc", "remote", "list"], capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PipelineError(f"dvc remote list failed ({exc})") from None
+    return done.returncode == 0 and bool(done.stdout.strip())
+
+
 def branch_name(run_id: str, now: datetime) -> str:
     """retrain/<UTC time>-<first 8 characters of the run id>: sorted by time, unique per run."""
     return f"{REF_PREFIX}{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
@@ -95,6 +107,11 @@ def record(remote: str, run_file: Path = MLFLOW_RUN_FILE, now: datetime | None =
             f"git remote {remote!r} is not configured; add it (git remote add {remote} URL) or "
             "record no branch (unset RETRAIN_GIT_REMOTE)"
         ) from None
+    if not dvc_remote_configured():
+        raise PipelineError(
+            "no DVC remote is configured, so the branch would point at data nobody can pull; add "
+            "one (dvc remote add -d NAME URL), dvc push, then rerun python -m pipeline gitref"
+        )
     ref = branch_name(run_id, now or datetime.now(timezone.utc))
     commit = commit_worktree(f"retrain: MLflow run {run_id} (python -m pipeline gitref)")
     git("branch", ref, commit)

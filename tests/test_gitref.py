@@ -37,6 +37,12 @@ def repo(mlflow_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     Path(".gitignore").write_text("mlflow.db\nmlruns/\nignored.bin\n")
     Path("dvc.lock").write_text("old lock\n")
     Path("params.yaml").write_text("{}\n")  # the defaults
+    subprocess.run(["dvc", "init", "-q"], check=True, timeout=120)
+    subprocess.run(
+        ["dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store")],
+        check=True,
+        timeout=120,
+    )
     git("add", "-A")
     git("commit", "-q", "-m", "pipeline")
     git("push", "-q", "origin", "main")
@@ -95,6 +101,20 @@ def test_an_unknown_remote_is_named_before_any_commit(
         "or record no branch (unset RETRAIN_GIT_REMOTE)"
     )
     assert not git("branch", "--list", "retrain/*")
+
+
+def test_no_dvc_remote_means_no_branch(repo: str, capsys: pytest.CaptureFixture) -> None:
+    """The workflow's gitref step runs after retrain.sh whatever remotes exist: a branch whose data
+    is in no remote would restore nothing."""
+    import mlflow
+
+    subprocess.run(["dvc", "remote", "remove", "store"], check=True, timeout=120)
+    assert cli.main(["gitref", "--remote", "origin"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: no DVC remote is configured"), err
+    assert not git("branch", "--list", "retrain/*")
+    assert not git("ls-remote", "origin", "refs/heads/retrain/*")
+    assert gitref.REF_TAG not in mlflow.MlflowClient().get_run(repo).data.tags
 
 
 def test_a_tracking_server_that_is_down_after_the_push_is_one_line_naming_the_tags(
