@@ -55,7 +55,10 @@ def dvc_remote_configured() -> bool:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PipelineError(f"dvc remote list failed ({exc})") from None
-    return done.returncode == 0 and bool(done.stdout.strip())
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise PipelineError(f"dvc remote list failed ({lines[0] if lines else done.returncode})")
+    return bool(done.stdout.strip())
 
 
 def branch_name(run_id: str, now: datetime) -> str:
