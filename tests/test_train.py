@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline import artifacts, download, paths, train
 from pipeline.augment import Augmentation
-from pipeline.config import parse_params
+from pipeline.config import Params, parse_params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.model import MLP, Architecture, load_checkpoint, model_from_checkpoint
@@ -146,11 +149,49 @@ def stop_after(stop_epoch: int):
     return hook
 
 
+def makefile_overrides(name: str) -> dict[str, dict]:
+    """A Makefile variable of `-S section.key=value` overrides (`make best`'s BEST_PARAMS), with
+    the variables it names expanded, as params sections."""
+    text = (Path(__file__).parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^(\w+) = (.*)$", text, re.M))
+    line = variables[name]
+    while "$(" in line:
+        line = re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], line)
+    words = shlex.split(line)
+    sections: dict[str, dict] = {}
+    for flag, setting in zip(words[::2], words[1::2], strict=True):
+        assert flag == "-S", line
+        key, value = setting.split("=", 1)
+        section, field = key.split(".")
+        sections.setdefault(section, {})[field] = yaml.safe_load(value)
+    return sections
+
+
+def best_recipe_at_small_scale() -> Params:
+    """`make best`'s recipe (augmentation, dropout, schedule, threads, depth) on a net and a run
+    small enough for a test: only widths, epochs and batch size shrink."""
+    best = makefile_overrides("BEST_PARAMS")
+    assert best["train"]["epochs"] > 3 and best["train"]["threads"] > 1
+    best["model"]["hidden"] = [32] * len(best["model"]["hidden"])
+    best["train"].update(epochs=3, batch_size=32)
+    return small_params(**best)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        # Dropout and a one-cycle schedule: the global RNG and the scheduler must be restored too.
+        lambda: small_params(model={"dropout": 0.1}, train={"lr_schedule": "onecycle"}),
+        # A 90-minute `make best` resumes through the same code with its own params: elastic and
+        # affine draws, cosine schedule, dropout and two threads.
+        best_recipe_at_small_scale,
+    ],
+    ids=["onecycle-dropout", "make-best-recipe"],
+)
 def test_resume_after_interruption_equals_uninterrupted_run(
-    inputs: Path, capsys: pytest.CaptureFixture
+    inputs: Path, capsys: pytest.CaptureFixture, recipe
 ) -> None:
-    # Dropout and a one-cycle schedule: the global RNG and the scheduler must be restored too.
-    params = small_params(model={"dropout": 0.1}, train={"lr_schedule": "onecycle"})
+    params = recipe()
     whole = train.train(params)
     whole_history = read_history(paths.TRAIN_HISTORY_FILE)
     whole_run = json.loads(paths.MLFLOW_RUN_FILE.read_text())["run_id"]
