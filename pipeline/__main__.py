@@ -76,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score the committee (committee/models/model.pt) into committee/reports/",
     )
+    stages["report"].add_argument(
+        "--committee",
+        action="store_true",
+        help="report on the committee (committee/models/, committee/reports/) into "
+        "committee/reports/",
+    )
     commands.add_parser(
         "upstream",
         parents=[params],

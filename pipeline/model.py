@@ -203,8 +203,8 @@ def classifier_from_checkpoint(payload: dict[str, Any]) -> Classifier:
 def model_from_checkpoint(payload: dict[str, Any]) -> MLP:
     if payload.get("format") == COMMITTEE_FORMAT:
         raise PipelineError(
-            "this is a committee checkpoint; only evaluate and predict read committees, the "
-            "report and the single-model stages need one MLP (models/model.pt)"
+            "this is a committee checkpoint; only evaluate, report and predict read "
+            "committees, the single-model stages need one MLP (models/model.pt)"
         )
     arch = dict(payload["arch"])
     arch["hidden"] = tuple(arch["hidden"])

@@ -39,8 +39,9 @@ COMMITTEE_DIR = Path("committee")  # committee/dvc.yaml: the committee preset's 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where one model's train and evaluate files go: the root pipeline's by default, else a
-    committee member's folder or the committee's (committee/dvc.yaml names the same paths)."""
+    """Where one model's train, evaluate and report files go: the root pipeline's by
+    default, else a committee member's folder or the committee's (committee/dvc.yaml names the
+    same paths)."""
 
     models: Path = MODELS_DIR
     reports: Path = REPORTS_DIR
@@ -80,6 +81,18 @@ class Layout:
     @property
     def predictions(self) -> Path:
         return self.reports / PREDICTIONS_FILE.name
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / FIGURES_DIR.name
+
+    @property
+    def report_html(self) -> Path:
+        return self.reports / REPORT_HTML_FILE.name
+
+    @property
+    def report_md(self) -> Path:
+        return self.reports / REPORT_MD_FILE.name
 
 
 COMMITTEE = Layout(COMMITTEE_DIR / "models", COMMITTEE_DIR / "reports")

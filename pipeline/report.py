@@ -3,6 +3,11 @@
 reports/report.html embeds every figure as a base64 data URI with inline CSS, so the one file
 opens offline and can be mailed around; reports/report.md has the same text and links the PNGs
 by relative path. Figures and both files also go to the training run in MLflow.
+
+`report --committee` does the same for the committee (committee/dvc.yaml) into committee/reports/
+and its MLflow run. A committee has no training history of its own, so the learning-curve and
+gradient-norm figures give way to a table of its members; it has no hidden layer of its own
+either, so those figures show its first member.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,23 +38,15 @@ from pipeline.errors import PipelineError
 from pipeline.losses import probabilities
 from pipeline.model import (
     MLP,
+    Classifier,
+    Committee,
     checkpoint_field,
+    classifier_from_checkpoint,
     load_checkpoint,
-    model_from_checkpoint,
     model_outputs,
     one_thread,
 )
-from pipeline.paths import (
-    FIGURES_DIR,
-    MLFLOW_RUN_FILE,
-    MODEL_FILE,
-    OOD_REFERENCE_FILE,
-    PREDICTIONS_FILE,
-    RAW_DIR,
-    REPORT_HTML_FILE,
-    REPORT_MD_FILE,
-    TRAIN_INDEX_FILE,
-)
+from pipeline.paths import COMMITTEE, RAW_DIR, TRAIN_INDEX_FILE, Layout, member_layout
 from pipeline.progress import log
 from pipeline.quality import off_distribution_examples
 from pipeline.report_render import FigureDoc, Section, Table, render_html, render_markdown
@@ -63,6 +61,7 @@ PARAM_SECTIONS = (
     "train",
     "report",
 )  # dvc.yaml: report params
+COMMITTEE_PARAM_SECTIONS = (*PARAM_SECTIONS, "committee")  # committee/dvc.yaml: report params
 BATCH = 2000
 GRID_DIGITS = 32
 MISTAKES = 25
@@ -76,48 +75,105 @@ TSNE_THREADS = 1
 
 
 @dataclass(frozen=True)
+class Training:
+    """One model's training record: a single MLP has one, a committee one per member."""
+
+    history: pd.DataFrame
+    grad_norms: pd.DataFrame
+    best_epoch: int  # the kept weights' (lowest validation loss)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A committee member's row in the summary, beside the committee's own accuracies."""
+
+    seed: int
+    training: Training
+    valid_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
 class Inputs:
-    model: MLP
+    model: Classifier
     loss_name: str
-    best_epoch: int
+    training: Training | None  # None for a committee: see members
+    members: tuple[Member, ...]  # a committee's, in the order of its checkpoint; () for one MLP
     data: Dataset
     train_index: torch.Tensor
     metrics: dict[str, Any]
     per_class: pd.DataFrame
     predictions: pd.DataFrame
-    history: pd.DataFrame
-    grad_norms: pd.DataFrame
     checksums: artifacts.Checksums
     validation: dict[str, Any]
     ood_reference: ood.OodReference | None
 
+    @property
+    def mlp(self) -> MLP:
+        """The MLP whose hidden layers the report shows: the model, or a committee's first
+        member."""
+        return self.model.mlps()[0] if isinstance(self.model, Committee) else self.model
 
-def load_inputs() -> Inputs:
-    payload = load_checkpoint(MODEL_FILE)
-    model = model_from_checkpoint(payload)
-    data = load_dataset(RAW_DIR, model.arch.image_size)
-    predictions = artifacts.read_predictions()
+
+def read_training(payload: dict[str, Any], layout: Layout) -> Training:
+    return Training(
+        history=artifacts.read_history(layout.history),
+        grad_norms=artifacts.read_grad_norms(layout.grad_norms),
+        best_epoch=int(checkpoint_field(payload, "epoch", layout.model)),
+    )
+
+
+def read_members(payload: dict[str, Any], metrics: dict[str, Any], path: Path) -> list[Member]:
+    """Each member's training record (committee/members/<seed>/) and its accuracies, which
+    evaluate --committee numbers member_1, member_2, ... in the checkpoint's order."""
+    seeds = checkpoint_field(payload, "seeds", path)
+    members = []
+    for i, (seed, member) in enumerate(zip(seeds, payload["members"], strict=True), start=1):
+        keys = [f"member_{i}_valid_accuracy", f"member_{i}_test_accuracy"]
+        if not all(key in metrics for key in keys):
+            raise PipelineError(
+                f"{COMMITTEE.metrics} lacks {' or '.join(keys)}; rerun the committee's evaluate "
+                "stage (dvc repro committee/dvc.yaml)"
+            )
+        layout = member_layout(int(seed))
+        members.append(
+            Member(
+                int(seed),
+                read_training(member, layout),
+                float(metrics[keys[0]]),
+                float(metrics[keys[1]]),
+            )
+        )
+    return members
+
+
+def load_inputs(layout: Layout) -> Inputs:
+    payload = load_checkpoint(layout.model)
+    model = classifier_from_checkpoint(payload)
+    data = load_dataset(RAW_DIR, model.image_size)
+    predictions = artifacts.read_predictions(layout.predictions)
     if len(predictions) != len(data.test_labels):
         raise PipelineError(
-            f"{PREDICTIONS_FILE} has {len(predictions)} rows but the test set "
+            f"{layout.predictions} has {len(predictions)} rows but the test set "
             f"{len(data.test_labels)} images; rerun dvc repro evaluate"
         )
+    metrics = artifacts.read_metrics(layout.metrics)
+    committee = isinstance(model, Committee)
     return Inputs(
         model=model,
-        loss_name=str(checkpoint_field(payload, "loss", MODEL_FILE)),
-        best_epoch=int(checkpoint_field(payload, "epoch", MODEL_FILE)),
+        loss_name=str(checkpoint_field(payload, "loss", layout.model)),
+        training=None if committee else read_training(payload, layout),
+        members=tuple(read_members(payload, metrics, layout.model)) if committee else (),
         data=data,
         train_index=torch.from_numpy(
             artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels))
         ),
-        metrics=artifacts.read_metrics(),
-        per_class=artifacts.read_per_class(),
+        metrics=metrics,
+        per_class=artifacts.read_per_class(layout.per_class),
         predictions=predictions,
-        history=artifacts.read_history(),
-        grad_norms=artifacts.read_grad_norms(),
         checksums=artifacts.read_checksums(),
         validation=artifacts.read_validation(),
-        ood_reference=ood.read_reference(OOD_REFERENCE_FILE),
+        ood_reference=ood.read_reference(layout.ood_reference),
     )
 
 
@@ -207,6 +263,12 @@ class FigureData:
         self.params = params
         self.aug = Augmentation.from_params(params)
 
+    @property
+    def training(self) -> Training:
+        """Only for the figures of TRAINING_FIGURES, which build_figures leaves out without it."""
+        assert self.inputs.training is not None
+        return self.inputs.training
+
     @cached_property
     def digits(self) -> tuple[torch.Tensor, np.ndarray]:
         """A seeded sample of training digits (uint8 images) and their labels."""
@@ -227,7 +289,7 @@ class FigureData:
     @cached_property
     def features(self) -> np.ndarray:
         """The last hidden layer's activations on the test set."""
-        return hidden_features(self.inputs.model, self.inputs.data.test_images)
+        return hidden_features(self.inputs.mlp, self.inputs.data.test_images)
 
 
 Figure = tuple[FigureDoc, Any]  # (doc, matplotlib figure)
@@ -265,7 +327,7 @@ def learning_curves_figure(d: FigureData) -> Figure:
             "values are averaged over augmented batches while the weights change, so they can "
             "sit above validation.",
         ),
-        plotting.learning_curves(d.inputs.history),
+        plotting.learning_curves(d.training.history),
     )
 
 
@@ -366,7 +428,7 @@ def tsne_figure(d: FigureData) -> Figure:
 
 
 def first_layer_weights_figure(d: FigureData) -> Figure:
-    model = d.inputs.model
+    model = d.inputs.mlp
     first = model.hidden[0]
     assert isinstance(first, torch.nn.Linear)  # MLP starts with one
     weights = first.weight.detach().numpy()[:WEIGHT_UNITS]
@@ -403,7 +465,7 @@ def grad_norms_figure(d: FigureData) -> Figure:
             "are healthy, while a layer falling orders of magnitude below the others signals "
             "vanishing gradients.",
         ),
-        plotting.gradient_norms(d.inputs.grad_norms),
+        plotting.gradient_norms(d.training.grad_norms),
     )
 
 
@@ -449,7 +511,7 @@ def off_distribution_figure(d: FigureData) -> Figure:
     model, reference = d.inputs.model, d.inputs.ood_reference
     names, pictures = off_distribution_examples()
     probs = probabilities(
-        model_outputs(model, resize(pictures, model.arch.image_size), BATCH), d.inputs.loss_name
+        model_outputs(model, resize(pictures, model.image_size), BATCH), d.inputs.loss_name
     )
     flags = [r.ood for r in ood.check(pictures, reference)] if reference else [False] * len(names)
     titles = [
@@ -490,10 +552,33 @@ FIGURES: tuple[Callable[[FigureData], Figure], ...] = (
 )
 
 
+# Drawn from the training history, which a committee has per member only.
+TRAINING_FIGURES = (learning_curves_figure, grad_norms_figure)
+# Drawn from one MLP's hidden layers: a committee's first member's.
+HIDDEN_FIGURES = (pca_figure, tsne_figure, first_layer_weights_figure)
+
+
+def first_member_doc(doc: FigureDoc, seed: int) -> FigureDoc:
+    return FigureDoc(
+        doc.name,
+        f"{doc.title}, first member (seed {seed})",
+        f"The committee's members share no hidden layer, so this shows its first member's. "
+        f"{doc.guidance}",
+    )
+
+
 def build_figures(inputs: Inputs, params: Params) -> list[Figure]:
-    """(doc, figure) pairs in report order."""
+    """(doc, figure) pairs in report order; a committee's without TRAINING_FIGURES."""
     data = FigureData(inputs, params)
-    return [make(data) for make in FIGURES]
+    figures = []
+    for make in FIGURES:
+        if inputs.training is None and make in TRAINING_FIGURES:
+            continue
+        doc, figure = make(data)
+        if inputs.members and make in HIDDEN_FIGURES:
+            doc = first_member_doc(doc, inputs.members[0].seed)
+        figures.append((doc, figure))
+    return figures
 
 
 # ---- the summary ----------------------------------------------------------------------------
@@ -503,15 +588,57 @@ def _pct(value: float) -> str:
     return f"{value * 100:.2f}%"
 
 
-def param_rows(params: Params) -> list[list[str]]:
-    """One row per section: `key=value, ...`, values in JSON (lists, null, quoted-free strings)."""
+def param_rows(params: Params, names: tuple[str, ...] = PARAM_SECTIONS) -> list[list[str]]:
+    """One row per section of `names`: `key=value, ...`, values in JSON (lists, null, quoted-free
+    strings)."""
     sections: dict[str, list[str]] = {}
     for name, value in params.flat().items():
         section, key = name.split(".", 1)
-        if section in PARAM_SECTIONS:
+        if section in names:
             text = value if isinstance(value, str) else json.dumps(value)
             sections.setdefault(section, []).append(f"{key}={text}")
     return [[section, ", ".join(values)] for section, values in sections.items()]
+
+
+def _seconds(training: Training) -> float:
+    return float(training.history["seconds"].sum())
+
+
+def members_section(inputs: Inputs) -> Section:
+    """A committee's members beside the committee itself: accuracies, kept epoch, training time."""
+    members, m = inputs.members, inputs.metrics
+    seconds = sum(_seconds(member.training) for member in members)
+    rows = [
+        [
+            f"member {i} (seed {member.seed})",
+            _pct(member.valid_accuracy),
+            _pct(member.test_accuracy),
+            f"{member.training.best_epoch} of {len(member.training.history)}",
+            f"{_seconds(member.training):.1f} s",
+        ]
+        for i, member in enumerate(members, start=1)
+    ]
+    rows.append(
+        [
+            "committee (mean softmax)",
+            _pct(float(m["valid_accuracy"])),
+            _pct(float(m["test_accuracy"])),
+            "",
+            f"{seconds:.1f} s",
+        ]
+    )
+    return Section(
+        "Committee",
+        [
+            f"{len(members)} MLPs, one per seed of committee.seeds (which replaces train.seed), "
+            f"voting by the mean of their softmax outputs; {seconds:.1f} s of training in all, "
+            "each member keeping the weights of its epoch of lowest validation loss.",
+            "No learning curves or gradient norms: the committee has no training history of its "
+            "own; each member's are in committee/members/<seed>/train_history.csv and "
+            "grad_norms.csv, and in its MLflow run.",
+        ],
+        Table(["model", "valid accuracy", "test accuracy", "kept epoch", "training time"], rows),
+    )
 
 
 def summary(inputs: Inputs, params: Params) -> list[Section]:
@@ -522,23 +649,27 @@ def summary(inputs: Inputs, params: Params) -> list[Section]:
     counts = ", ".join(f"{n:,} {split}" for split, n in v["counts"].items())
     accuracy = float(m["test_accuracy"])
     delta = (accuracy - REFERENCE_ACCURACY) * 100
-    seconds = float(inputs.history["seconds"].sum())
+    result = [
+        f"Test accuracy {_pct(accuracy)} against the reference notebook's "
+        f"{_pct(REFERENCE_ACCURACY)} ({delta:+.2f} percentage points); "
+        f"{int(m.get('test_errors', 0)):,} of {len(inputs.predictions):,} test images "
+        "misclassified.",
+        f"Test loss {m['test_loss']:.4f}; validation accuracy "
+        f"{_pct(float(m['valid_accuracy']))} (loss {m['valid_loss']:.4f}); macro-F1 "
+        f"{m['macro_f1']:.4f}.",
+    ]
+    if inputs.training is not None:
+        training = inputs.training
+        result.append(
+            f"Training time {_seconds(training):.1f} s over {len(training.history)} epochs; the "
+            f"kept weights are from epoch {training.best_epoch} (lowest validation loss), "
+            f"trained with the {inputs.loss_name} loss."
+        )
+    sections = [Section("Result", result)]
+    if inputs.members:
+        sections.append(members_section(inputs))
     return [
-        Section(
-            "Result",
-            [
-                f"Test accuracy {_pct(accuracy)} against the reference notebook's "
-                f"{_pct(REFERENCE_ACCURACY)} ({delta:+.2f} percentage points); "
-                f"{int(m.get('test_errors', 0)):,} of {len(inputs.predictions):,} test images "
-                "misclassified.",
-                f"Test loss {m['test_loss']:.4f}; validation accuracy "
-                f"{_pct(float(m['valid_accuracy']))} (loss {m['valid_loss']:.4f}); macro-F1 "
-                f"{m['macro_f1']:.4f}.",
-                f"Training time {seconds:.1f} s over {len(inputs.history)} epochs; the kept "
-                f"weights are from epoch {inputs.best_epoch} (lowest validation loss), trained "
-                f"with the {inputs.loss_name} loss.",
-            ],
-        ),
+        *sections,
         Section(
             "Data",
             [
@@ -562,36 +693,45 @@ def summary(inputs: Inputs, params: Params) -> list[Section]:
         Section(
             "Parameters",
             ["From params.yaml, as used by this run."],
-            Table(["section", "values"], param_rows(params)),
+            Table(
+                ["section", "values"],
+                param_rows(params, COMMITTEE_PARAM_SECTIONS if inputs.members else PARAM_SECTIONS),
+            ),
         ),
     ]
 
 
-def log_to_mlflow(docs: list[FigureDoc]) -> None:
+def log_to_mlflow(docs: list[FigureDoc], layout: Layout) -> None:
     import mlflow
 
-    with tracking.resume_run(MLFLOW_RUN_FILE):
+    with tracking.resume_run(layout.run):
         for doc in docs:
-            mlflow.log_artifact(str(FIGURES_DIR / doc.name), "report/figures")
-        mlflow.log_artifact(str(REPORT_MD_FILE), "report")
-        mlflow.log_artifact(str(REPORT_HTML_FILE), "report")
+            mlflow.log_artifact(str(layout.figures / doc.name), "report/figures")
+        mlflow.log_artifact(str(layout.report_md), "report")
+        mlflow.log_artifact(str(layout.report_html), "report")
 
 
-def main(params: Params) -> None:
+def main(params: Params, committee: bool = False) -> None:
+    """`committee`: report on the committee (`python -m pipeline report --committee`, its files
+    in committee/) into committee/reports/ and its MLflow run, instead of the single model."""
     started = time.perf_counter()
-    tracking.training_run_id(MLFLOW_RUN_FILE)  # fail before the work, not after it
-    inputs = load_inputs()
+    layout = COMMITTEE if committee else Layout()
+    tracking.training_run_id(layout.run)  # fail before the work, not after it
+    inputs = load_inputs(layout)
     pngs: dict[str, bytes] = {}
     docs: list[FigureDoc] = []
     with one_thread():
         figures = build_figures(inputs, params)
     for doc, figure in figures:
         pngs[doc.name] = plotting.png_bytes(figure)
-        atomic.write_bytes(FIGURES_DIR / doc.name, pngs[doc.name])
+        atomic.write_bytes(layout.figures / doc.name, pngs[doc.name])
         docs.append(doc)
     sections = summary(inputs, params)
-    atomic.write_text(REPORT_MD_FILE, render_markdown(sections, docs))
-    atomic.write_text(REPORT_HTML_FILE, render_html(sections, docs, pngs))
-    log_to_mlflow(docs)
+    atomic.write_text(layout.report_md, render_markdown(sections, docs))
+    atomic.write_text(layout.report_html, render_html(sections, docs, pngs))
+    log_to_mlflow(docs, layout)
     seconds = time.perf_counter() - started
-    log(f"report: {len(docs)} figures, {REPORT_HTML_FILE} and {REPORT_MD_FILE} in {seconds:.1f} s")
+    log(
+        f"report: {len(docs)} figures, {layout.report_html} and {layout.report_md} in "
+        f"{seconds:.1f} s"
+    )

@@ -1,5 +1,6 @@
 """The committee: members' mean softmax as one model (pipeline/model.py's Committee), its
-checkpoint and pt2 export, and the member, committee and evaluate --committee stages."""
+checkpoint and pt2 export, and the member, committee, evaluate --committee and report --committee
+stages."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import committee, evaluate, train
+from pipeline import committee, evaluate, report, train
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.model import (
@@ -96,8 +97,8 @@ def test_logged_committee_is_one_pt2_graph_with_the_single_models_contract(
 
 
 def test_members_committee_and_its_evaluation(run_stages, capsys: pytest.CaptureFixture) -> None:
-    """Two tiny members (the second interrupted once and resumed), the committee stage and
-    evaluate --committee, in-process on the synthetic data."""
+    """Two tiny members (the second interrupted once and resumed), the committee stage,
+    evaluate --committee and report --committee, in-process on the synthetic data."""
     import mlflow
 
     from pipeline.predict import load_predictor
@@ -140,6 +141,28 @@ def test_members_committee_and_its_evaluation(run_stages, capsys: pytest.Capture
     assert run.data.tags["committee_member_runs"] == ",".join(member_runs)
     assert run.data.metrics["test_accuracy"] == metrics["test_accuracy"]
 
+    report.main(params, committee=True)
+    figures = {p.name for p in COMMITTEE.figures.iterdir()}
+    assert {"pca.png", "mistakes.png", "off_distribution.png"} <= figures and len(figures) == 12
+    assert not {"learning_curves.png", "grad_norms.png"} & figures  # members' histories only
+    md = COMMITTEE.report_md.read_text()
+    html = COMMITTEE.report_html.read_text()
+
+    def pct(key: str) -> str:
+        return f"{metrics[key] * 100:.2f}%"
+
+    for text in (md, html.replace("</td><td>", " | ")):
+        for i, seed in ((1, 3), (2, 7)):  # each member beside the committee
+            valid, test = pct(f"member_{i}_valid_accuracy"), pct(f"member_{i}_test_accuracy")
+            assert f"member {i} (seed {seed}) | {valid} | {test} | " in text
+        committee_row = f"{pct('valid_accuracy')} | {pct('test_accuracy')}"
+        assert f"committee (mean softmax) | {committee_row}" in text
+        assert "PCA of the last hidden layer, first member (seed 3)" in text
+        assert "No learning curves or gradient norms" in text and "seeds=[3, 7]" in text
+    assert not Path("reports/report.md").exists()  # the single model's report is left alone
+    logged = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert logged == {"report/figures", "report/report.html", "report/report.md"}
+
     images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
     local = load_predictor(str(COMMITTEE.model))
     logged = load_predictor(f"models:/mnist-mlp/{version.version}")
@@ -171,7 +194,7 @@ def test_plain_repro_leaves_the_committee_out_and_its_own_dvc_yaml_runs_it(
 ) -> None:
     """committee/dvc.yaml in a fresh repository: `dvc repro` runs none of its stages,
     `dvc repro committee/dvc.yaml` trains the members on the root pipeline's data outputs,
-    combines and scores them, and predict reads the registered committee."""
+    combines, scores and reports them, and predict reads the registered committee."""
     import shutil
     import subprocess
 
@@ -198,6 +221,7 @@ def test_plain_repro_leaves_the_committee_out_and_its_own_dvc_yaml_runs_it(
     assert "Stage 'validate' didn't change, skipping" in out  # the root's data outputs reused
     metrics = json.loads(Path("committee/reports/metrics.json").read_text())
     assert {"member_1_test_accuracy", "member_2_test_accuracy", "test_accuracy"} <= set(metrics)
+    assert "member 2 (seed 2) | " in Path("committee/reports/report.md").read_text()
     assert "Data and pipelines are up to date" in run("dvc", "status", "committee/dvc.yaml")
     lines = run(
         "python",
@@ -221,6 +245,16 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
     monkeypatch.setattr(
         cli, "run_stage", lambda stage, params, options: seen.append((stage, options)) or 0
     )
-    for argv in (["train", "--member", "0"], ["evaluate", "--committee"], ["train"]):
+    for argv in (
+        ["train", "--member", "0"],
+        ["evaluate", "--committee"],
+        ["report", "--committee"],
+        ["train"],
+    ):
         assert cli.main(argv) == 0
-    assert seen == [("train", {"member": 0}), ("evaluate", {"committee": True}), ("train", {})]
+    assert seen == [
+        ("train", {"member": 0}),
+        ("evaluate", {"committee": True}),
+        ("report", {"committee": True}),
+        ("train", {}),
+    ]

@@ -72,7 +72,12 @@ def pipeline_stages() -> dict[str, tuple[str, list[str]]]:
 
 
 def test_committee_stages_are_checked_too():
-    assert {"committee/dvc.yaml:member", "committee/dvc.yaml:committee"} <= set(pipeline_stages())
+    assert {
+        "committee/dvc.yaml:member",
+        "committee/dvc.yaml:committee",
+        "committee/dvc.yaml:evaluate",
+        "committee/dvc.yaml:report",
+    } <= set(pipeline_stages())
 
 
 def test_dvc_yaml_has_pipeline_stages():
@@ -160,8 +165,9 @@ def test_every_path_a_stage_writes_is_declared_in_its_outs():
 
 
 def test_committee_outputs_are_declared():
-    """The Layout files train --member, committee and evaluate --committee write are outs of the
-    stage that runs them in committee/dvc.yaml (last.pt, the resume state, excepted)."""
+    """The Layout files train --member, committee, evaluate --committee and report --committee
+    write are outs of the stage that runs them in committee/dvc.yaml (last.pt, the resume state,
+    excepted)."""
     from pipeline.paths import COMMITTEE, member_layout
 
     stages = yaml.safe_load((REPO / "committee/dvc.yaml").read_text())["stages"]
@@ -175,6 +181,7 @@ def test_committee_outputs_are_declared():
             COMMITTEE.predictions,
             COMMITTEE.ood_reference,
         ],
+        "report": [COMMITTEE.figures, COMMITTEE.report_html, COMMITTEE.report_md],
     }
     for stage, files in written.items():
         outputs = {
@@ -185,10 +192,14 @@ def test_committee_outputs_are_declared():
 
 
 def test_report_params_are_the_sections_it_prints():
-    from pipeline.report import PARAM_SECTIONS
+    from pipeline.report import COMMITTEE_PARAM_SECTIONS, PARAM_SECTIONS
 
-    report = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
-    assert sorted(report["params"]) == sorted(PARAM_SECTIONS)
+    for dvc_file, sections in (
+        ("dvc.yaml", PARAM_SECTIONS),
+        ("committee/dvc.yaml", COMMITTEE_PARAM_SECTIONS),
+    ):
+        report = yaml.safe_load((REPO / dvc_file).read_text())["stages"]["report"]
+        assert sorted(report["params"]) == sorted(sections), dvc_file
 
 
 def test_import_scanner_sees_every_form(tmp_path):
