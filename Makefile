@@ -31,6 +31,8 @@ best:
 # (committee/dvc.yaml), each trained 60 epochs (the validation search's 60-epoch candidate), so
 # that the five fit the 3-hour budget; they vote by their mean softmax and are logged and
 # registered as one model, scored and reported (committee/reports/); results/committee.json.
+# Like `make best` it never moves @champion by itself: committee/reports/promotion.json says
+# `would promote` or `would keep`; promote it with python -m pipeline promote --run <its run_id>.
 # After an interruption, `dvc repro committee/dvc.yaml` continues with the params `dvc exp run`
 # wrote into params.yaml: finished members are skipped, the interrupted one resumes (last.pt).
 COMMITTEE_PARAMS = $(RECIPE) -S train.epochs=60

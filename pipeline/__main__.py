@@ -57,7 +57,14 @@ def parser() -> argparse.ArgumentParser:
         help="let a version whose MLflow input/output signature differs from the champion's become "
         "champion (its clients must change too); the other gates still apply",
     )
-    stages["promote"].add_argument(
+    promoted = stages["promote"].add_mutually_exclusive_group()
+    promoted.add_argument(
+        "--committee",
+        action="store_true",
+        help="decide for the committee's version (committee/models/, committee/reports/), "
+        "recorded in committee/reports/promotion.json",
+    )
+    promoted.add_argument(
         "--run",
         metavar="RUN_ID",
         default=argparse.SUPPRESS,

@@ -39,7 +39,7 @@ COMMITTEE_DIR = Path("committee")  # committee/dvc.yaml: the committee preset's 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where one model's train, evaluate and report files go: the root pipeline's by
+    """Where one model's train, evaluate, report and promote files go: the root pipeline's by
     default, else a committee member's folder or the committee's (committee/dvc.yaml names the
     same paths)."""
 
@@ -93,6 +93,10 @@ class Layout:
     @property
     def report_md(self) -> Path:
         return self.reports / REPORT_MD_FILE.name
+
+    @property
+    def promotion(self) -> Path:
+        return self.reports / PROMOTION_FILE.name
 
 
 COMMITTEE = Layout(COMMITTEE_DIR / "models", COMMITTEE_DIR / "reports")

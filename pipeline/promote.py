@@ -14,7 +14,8 @@ promotions from several machines take turns and the better model always ends cha
 Only the main line moves the alias by itself (pipeline/mainline.py): a DVC experiment, a dirty
 tree or another branch registers its version and records `would promote` or `would keep`.
 `python -m pipeline promote --run ID` promotes one such run deliberately, through the same gates,
-reading its evidence from MLflow.
+reading its evidence from MLflow. `python -m pipeline promote --committee` decides for the
+committee's version (committee/dvc.yaml) from its files in committee/, by the same rules.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from pipeline import artifacts, gate, mainline, registry_lock, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.paths import MLFLOW_RUN_FILE, PREDICTIONS_FILE
+from pipeline.paths import COMMITTEE, Layout
 from pipeline.progress import log
 
 if TYPE_CHECKING:  # pandas and mlflow load only where used (pipeline/artifacts.py), for start-up
@@ -159,9 +160,9 @@ def compare_digits(
         new["actual"].to_numpy(), champion["actual"].to_numpy()
     ):
         raise PipelineError(
-            f"{PREDICTIONS_FILE} ({len(new)} test images) and the champion's ({len(champion)}) "
-            "do not hold the same test labels, so the versions were tested on different data "
-            "and cannot be compared per digit; evaluate both on the same test set"
+            f"the new version's predictions ({len(new)} test images) and the champion's "
+            f"({len(champion)}) do not hold the same test labels, so the versions were tested on "
+            "different data and cannot be compared per digit; evaluate both on the same test set"
         )
     actual = new["actual"].to_numpy()
     return gate.compare_classes(
@@ -253,21 +254,28 @@ def summary(record: dict) -> str:
     return text
 
 
-def main(params: Params, allow_contract_change: bool = False, run: str | None = None) -> None:
-    """The stage, from this workspace's evaluation; with `run`, that run's version, deliberately."""
+def main(
+    params: Params,
+    allow_contract_change: bool = False,
+    run: str | None = None,
+    committee: bool = False,
+) -> None:
+    """The stage, from this workspace's evaluation; with `run`, that run's version, deliberately;
+    with `committee`, the committee's version from its files in committee/ (committee/dvc.yaml)."""
     from mlflow import MlflowClient
 
     settings = settings_from(params, allow_contract_change)
     if run is not None:
         log(summary(promote_run(MlflowClient(tracking.configure()), run, settings)))
         return
-    metrics = artifacts.read_metrics()
-    answers = artifacts.read_predictions()
-    run_id = tracking.training_run_id(MLFLOW_RUN_FILE)
+    layout = COMMITTEE if committee else Layout()
+    metrics = artifacts.read_metrics(layout.metrics)
+    answers = artifacts.read_predictions(layout.predictions)
+    run_id = tracking.training_run_id(layout.run)
     name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
     line = mainline.judge(params.promote.main_branch, params.promote.from_experiments)
     record = promote(MlflowClient(), name, run_id, metrics, answers, settings, line)
-    artifacts.write_promotion(record)
+    artifacts.write_promotion(record, layout.promotion)
     log(summary(record))
 
 

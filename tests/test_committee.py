@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import committee, evaluate, report, train
+from pipeline import committee, evaluate, promote, report, train
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.model import (
@@ -96,9 +96,12 @@ def test_logged_committee_is_one_pt2_graph_with_the_single_models_contract(
         np.testing.assert_allclose(served.predict(pixels), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_members_committee_and_its_evaluation(run_stages, capsys: pytest.CaptureFixture) -> None:
+def test_members_committee_and_its_evaluation(
+    run_stages, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two tiny members (the second interrupted once and resumed), the committee stage,
-    evaluate --committee and report --committee, in-process on the synthetic data."""
+    evaluate --committee, report --committee and promote --committee, in-process on the
+    synthetic data."""
     import mlflow
 
     from pipeline.predict import load_predictor
@@ -163,6 +166,18 @@ def test_members_committee_and_its_evaluation(run_stages, capsys: pytest.Capture
     logged = {a.path for a in client.list_artifacts(run_id, "report")}
     assert logged == {"report/figures", "report/report.html", "report/report.md"}
 
+    with monkeypatch.context() as patch:  # as `make committee` runs it: a DVC experiment
+        patch.setenv("DVC_EXP_BASELINE_REV", "0123456789abcdef")
+        promote.main(params, committee=True)
+    record = json.loads(COMMITTEE.promotion.read_text())
+    assert record["decision"] == "would promote" and record["run_id"] == run_id
+    assert record["version"] == int(version.version)
+    assert "champion" not in client.get_registered_model("mnist-mlp").aliases
+    promote.main(params, committee=True)  # the main line (no git checkout here: see mainline.py)
+    assert json.loads(COMMITTEE.promotion.read_text())["decision"] == "promoted"
+    assert client.get_registered_model("mnist-mlp").aliases["champion"] == version.version
+    assert not Path("reports/promotion.json").exists()  # the single model's is left alone
+
     images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
     local = load_predictor(str(COMMITTEE.model))
     logged = load_predictor(f"models:/mnist-mlp/{version.version}")
@@ -222,6 +237,10 @@ def test_plain_repro_leaves_the_committee_out_and_its_own_dvc_yaml_runs_it(
     metrics = json.loads(Path("committee/reports/metrics.json").read_text())
     assert {"member_1_test_accuracy", "member_2_test_accuracy", "test_accuracy"} <= set(metrics)
     assert "member 2 (seed 2) | " in Path("committee/reports/report.md").read_text()
+    # params.yaml, changed above and tracked, makes this run a trial: the champion stays put
+    promotion = json.loads(Path("committee/reports/promotion.json").read_text())
+    assert promotion["version"] == 2 and not promotion["may_move_champion"]
+    assert promotion["decision"] in ("would promote", "would keep")
     assert "Data and pipelines are up to date" in run("dvc", "status", "committee/dvc.yaml")
     lines = run(
         "python",
@@ -249,6 +268,7 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
         ["train", "--member", "0"],
         ["evaluate", "--committee"],
         ["report", "--committee"],
+        ["promote", "--committee"],
         ["train"],
     ):
         assert cli.main(argv) == 0
@@ -256,5 +276,8 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
         ("train", {"member": 0}),
         ("evaluate", {"committee": True}),
         ("report", {"committee": True}),
+        ("promote", {"committee": True}),
         ("train", {}),
     ]
+    with pytest.raises(SystemExit):  # one version to decide for: the committee's or the run's
+        cli.main(["promote", "--committee", "--run", "abc"])

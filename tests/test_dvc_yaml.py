@@ -77,6 +77,7 @@ def test_committee_stages_are_checked_too():
         "committee/dvc.yaml:committee",
         "committee/dvc.yaml:evaluate",
         "committee/dvc.yaml:report",
+        "committee/dvc.yaml:promote",
     } <= set(pipeline_stages())
 
 
@@ -165,9 +166,9 @@ def test_every_path_a_stage_writes_is_declared_in_its_outs():
 
 
 def test_committee_outputs_are_declared():
-    """The Layout files train --member, committee, evaluate --committee and report --committee
-    write are outs of the stage that runs them in committee/dvc.yaml (last.pt, the resume state,
-    excepted)."""
+    """The Layout files train --member, committee and the --committee evaluate, report and
+    promote write are outs of the stage that runs them in committee/dvc.yaml (last.pt, the resume
+    state, excepted)."""
     from pipeline.paths import COMMITTEE, member_layout
 
     stages = yaml.safe_load((REPO / "committee/dvc.yaml").read_text())["stages"]
@@ -182,6 +183,7 @@ def test_committee_outputs_are_declared():
             COMMITTEE.ood_reference,
         ],
         "report": [COMMITTEE.figures, COMMITTEE.report_html, COMMITTEE.report_md],
+        "promote": [COMMITTEE.promotion],
     }
     for stage, files in written.items():
         outputs = {
