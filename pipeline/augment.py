@@ -86,11 +86,18 @@ def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     return (theta.reshape(-1, 6) @ basis.reshape(6, -1)).view(-1, size, size, 2)
 
 
-def _gaussian_kernel(sigma: float, size: int) -> torch.Tensor:
+def _gaussian_blur_matrix(sigma: float, size: int) -> torch.Tensor:
+    """[S, S] matrix B with B @ x = x convolved with a normalised Gaussian (zero padding).
+
+    Blurring each field as B @ field @ B.T is two small matrix products: ~10x faster on CPU than
+    the same separable convolution done by depthwise conv2d, which cost most of an epoch's
+    augmentation time."""
     radius = min(math.ceil(3 * sigma), size - 1)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    taps = taps / taps.sum()
+    offset = torch.arange(size)[None, :] - torch.arange(size)[:, None]  # column - row
+    inside = offset.abs() <= radius
+    return torch.where(inside, taps[(offset + radius).clamp(0, 2 * radius)], 0.0)
 
 
 def elastic_displacement(
@@ -99,14 +106,8 @@ def elastic_displacement(
     """Simard et al. (2003): uniform(-1, 1) fields smoothed by a Gaussian of `elastic_sigma`
     pixels and scaled by `elastic_alpha` pixels; returned as [n, S, S, 2] normalised offsets."""
     field = torch.rand(n, 2, size, size, generator=generator) * 2 - 1
-    kernel = _gaussian_kernel(aug.elastic_sigma, size)
-    k = len(kernel)
-    field = F.conv2d(
-        field, kernel.view(1, 1, 1, k).expand(2, 1, 1, k), padding=(0, k // 2), groups=2
-    )
-    field = F.conv2d(
-        field, kernel.view(1, 1, k, 1).expand(2, 1, k, 1), padding=(k // 2, 0), groups=2
-    )
+    blur = _gaussian_blur_matrix(aug.elastic_sigma, size)
+    field = blur @ field @ blur.T
     return field.permute(0, 2, 3, 1) * (aug.elastic_alpha * 2.0 / size)
 
 

@@ -105,6 +105,23 @@ def test_sampling_grid_equals_affine_grid() -> None:
     torch.testing.assert_close(sampling_grid(theta, 16), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(("sigma", "size"), [(4.0, 28), (1.0, 16), (12.0, 28)])
+def test_elastic_field_is_the_zero_padded_gaussian_convolution(sigma: float, size: int) -> None:
+    """The blur done as two matrix products equals Simard's separable Gaussian convolution with
+    zero padding (here conv2d), including a kernel wider than the image."""
+    aug = Augmentation(elastic_alpha=size / 2, elastic_sigma=sigma)
+    noise = torch.rand(20, 2, size, size, generator=generator(5)) * 2 - 1
+    radius = min(math.ceil(3 * sigma), size - 1)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1.0) / sigma) ** 2)
+    taps = (taps / taps.sum()).view(1, 1, 1, -1).expand(2, 1, 1, -1)
+    blurred = F.conv2d(noise, taps, padding=(0, radius), groups=2)
+    blurred = F.conv2d(blurred, taps.transpose(2, 3), padding=(radius, 0), groups=2)
+    expected = blurred.permute(0, 2, 3, 1)  # alpha * 2 / size = 1: normalised units
+    torch.testing.assert_close(
+        elastic_displacement(20, size, aug, generator(5)), expected, atol=1e-6, rtol=0
+    )
+
+
 def test_elastic_field_is_smooth_and_scaled_by_alpha() -> None:
     aug = Augmentation(elastic_alpha=10, elastic_sigma=4)
     field = elastic_displacement(8, 28, aug, generator(2)) * 14  # in pixels
