@@ -28,14 +28,14 @@ best:
 		dvc exp run -f -n best $(BEST_PARAMS)
 
 # The committee preset: five MLPs of the `best` recipe, one per seed of committee.seeds
-# (committee/dvc.yaml), each trained 60 epochs (the validation search's 60-epoch candidate), so
-# that the five fit the 3-hour budget; they vote by their mean softmax and are logged and
-# registered as one model, scored and reported (committee/reports/); results/committee.json.
+# (committee/dvc.yaml), each trained 150 epochs, the most that lets the five fit the 3-hour budget
+# on the 2-core machine; they vote by their mean softmax and are logged and registered as one
+# model, scored and reported (committee/reports/); results/committee.json.
 # Like `make best` it never moves @champion by itself: committee/reports/promotion.json says
 # `would promote` or `would keep`; promote it with python -m pipeline promote --run <its run_id>.
 # After an interruption, `dvc repro committee/dvc.yaml` continues with the params `dvc exp run`
 # wrote into params.yaml: finished members are skipped, the interrupted one resumes (last.pt).
-COMMITTEE_PARAMS = $(RECIPE) -S train.epochs=60
+COMMITTEE_PARAMS = $(RECIPE) -S train.epochs=150
 
 committee:
 	python scripts/record_result.py committee committee/reports/metrics.json -- \
