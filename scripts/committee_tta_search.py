@@ -1,4 +1,4 @@
-"""Does averaging the committee over one-pixel shifts of each image help? Measured on validation only.
+"""Does averaging the committee over one-pixel shifts help? Measured on validation only.
 
 The rule was committed with this script, before any of its numbers were seen:
 - views compared: `none` (the image alone), `cross` (the image and its four one-pixel shifts: up,
