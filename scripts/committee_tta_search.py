@@ -9,12 +9,16 @@ The rule was committed with this script, before any of its numbers were seen:
   (3 of 6,000 = 0.05 points); of two that qualify, the one with fewer errors, on a tie the one
   with fewer views; the test set is never read here.
 
+It also records, for the image alone, the mean validation errors of every committee of k of the
+members (k = 1 .. all), which shows how much one more seed-only member is worth.
+
 Run from a repository whose committee members are trained (make committee):
     python scripts/committee_tta_search.py results/committee-tta-search.json
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -50,6 +54,18 @@ def member_softmax(models: list, images: torch.Tensor, dy: int, dx: int) -> torc
     return torch.stack([torch.softmax(model(pixels), 1) for model in models])
 
 
+def mean_errors_by_size(softmax: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    """{k: mean errors over every committee of k members} for [members, N, 10] softmax outputs."""
+    by_size = {}
+    for k in range(1, len(softmax) + 1):
+        errors = [
+            int((softmax[list(chosen)].mean(0).argmax(1) != labels).sum())
+            for chosen in itertools.combinations(range(len(softmax)), k)
+        ]
+        by_size[k] = sum(errors) / len(errors)
+    return by_size
+
+
 def main(out: Path) -> None:
     params = load_params()
     seeds = params.committee.seeds
@@ -70,6 +86,7 @@ def main(out: Path) -> None:
         "images": len(labels),
         "seeds": seeds,
         "member_errors": member_errors,
+        "mean_errors_by_committee_size": mean_errors_by_size(views[(0, 0)], labels),
         "committee_errors": errors,
         "committee_accuracy": {n: 1 - e / len(labels) for n, e in errors.items()},
         "rule": f"adopt a variant with >= {MIN_GAIN} fewer errors than none; fewest errors wins",

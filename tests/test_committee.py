@@ -26,7 +26,7 @@ from pipeline.model import (
     save_payload,
 )
 from pipeline.paths import COMMITTEE, member_layout
-from tests.helpers import TINY_PIPELINE
+from tests.helpers import TINY_PIPELINE, load_script
 
 
 def members(count: int = 3, size: int = 28) -> list[MLP]:
@@ -281,3 +281,24 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
     ]
     with pytest.raises(SystemExit):  # one version to decide for: the committee's or the run's
         cli.main(["promote", "--committee", "--run", "abc"])
+
+
+tta_search = load_script("committee_tta_search")
+
+
+def test_tta_search_shifts_move_pixels_with_zero_fill() -> None:
+    images = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    images[0, 0, 0], images[0, 2, 3] = 9, 7
+    down_right = tta_search.shifted(images, 1, 1)[0]
+    assert down_right[1, 1] == 9 and down_right[3, 3] == 0  # (2, 3) moved out of the image
+    up_left = tta_search.shifted(images, -1, -1)[0]
+    assert up_left[1, 2] == 7 and int(up_left.sum()) == 7  # (0, 0) moved out, zeros came in
+
+
+def test_tta_search_counts_every_committee_of_each_size() -> None:
+    labels = torch.tensor([0, 1])
+    right, wrong = torch.tensor([[0.9, 0.1], [0.1, 0.9]]), torch.tensor([[0.4, 0.6], [0.6, 0.4]])
+    softmax = torch.stack([right, right, wrong])  # members 1 and 2 right on both, 3 wrong on both
+    by_size = tta_search.mean_errors_by_size(softmax, labels)
+    # alone: 0, 0, 2 errors; pairs: {1,2} 0, {1,3} and {2,3} average to [0.65, 0.35]: 0; all: 0
+    assert by_size == {1: 2 / 3, 2: 0.0, 3: 0.0}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import yaml
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -18,16 +18,8 @@ LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 SNIPPET = re.compile(r'^--8<-- "README\.md:(\w+)"$', re.MULTILINE)
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gen_params_doc = _script("gen_params_doc")
-gen_architecture = _script("gen_architecture")
+gen_params_doc = load_script("gen_params_doc")
+gen_architecture = load_script("gen_architecture")
 
 
 def test_readme_is_an_entry_page_of_at_most_12_kib() -> None:
