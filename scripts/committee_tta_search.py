@@ -7,7 +7,7 @@ The rule was committed with this script, before any of its numbers were seen:
 - each view goes through every member; the committee averages all member-view softmax outputs;
 - a variant is adopted only if it makes at least MIN_GAIN fewer validation errors than `none`
   (3 of 6,000 = 0.05 points); of two that qualify, the one with fewer errors, on a tie the one
-  with fewer views; the test set is never read here.
+  with fewer views; the test images load with the dataset but are never scored here.
 
 It also records, for the image alone, the mean validation errors of every committee of k of the
 members (k = 1 .. all), which shows how much one more seed-only member is worth.
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pipeline import artifacts
 from pipeline.config import load_params
 from pipeline.data import load_dataset
-from pipeline.model import load_checkpoint, model_from_checkpoint, one_thread
+from pipeline.model import MLP, load_checkpoint, model_from_checkpoint, one_thread
 from pipeline.paths import RAW_DIR, VALID_INDEX_FILE, member_layout
 
 MIN_GAIN = 3
@@ -48,7 +48,7 @@ def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def member_softmax(models: list, images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+def member_softmax(models: list[MLP], images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """[members, N, 10] softmax outputs for one view of the images."""
     pixels = shifted(images, dy, dx).float().div(255)
     return torch.stack([torch.softmax(model(pixels), 1) for model in models])

@@ -28,6 +28,8 @@ from pipeline.model import (
 from pipeline.paths import COMMITTEE, member_layout
 from tests.helpers import TINY_PIPELINE, load_script
 
+tta_search = load_script("committee_tta_search")
+
 
 def members(count: int = 3, size: int = 28) -> list[MLP]:
     torch.manual_seed(0)
@@ -281,9 +283,6 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
     ]
     with pytest.raises(SystemExit):  # one version to decide for: the committee's or the run's
         cli.main(["promote", "--committee", "--run", "abc"])
-
-
-tta_search = load_script("committee_tta_search")
 
 
 def test_tta_search_shifts_move_pixels_with_zero_fill() -> None:
