@@ -29,6 +29,7 @@ from pipeline.paths import COMMITTEE, member_layout
 from tests.helpers import TINY_PIPELINE, load_script
 
 tta_search = load_script("committee_tta_search")
+diversity_search = load_script("committee_diversity_search")
 
 
 def members(count: int = 3, size: int = 28) -> list[MLP]:
@@ -301,3 +302,29 @@ def test_tta_search_counts_every_committee_of_each_size() -> None:
     by_size = tta_search.mean_errors_by_size(softmax, labels)
     # alone: 0, 0, 2 errors; pairs: {1,2} 0, {1,3} and {2,3} average to [0.65, 0.35]: 0; all: 0
     assert by_size == {1: 2 / 3, 2: 0.0, 3: 0.0}
+
+
+def test_diversity_search_changes_only_the_named_params_of_each_new_member() -> None:
+    committee = parse_params({"model": {"hidden": [1024, 1024, 1024], "dropout": 0.2}})
+    wide = diversity_search.member_params(committee, 6)
+    assert wide.model.hidden == [2048, 1024] and wide.model.dropout == 0.2
+    assert wide.augment == committee.augment and wide.train == committee.train
+    affine = diversity_search.member_params(committee, 7)
+    assert affine.model == committee.model
+    assert (affine.augment.elastic_alpha, affine.augment.crop_padding) == (0.0, 3)
+    assert affine.augment.interpolation == committee.augment.interpolation
+
+
+@pytest.mark.parametrize(("hard_images", "adopted"), [(3, True), (2, False)])
+def test_diversity_search_adopts_only_a_gain_of_min_gain_errors(hard_images, adopted) -> None:
+    labels = torch.zeros(5, dtype=torch.long)
+    # seed-only members all give 0.6 to the wrong class on the hard images; the new members are
+    # sure of the right one everywhere, so any three seed-only ones plus both new ones are right
+    seed_only = torch.tensor([[0.9, 0.1]] * 5)
+    seed_only[:hard_images] = torch.tensor([0.4, 0.6])
+    softmax = {s: seed_only for s in diversity_search.SEED_ONLY}
+    softmax |= {s: torch.tensor([[1.0, 0.0]] * 5) for s in diversity_search.DIVERSE}
+    result = diversity_search.compare(softmax, labels)
+    assert result["seed_only_committee_errors"] == hard_images
+    assert len(result["mixed_committee_errors"]) == 10
+    assert result["mixed_mean_errors"] == 0 and result["adopted"] is adopted
