@@ -53,7 +53,9 @@ def member_params(committee: Params, seed: int) -> Params:
     return parse_params(raw)
 
 
-def committee_errors(softmax: dict[int, torch.Tensor], seeds: tuple[int, ...], labels) -> int:
+def committee_errors(
+    softmax: dict[int, torch.Tensor], seeds: tuple[int, ...], labels: torch.Tensor
+) -> int:
     """Validation errors of the mean softmax of these members."""
     votes = torch.stack([softmax[s] for s in seeds]).mean(0)
     return int((votes.argmax(1) != labels).sum())
