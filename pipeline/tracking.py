@@ -20,14 +20,15 @@ import yaml
 
 from pipeline import artifacts
 from pipeline.errors import PipelineError
+from pipeline.paths import COMMITTEE_DIR
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 REACHABILITY_TIMEOUT_S = 5.0
 # Needs a login on a server with authentication, unlike /health.
 CREDENTIALS_PROBE = "/api/2.0/mlflow/experiments/search"
 MNIST_IMAGE_SIZE = 28
-DVC_YAML = Path("dvc.yaml")
-DVC_LOCK = "dvc.lock"
+# The repository's pipelines: the root one and the committee's (run with -P or by its path).
+DVC_FILES = (Path("dvc.yaml"), COMMITTEE_DIR / "dvc.yaml")
 
 
 def tracking_uri() -> str:
@@ -143,17 +144,27 @@ def run_tags(
     return {**tags, **(extra or {})}
 
 
-def pipeline_written_paths(dvc_yaml: Path = DVC_YAML) -> list[str]:
-    """dvc.lock and every out, metric and plot of dvc.yaml: what a `dvc repro` itself rewrites."""
-    written = [DVC_LOCK]
-    try:
-        stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
-    except (OSError, ValueError, AttributeError):
-        return written
-    for stage in stages.values():
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key) or []:
-                written.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+def pipeline_written_paths(dvc_files: tuple[Path, ...] = DVC_FILES) -> list[str]:
+    """Each pipeline's dvc.lock and every out, metric and plot of its dvc.yaml, as paths from the
+    repository root: what a `dvc repro` itself rewrites.
+
+    A `foreach` stage's outs are templates (`committee/members/${item}/model.pt`); the folder
+    before the first `${` stands for all of them.
+    """
+    written = []
+    for dvc_yaml in dvc_files:
+        written.append(str(dvc_yaml.with_suffix(".lock")))
+        try:
+            stages = yaml.safe_load(dvc_yaml.read_text()).get("stages", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for stage in stages.values():
+            stage = stage.get("do", stage)
+            wdir = dvc_yaml.parent / stage.get("wdir", ".")
+            for key in ("outs", "metrics", "plots"):
+                for entry in stage.get(key) or []:
+                    out = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                    written.append(os.path.normpath(wdir / out.split("${")[0]))
     return written
 
 

@@ -64,6 +64,31 @@ def test_a_clean_commit_of_main_is_the_main_line_whatever_the_repro_itself_wrote
     assert judge().may_move
 
 
+def test_what_a_committee_repro_writes_leaves_a_clean_commit_the_main_line(repo: Path) -> None:
+    """committee/dvc.yaml runs its stages from the root (wdir: ..), and git keeps its lock,
+    metrics and decision: rewriting them is the repro's own doing, as for the root pipeline."""
+    committee = {
+        "committee/dvc.yaml": "stages:\n  member:\n    foreach: [1, 2]\n    do:\n"
+        "      wdir: ..\n      outs:\n        - committee/members/${item}/model.pt\n"
+        "  evaluate:\n    wdir: ..\n    metrics:\n      - committee/reports/metrics.json:\n"
+        "          cache: false\n",
+        "committee/dvc.lock": "schema: '2.0'\n",
+        "committee/reports/metrics.json": "{}\n",
+        "committee/members/1/model.pt": "weights\n",  # tracked here only to test the template
+    }
+    for name, text in committee.items():
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_text(text)
+    git("add", "-A")
+    git("commit", "-q", "-m", "committee")
+    for name in committee:
+        if name != "committee/dvc.yaml":
+            Path(name).write_text(Path(name).read_text() + "rewritten\n")
+    assert judge().may_move, judge().reason
+    Path("committee/dvc.yaml").write_text(Path("committee/dvc.yaml").read_text() + "# edited\n")
+    assert judge().reason.startswith("committee/dvc.yaml differs from commit ")
+
+
 @pytest.mark.parametrize("changed", ["params.yaml", "pipeline/train.py", "dvc.yaml"])
 def test_an_uncommitted_change_makes_a_repro_a_trial(repo: Path, changed: str) -> None:
     Path(changed).write_text(Path(changed).read_text() + "# edited\n")
