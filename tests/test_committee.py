@@ -245,6 +245,9 @@ def test_plain_repro_leaves_the_committee_out_and_its_own_dvc_yaml_runs_it(
     assert promotion["version"] == 2 and not promotion["may_move_champion"]
     assert promotion["decision"] in ("would promote", "would keep")
     assert "Data and pipelines are up to date" in run("dvc", "status", "committee/dvc.yaml")
+    params["train"]["seed"] += 1  # each member trains with its own seed instead
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "member@" not in run("dvc", "status", "committee/dvc.yaml")
     lines = run(
         "python",
         "-m",

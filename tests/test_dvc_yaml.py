@@ -224,3 +224,10 @@ def test_import_scanner_sees_every_form(tmp_path):
     (package / "b.py").write_text("import pipeline.missing\n")
     with pytest.raises(AssertionError, match="pipeline.missing is imported but"):
         closure("stage", package)
+
+
+def test_members_depend_on_every_train_param_but_the_seed_they_replace():
+    member = yaml.safe_load((REPO / "committee/dvc.yaml").read_text())["stages"]["member"]["do"]
+    train_keys = set(yaml.safe_load((REPO / "params.yaml").read_text())["train"]) - {"seed"}
+    listed = {p.removeprefix("train.") for p in member["params"] if str(p).startswith("train")}
+    assert listed == train_keys
