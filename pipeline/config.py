@@ -41,7 +41,10 @@ class DataParams(Section):
     @classmethod
     def _no_credentials(cls, value: list[str]) -> list[str]:
         for i, mirror in enumerate(value):
-            parts = urllib.parse.urlsplit(mirror)
+            try:
+                parts = urllib.parse.urlsplit(mirror)
+            except ValueError:  # not a valid URL: the download stage names it and the fix
+                continue
             if parts.username is not None or parts.password is not None:
                 raise ValueError(
                     f"entry {i} carries credentials (user:password@), which would be committed "

@@ -82,11 +82,10 @@ def mismatch(found: Digests, expected: Expected) -> str | None:
 def redact(location: str) -> str:
     """Drop user:password@ from a URL so that credentials never reach logs or checksums.json."""
     parts = urllib.parse.urlsplit(location)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return location
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    # Host and port as written: .hostname would drop an IPv6 address's brackets.
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def source_url(source: str, fname: str) -> str:
@@ -229,6 +228,37 @@ def fetch_verified(
     )
 
 
+def _check_url(name: str, url: str) -> None:
+    """Reject a URL that urllib would fail on mid-download with a traceback, naming the setting
+    (`name`) that gave it: a host or port that does not parse, a scheme it cannot fetch, or
+    non-ASCII in an HTTP path."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # its message may quote user:password@, so it is not shown
+        raise PipelineError(
+            f"{name} is not a valid URL: its host does not parse (an unclosed [ of an IPv6 "
+            "address?); correct it, e.g. http://host:8080/mnist/ or http://[::1]:8080/mnist/"
+        ) from None
+    try:
+        bad_port = parts.port == 0
+    except ValueError:  # .port parses the port only when asked for
+        bad_port = True
+    if bad_port:
+        raise PipelineError(
+            f"{name} is {redact(url)!r}, whose port is not a number from 1 to 65535; correct it"
+        )
+    if parts.scheme not in ("file", "http", "https"):
+        raise PipelineError(
+            f"{name} is {redact(url)!r}; use a folder, a file:// URL or an http(s):// URL"
+        )
+    unsendable = [c for c in parts.path + parts.query if not c.isascii()]
+    if parts.scheme != "file" and unsendable:  # a file:// path is opened, never sent
+        raise PipelineError(
+            f"{name} is {redact(url)!r}, whose path has the non-ASCII {unsendable[0]!r}, which "
+            f"HTTP cannot send; percent-encode it (as {urllib.parse.quote(unsendable[0])})"
+        )
+
+
 def sources_for(params: Params, env: dict[str, str]) -> list[str]:
     configured = list(params.data.mirrors)
     if not configured and params.data.name != "custom":
@@ -237,11 +267,8 @@ def sources_for(params: Params, env: dict[str, str]) -> list[str]:
     named = [(MIRROR_ENV, mirror)] if mirror else []
     named += [(f"data.mirrors[{i}]", source) for i, source in enumerate(configured)]
     for name, source in named:
-        scheme = urllib.parse.urlsplit(source).scheme if "://" in source else ""
-        if scheme not in ("", "file", "http", "https"):
-            raise PipelineError(
-                f"{name} is {redact(source)!r}; use a folder, a file:// URL or an http(s):// URL"
-            )
+        if "://" in source:
+            _check_url(name, source)
     sources = list(dict.fromkeys(source for _, source in named))
     if not sources:
         raise PipelineError(

@@ -197,6 +197,49 @@ def test_unsupported_url_schemes_are_rejected_before_any_work(workdir, env, mirr
     assert not RAW.exists()
 
 
+@pytest.mark.parametrize(
+    "env, mirrors, expected",
+    [
+        (
+            {"MNIST_MIRROR": "http://u:p@localhost:99999/"},
+            [],
+            "MNIST_MIRROR is 'http://localhost:99999/', whose port is not a number from 1 to "
+            "65535; correct it",
+        ),
+        (
+            {"MNIST_MIRROR": "http://u:p@[::1"},
+            [],
+            "MNIST_MIRROR is not a valid URL: its host does not parse (an unclosed [ of an IPv6 "
+            "address?); correct it",
+        ),
+        ({}, ["/ok", "http://[::1/m/"], "data.mirrors[1] is not a valid URL"),
+        (
+            {},
+            ["http://127.0.0.1:8711/données/"],
+            "data.mirrors[0] is 'http://127.0.0.1:8711/données/', whose path has the non-ASCII "
+            "'é', which HTTP cannot send; percent-encode it (as %C3%A9)",
+        ),
+    ],
+)
+def test_unusable_urls_are_rejected_by_name_before_any_work(workdir, env, mirrors, expected):
+    with pytest.raises(PipelineError) as caught:
+        run(workdir, env, **custom(mirrors))
+    assert str(caught.value).startswith(expected) and "u:p" not in str(caught.value)
+    assert not RAW.exists()
+
+
+def test_a_file_url_may_hold_any_character(workdir, tmp_path, source, md5s):
+    """Unlike an HTTP path, a file:// path is opened, never sent."""
+    folder = source.rename(tmp_path / "données")
+    run(workdir, **custom([folder.as_uri().replace("%C3%A9", "é")], md5s))
+    assert raw_listing() == COMPLETE
+
+
+def test_redacting_credentials_keeps_host_and_port_as_written():
+    assert download.redact("http://u:p@[::1]:8080/m/") == "http://[::1]:8080/m/"
+    assert download.redact("https://u@Mirror.example/m/") == "https://Mirror.example/m/"
+
+
 def test_custom_needs_a_source(workdir):
     with pytest.raises(PipelineError, match="set data.mirrors or MNIST_MIRROR"):
         run(workdir, **custom([]))

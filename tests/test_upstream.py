@@ -100,6 +100,22 @@ def test_a_local_folder_is_rehashed_and_an_unreachable_source_keeps_the_manifest
     assert UPSTREAM_FILE.read_bytes() == changed
 
 
+def test_an_unusable_mirror_url_is_named_and_the_manifest_kept(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same check as download's (tests/test_download.py), so no traceback mid-request."""
+    artifacts.write_upstream({TEST_IMAGES: {"sha256": "0" * 64}})
+    kept = UPSTREAM_FILE.read_bytes()
+    monkeypatch.setenv("MNIST_MIRROR", "http://127.0.0.1:8711/données/")
+    upstream.main(CUSTOM)
+    assert capsys.readouterr().err == (
+        "upstream: not checked (MNIST_MIRROR is 'http://127.0.0.1:8711/données/', whose path has "
+        "the non-ASCII 'é', which HTTP cannot send; percent-encode it (as %C3%A9)); keeping "
+        f"{UPSTREAM_FILE}\n"
+    )
+    assert UPSTREAM_FILE.read_bytes() == kept
+
+
 def test_pinned_checksums_need_no_check(workdir: Path) -> None:
     assert upstream.refresh(parse_params({}), {}) == []  # official MNIST: no request at all
     assert json.loads(UPSTREAM_FILE.read_text()) == {"files": {}}
