@@ -54,23 +54,38 @@ def _fsync(path: Path) -> None:
 
 
 def _unwritable(path: Path, exc: OSError) -> PipelineError:
-    """What is in the way: a read-only folder, a file where a folder should be, or the reverse."""
+    """What is in the way of writing the file `path`: a folder of that name, or its folder."""
     if path.is_dir():
         return PipelineError(
             f"cannot write {path}: it is a folder, not a file; move it away and rerun the stage"
         )
-    blocker = next(
-        (p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None
-    )
-    if blocker is not None:
+    return _blocked(path, path.parent, exc)
+
+
+def _blocked(path: Path, folder: Path, exc: OSError) -> PipelineError:
+    """Why `path` cannot be written in `folder`: a file where a folder should be, or the nearest
+    folder that exists is read-only."""
+    nearest = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if not nearest.is_dir():
         return PipelineError(
-            f"cannot write {path}: {blocker} is a file, not a folder; move it away and rerun the "
+            f"cannot write {path}: {nearest} is a file, not a folder; move it away and rerun the "
             "stage"
         )
     return PipelineError(
-        f"cannot write {path}: {path.parent} is not writable ({exc.strerror or exc}); "
+        f"cannot write {path}: {nearest} is not writable ({exc.strerror or exc}); "
         "fix its permissions and rerun the stage"
     )
+
+
+@contextmanager
+def writable_dir(folder: Path) -> Iterator[None]:
+    """Create `folder` if missing, then run the block that adds or removes entries in it (temp
+    files a killed run left, a staging folder): an OSError from either says what is in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as exc:
+        raise _blocked(folder, folder, exc) from None
 
 
 def write_bytes(path: Path, data: bytes) -> None:

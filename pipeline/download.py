@@ -322,9 +322,9 @@ def download(
     upstream = upstream or {}
     expected = expected_checksums(params)
     sources = sources_for(params, env)
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in raw_dir.glob(".*.tmp"):
-        leftover.unlink()  # from a run that was killed before it could clean up
+    with atomic.writable_dir(raw_dir):
+        for leftover in raw_dir.glob(".*.tmp"):
+            leftover.unlink()  # from a run that was killed before it could clean up
     checksums_path = raw_dir / CHECKSUMS_FILE.name
     previous = _read_previous(checksums_path, params.data.name)
     down: dict[str, str] = {}

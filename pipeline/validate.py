@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts
+from pipeline import artifacts, atomic
 from pipeline.config import Params
 from pipeline.datasets import (
     CLASSES,
@@ -469,10 +469,10 @@ def offline_index(docs_dir: Path, entries: list[dict[str, Any]]) -> str:
 def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> None:
     """Render Data Docs into a staging folder, then swap it in: the old docs stay until the new are
     complete."""
-    docs_dir.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in docs_dir.parent.glob(f".{docs_dir.name}.*"):
-        shutil.rmtree(leftover)  # from a run that was killed before it could clean up
-    staging = Path(tempfile.mkdtemp(dir=docs_dir.parent, prefix=f".{docs_dir.name}."))
+    with atomic.writable_dir(docs_dir.parent):
+        for leftover in docs_dir.parent.glob(f".{docs_dir.name}.*"):
+            shutil.rmtree(leftover)  # from a run that was killed before it could clean up
+        staging = Path(tempfile.mkdtemp(dir=docs_dir.parent, prefix=f".{docs_dir.name}."))
     retired = staging.with_name(staging.name + ".old")
     try:
         context.add_data_docs_site(

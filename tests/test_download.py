@@ -334,6 +334,39 @@ def test_stale_temp_files_are_removed(workdir, source, md5s):
     assert raw_listing() == COMPLETE
 
 
+def refuse(*args: object, **kwargs: object) -> None:
+    raise PermissionError(13, "Permission denied")
+
+
+@pytest.mark.parametrize(
+    "blocker, expected",
+    [
+        ("file", "data/raw is a file, not a folder; move it away"),
+        ("read-only data", "data is not writable (Permission denied); fix its permissions"),
+        ("read-only raw", "data/raw is not writable (Permission denied); fix its permissions"),
+    ],
+)
+def test_a_data_raw_that_cannot_be_made_or_cleaned_is_one_clear_error(
+    workdir, source, md5s, monkeypatch, blocker, expected
+):
+    """A file in the way, or no right to create data/raw or to delete a killed run's temp file
+    there (refused by a patch: chmod does not stop root); what is there stays."""
+    RAW.parent.mkdir()
+    if blocker == "file":
+        RAW.write_text("a file a user left here\n")
+    elif blocker == "read-only data":
+        monkeypatch.setattr(Path, "mkdir", refuse)
+    else:
+        RAW.mkdir()
+        (RAW / f".{TRAIN_IMAGES}.abc123.tmp").write_bytes(b"left by a killed run")
+        monkeypatch.setattr(Path, "unlink", refuse)
+    before = {p: p.read_bytes() for p in RAW.parent.rglob("*") if p.is_file()}
+    with pytest.raises(PipelineError) as caught:
+        run(workdir, **custom([str(source)], md5s))
+    assert str(caught.value) == f"cannot write data/raw: {expected} and rerun the stage"
+    assert {p: p.read_bytes() for p in RAW.parent.rglob("*") if p.is_file()} == before
+
+
 class RecordingBar:
     def __init__(self, fail_after: int | None = None, **kwargs: object) -> None:
         self.kwargs, self.updates, self.fail_after = kwargs, [], fail_after

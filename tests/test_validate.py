@@ -317,6 +317,32 @@ def test_stage_passes_and_writes_report_and_data_docs(
     assert paths.DATA_VALIDATION_FILE.read_bytes() == first
 
 
+@pytest.mark.parametrize("blocker", ["file", "read-only"])
+def test_stage_fails_in_one_line_when_reports_cannot_take_the_data_docs(
+    workdir, synthetic_mirror, monkeypatch, blocker
+):
+    """A file where reports/ should be, or a reports/ that refuses the staging folder (refused by
+    a patch: chmod does not stop root); what is there stays."""
+    prepare(workdir, synthetic_mirror)
+    params = parse_params({"data": {"name": "custom"}, "split": {"stratify": True}})
+    if blocker == "file":
+        paths.REPORTS_DIR.write_text("a file a user left here\n")
+        expected = "reports is a file, not a folder; move it away"
+    else:
+        validate.main(params)  # docs that the failed rerun must leave alone
+
+        def refuse(*args: object, **kwargs: object) -> str:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(validate.tempfile, "mkdtemp", refuse)
+        expected = "reports is not writable (Permission denied); fix its permissions"
+    before = {p: p.read_bytes() for p in Path().rglob("*") if p.is_file()}
+    with pytest.raises(PipelineError) as raised:
+        validate.main(params)
+    assert str(raised.value) == f"cannot write reports: {expected} and rerun the stage"
+    assert {p: p.read_bytes() for p in Path().rglob("*") if p.is_file()} == before
+
+
 def test_stage_stops_on_a_label_of_11_and_names_the_expectation(workdir, synthetic_mirror, capfd):
     prepare(workdir, synthetic_mirror)
     labels = read_idx(paths.RAW_DIR / TRAIN_LABELS)
