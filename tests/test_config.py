@@ -152,6 +152,14 @@ def test_duplicate_key_is_an_error_not_last_wins(tmp_path):
     )
 
 
+@pytest.mark.parametrize("key", ["[a, b]", "{a: 1}"])
+def test_a_list_or_mapping_as_key_is_an_error_with_position(tmp_path, key):
+    message = load_problem(tmp_path, f"data:\n  {key}: 1\n")
+    assert message.endswith(
+        "is not valid YAML: found unhashable key at line 2, column 3; fix the syntax"
+    )
+
+
 @pytest.mark.parametrize(
     "text, kind", [("- 1\n- 2\n", "list"), ("just text\n", "str"), ("3\n", "int")]
 )
