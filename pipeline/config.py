@@ -168,8 +168,6 @@ class Params(Section):
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
-
     def flat(self) -> dict[str, Any]:
         """`section.key -> value`, the form MLflow params and DVC's `-S` use."""
         flat: dict[str, Any] = {}

@@ -47,7 +47,7 @@ DIVERSE: dict[int, dict[str, dict[str, Any]]] = {
 
 def member_params(committee: Params, seed: int) -> Params:
     """The committee's params with DIVERSE[seed]'s changes, validated like params.yaml."""
-    raw = committee.model_dump()
+    raw = committee.model_dump(by_alias=True)  # `validate`, the key params.yaml uses
     for section, changes in DIVERSE[seed].items():
         raw[section] |= changes
     return parse_params(raw)

@@ -116,6 +116,12 @@ def test_unknown_keys_list_the_allowed_ones():
     )
 
 
+def test_the_python_name_validate_underscore_is_no_second_spelling_of_validate():
+    assert problem({"validate_": {"class_share_tolerance": 0.5}}).startswith(
+        "validate_ is not a known key (allowed: data, split, validate, model,"
+    )
+
+
 def test_every_problem_is_reported_at_once():
     message = problem({"train": {"lr": 0, "epochs": 0}, "model": {"activation": "gelu"}})
     assert message.count("; ") == 2
