@@ -365,14 +365,21 @@ def download(
 
 
 def _read_previous(path: Path, dataset: str) -> dict[str, dict]:
-    """What the last run recorded for this dataset; nothing if absent, damaged or for another."""
+    """What the last run recorded for this dataset; nothing if absent, damaged or for another.
+
+    A damaged entry counts as nothing too: one whose md5, sha256 or source is not a string.
+    """
     try:
         previous = artifacts.read_checksums(path)
     except PipelineError:
         return {}
     if previous["dataset"] != dataset:
         return {}
-    return {name: dict(entry) for name, entry in previous["files"].items()}
+    return {
+        name: dict(entry)
+        for name, entry in previous["files"].items()
+        if all(isinstance(entry.get(key), str) for key in ("md5", "sha256", "source"))
+    }
 
 
 def main(params: Params) -> None:

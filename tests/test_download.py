@@ -173,6 +173,19 @@ def test_custom_without_md5_refetches_when_the_source_changes(workdir, server, t
         assert result["files"][fname]["source"] == str(other / fname)
 
 
+@pytest.mark.parametrize(
+    "damage", [{"source": ["x"]}, {"md5": 5}, {"sha256": None}, {"source": {"a": 1}}]
+)
+def test_a_damaged_checksums_entry_counts_as_nothing(workdir, server, md5s, damage):
+    """That file is fetched again and recorded afresh; the others are kept."""
+    first = run(workdir, **custom([server.url("ok")]))
+    recorded = json.loads((RAW / "checksums.json").read_text())
+    recorded["files"][TRAIN_IMAGES] |= damage
+    (RAW / "checksums.json").write_text(json.dumps(recorded))
+    assert run(workdir, **custom([server.url("ok")])) == first
+    assert server.hits["ok", TRAIN_IMAGES] == 2 and server.hits["ok", FILES[1]] == 1
+
+
 def test_custom_md5_must_name_canonical_files(workdir, server, md5s):
     with pytest.raises(
         PipelineError, match=r"data.md5 names unknown file\(s\) train.gz \(allowed: train-images"
