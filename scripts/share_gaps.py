@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import SplitParams
 from pipeline.datasets import TRAIN_LABELS
 from pipeline.idx import read_idx
 from pipeline.paths import RAW_DIR
@@ -26,7 +27,9 @@ def largest_gap(labels: np.ndarray, fraction: float, seed: int) -> float:
     full = np.bincount(labels, minlength=labels.max() + 1) / len(labels)
     gaps = [
         np.bincount(labels[index], minlength=len(full)) / len(index) - full
-        for index in split_indices(labels, fraction, seed, stratify=False)
+        for index in split_indices(
+            labels, SplitParams(valid_fraction=fraction, seed=seed, stratify=False)
+        )
     ]
     return float(np.abs(gaps).max())
 

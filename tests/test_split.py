@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from pipeline import download, paths, split
 from pipeline.config import SplitParams, parse_params
 from pipeline.errors import PipelineError
 from pipeline.idx import encode_idx
-from tests.helpers import write_dataset
+from tests.helpers import load_script, write_dataset
+
+share_gaps = load_script("share_gaps")
 
 
 def mnist_like_labels(n: int = 60000, seed: int = 0) -> np.ndarray:
@@ -78,6 +81,22 @@ def test_stratify_keeps_every_class_share_within_a_tenth_of_a_point():
         labels, SplitParams(valid_fraction=0.1, seed=12345, stratify=False)
     )
     assert np.abs(shares(labels[plain_valid]) - full).max() > 0.001  # what stratifying buys
+
+
+def test_share_gaps_script_measures_the_split_the_stage_draws(tmp_path, capsys):
+    """scripts/share_gaps.py is where validate.class_share_tolerance's figures come from
+    (params.yaml); a change to split_indices must not leave it broken unnoticed."""
+    labels = mnist_like_labels(n=600)
+    train, valid = split.split_indices(labels, SplitParams(valid_fraction=0.1, seed=3))
+    stage_gap = max(np.abs(shares(labels[i]) - shares(labels)).max() for i in (train, valid))
+    assert share_gaps.largest_gap(labels, 0.1, seed=3) == pytest.approx(stage_gap)
+    (tmp_path / "labels.gz").write_bytes(encode_idx(labels))
+    share_gaps.main(["--labels", str(tmp_path / "labels.gz"), "--seeds", "3"])
+    assert re.fullmatch(
+        r"seeds 0-2: gap > 0.01 for \d+\.\d%, > 0.02 for \d+\.\d%; largest 0\.\d{4}; "
+        r"seed 12345: 0\.\d{4}\n",
+        capsys.readouterr().out,
+    )
 
 
 def test_stratify_with_uneven_quotas_still_gives_exact_sizes():
