@@ -189,8 +189,22 @@ def promote(
     settings: gate.Settings,
     line: mainline.Line,
 ) -> dict:
-    """Decide, move the alias if earned and `line` allows it, tag the run -> the record for
-    reports/promotion.json. Where it may not, the decision reads `would promote`/`would keep`."""
+    """Decide, tag the run, move the alias if earned and `line` allows it -> the record for
+    reports/promotion.json. Where it may not, the decision reads `would promote`/`would keep`.
+
+    The tags go first, in one request: should the alias move then fail, a rerun decides and
+    records the same; had the alias moved first and the tags failed, the rerun would only find
+    the version already champion, and why it became champion would be lost.
+    """
+    from mlflow.entities import RunTag
+
+    run = client.get_run(run_id)
+    if run.info.lifecycle_stage != "active":
+        raise PipelineError(
+            f"run {run_id} is deleted in {tracking.tracking_uri()}, so its version cannot become "
+            f"champion (MLflow refuses its tags, and `mlflow gc` would erase its model); restore "
+            f"it (mlflow runs restore --run-id {run_id}) or promote another run"
+        )
     version = registered_version(client, name, run_id)
     new = gate.Evidence(
         version,
@@ -208,17 +222,31 @@ def promote(
             classes = compare_digits(answers, before.answers, settings)
             verdict = gate.decide(new, before.evidence, classes, settings)
         moved = verdict.promote and line.may_move
-        if moved:
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
         decision = ("promoted" if moved else "kept") if line.may_move else WOULD[verdict.promote]
-        client.set_tag(run_id, "promotion.decision", decision)
-        client.set_tag(run_id, "promotion.reason", verdict.reason[:5000])
-        client.set_tag(run_id, "promotion.failed_gates", ",".join(verdict.failed_gates) or "none")
-        client.set_tag(run_id, "promotion.may_move_champion", str(line.may_move).lower())
-        client.set_tag(run_id, "promotion.may_move_champion_reason", line.reason[:5000])
+        tags = {
+            "promotion.decision": decision,
+            "promotion.reason": verdict.reason[:5000],
+            "promotion.failed_gates": ",".join(verdict.failed_gates) or "none",
+            "promotion.may_move_champion": str(line.may_move).lower(),
+            "promotion.may_move_champion_reason": line.reason[:5000],
+        }
         if verdict.classes:
             p_values = {str(c.digit): round(c.p_value, 6) for c in verdict.classes}
-            client.set_tag(run_id, "promotion.digit_p_values", json.dumps(p_values))
+            tags["promotion.digit_p_values"] = json.dumps(p_values)
+        with tracking.permitted(
+            f"tag run {run_id} with the promotion decision",
+            "it needs EDIT on the run's experiment; have an admin grant it, or promote as a user "
+            "who has it (ci); nothing was changed",
+        ):
+            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        if moved:
+            with tracking.permitted(
+                f"move the {CHAMPION_ALIAS} alias of {name!r} to version {version}",
+                f"it needs EDIT on registered model {name!r}. The champion did not move, though "
+                "the run's promotion.decision tag says promoted: have an admin grant EDIT, or "
+                "promote as a user who has it (ci), and rerun",
+            ):
+                client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
     old = before.evidence if before else None
     return {
         "decision": decision,
@@ -240,7 +268,7 @@ def promote(
         "champion_version": version if moved else (old.version if old else None),
         "digits": [{**asdict(c), "drop_points": round(c.drop_points, 4)} for c in verdict.classes],
         "settings": asdict(settings),
-        "data_changed_since_champion": changed_files(data_md5(client.get_run(run_id)), before),
+        "data_changed_since_champion": changed_files(data_md5(run), before),
     }
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline import tracking
 from pipeline.errors import PipelineError
 from pipeline.progress import log
 
@@ -75,10 +76,19 @@ def _create(client: Any, name: str, tags: dict[str, str]) -> bool:
 
 
 def _delete(client: Any, name: str) -> None:
+    """Delete registered model `name` if it exists. That needs MANAGE on it, which MLflow gives
+    its creator: a lock another user created (by hand, or a holder logged in as someone else)
+    cannot be broken, and the error names it for whoever may delete it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.delete_registered_model(name)
+        with tracking.permitted(
+            f"delete the registry lock {name!r}",
+            "deleting needs MANAGE on that registered model, which the user who created it and "
+            f"admins have; have one of them delete it (MlflowClient().delete_registered_model("
+            f"{name!r})) and rerun",
+        ):
+            client.delete_registered_model(name)
     except MlflowException as exc:
         if _code(exc) != "RESOURCE_DOES_NOT_EXIST":
             raise

@@ -88,13 +88,37 @@ def check_credentials(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> No
     causes = {401: "wrong or missing password", 403: "not allowed"}
     if answer.status_code not in causes:
         return
-    who = f"user {creds.username!r}" if creds.username else "anonymous access"
     raise PipelineError(
-        f"MLflow tracking server {uri} refused {who} (HTTP {answer.status_code}: "
+        f"MLflow tracking server {uri} refused {who(uri)} (HTTP {answer.status_code}: "
         f"{causes[answer.status_code]}); set MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD to a user of that server (the local stack: "
         'eval "$(scripts/stack.sh env)") and rerun'
     )
+
+
+def who(uri: str) -> str:
+    """The user MLflow's own credentials log in as, for messages: "user 'ci'"."""
+    from mlflow.utils.credentials import get_default_host_creds
+
+    username = get_default_host_creds(uri).username
+    return f"user {username!r}" if username else "anonymous access"
+
+
+@contextmanager
+def permitted(operation: str, remedy: str) -> Iterator[None]:
+    """Turn the server's 403 on a write (basic-auth: the user lacks the grant, docs/team.md) into
+    one line naming the refused `operation` and the `remedy`; other MLflow errors pass through."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        uri = tracking_uri()
+        raise PipelineError(
+            f"MLflow tracking server {uri} denied permission to {operation} ({who(uri)}); {remedy}"
+        ) from None
 
 
 def configure() -> str:

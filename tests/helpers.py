@@ -298,3 +298,16 @@ def serve_command(model_uri: str, port: int) -> list[str]:
         *(sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri),
         *("--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)),
     ]
+
+
+def permission_denied(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a registry or run write that a basic-auth server refuses: MLflow's client
+    turns the plain-text 403 into this (mlflow/utils/rest_utils.py, verify_rest_response)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    raise MlflowException(
+        "API request to endpoint /api/2.0/mlflow/... failed with error code 403 != 200. "
+        "Response body: 'Permission denied'",
+        error_code=PERMISSION_DENIED,
+    )

@@ -19,7 +19,7 @@ from pipeline import artifacts, promote, tracking
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.paths import METRICS_FILE, PREDICTIONS_FILE, PROMOTION_FILE
-from tests.helpers import answer_table, log_promotion_evidence
+from tests.helpers import answer_table, log_promotion_evidence, permission_denied
 
 NAME = "mnist-mlp"
 
@@ -445,3 +445,80 @@ def test_promote_run_names_a_missing_run_or_missing_evidence_in_one_error_line(
         "stage can be promoted"
     ) in error_of(run_id)
     assert champion_version() is None
+
+
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one `error:` line a failing command prints."""
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_a_deleted_run_is_refused_before_the_champion_moves(
+    mlflow_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow refuses a deleted run's tags, and `mlflow gc` would erase its model files."""
+    import mlflow
+
+    finished_run(0.9)
+    promote_stage()
+    deleted = finished_run(0.95)
+    mlflow.MlflowClient().delete_run(deleted)
+    Path("params.yaml").write_text("{}\n")
+    assert cli_error(["promote", "--run", deleted], capsys) == (
+        f"error: run {deleted} is deleted in {tracking.tracking_uri()}, so its version cannot "
+        "become champion (MLflow refuses its tags, and `mlflow gc` would erase its model); "
+        f"restore it (mlflow runs restore --run-id {deleted}) or promote another run"
+    )
+    with pytest.raises(PipelineError, match=f"run {deleted} is deleted"):  # the workspace's run
+        promote_stage()
+    assert champion_version() == 1
+    assert not [tag for tag in run_tags(deleted) if tag.startswith("promotion.")]
+
+
+def test_a_refused_tag_write_leaves_the_champion_where_it_was(
+    mlflow_workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's record is written before the alias moves, so no failure leaves a champion that
+    no record explains."""
+    from mlflow import MlflowClient
+
+    finished_run(0.9)
+    promote_stage()
+    better = finished_run(0.95)
+    Path("params.yaml").write_text("{}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")
+    monkeypatch.setattr(MlflowClient, "log_batch", permission_denied)
+    monkeypatch.setattr(MlflowClient, "set_tag", permission_denied)  # were they written one by one
+    assert cli_error(["promote", "--run", better], capsys) == (
+        f"error: MLflow tracking server {tracking.tracking_uri()} denied permission to tag run "
+        f"{better} with the promotion decision (user 'viewer'); it needs EDIT on the run's "
+        "experiment; have an admin grant it, or promote as a user who has it (ci); nothing was "
+        "changed"
+    )
+    assert champion_version() == 1
+
+
+def test_a_refused_alias_move_is_one_line_and_releases_the_lock(
+    mlflow_workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipeline import registry_lock
+
+    finished_run(0.9)
+    promote_stage()
+    better = finished_run(0.95)
+    Path("params.yaml").write_text("{}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", permission_denied)
+    err = cli_error(["promote", "--run", better], capsys)
+    assert err.startswith(
+        f"error: MLflow tracking server {tracking.tracking_uri()} denied permission to move the "
+        "champion alias of 'mnist-mlp' to version 2 (user 'viewer'); it needs EDIT on registered "
+        "model 'mnist-mlp'. The champion did not move"
+    )
+    assert champion_version() == 1
+    assert registry_lock.holder(MlflowClient(), registry_lock.lock_name(NAME)) is None

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import registry_lock
 from pipeline.errors import PipelineError
+from tests.helpers import permission_denied
 
 MODEL = "mnist-mlp"
 LOCK = registry_lock.lock_name(MODEL)
@@ -95,5 +96,37 @@ def test_a_lock_released_while_the_server_reports_the_conflict_means_try_again(
     monkeypatch.setattr(client, "create_registered_model", create)
     monkeypatch.setattr(registry_lock, "POLL_S", 0.01)
     assert not registry_lock.try_acquire(client, LOCK, "me:1:x")
+    with registry_lock.held(client, MODEL, wait_s=5) as owner:
+        assert registry_lock.holder(client, LOCK).owner == owner
+
+
+def test_a_lock_another_user_left_is_broken_at_once_or_named_if_that_is_refused(
+    client, monkeypatch
+) -> None:
+    """A lock without our tags (made by hand, e.g. by a READ-only user) counts as expired at once;
+    deleting it needs MANAGE on it, which only its creator and admins have: one line names it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    client.create_registered_model(LOCK)  # untagged, as anyone may create a registered model
+    real = client.delete_registered_model
+    monkeypatch.setattr(
+        client,
+        "delete_registered_model",
+        lambda name: permission_denied() if name == LOCK else real(name),
+    )
+    started = time.monotonic()
+    with (
+        pytest.raises(PipelineError) as refused,
+        registry_lock.held(client, MODEL, wait_s=60),
+    ):
+        pass
+    assert time.monotonic() - started < 30, "an untagged lock is no reason to wait"
+    assert str(refused.value) == (
+        f"MLflow tracking server {client.tracking_uri} denied permission to delete the registry "
+        "lock 'mnist-mlp.lock' (anonymous access); deleting needs MANAGE on that registered "
+        "model, which the user who created it and admins have; have one of them delete it "
+        "(MlflowClient().delete_registered_model('mnist-mlp.lock')) and rerun"
+    )
+    assert [m.name for m in client.search_registered_models()] == [LOCK], "no marker is left"
+    monkeypatch.setattr(client, "delete_registered_model", real)  # as its creator may
     with registry_lock.held(client, MODEL, wait_s=5) as owner:
         assert registry_lock.holder(client, LOCK).owner == owner
