@@ -6,6 +6,7 @@ so that params, metrics, figures and the model all land together.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import subprocess
@@ -52,6 +53,11 @@ def check_reachable(uri: str, timeout_s: float = REACHABILITY_TIMEOUT_S) -> None
             return
     except urllib.error.HTTPError:
         return  # it answered; MLflow itself will report auth or path problems
+    except (http.client.InvalidURL, ValueError) as exc:  # a bad port, a space, a broken [IPv6]
+        raise PipelineError(
+            f"MLFLOW_TRACKING_URI {uri!r} is not a valid URL ({exc}); fix it (e.g. "
+            "http://127.0.0.1:5000) or unset it to use the local sqlite:///mlflow.db"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PipelineError(
@@ -279,12 +285,20 @@ def use_experiment(name: str) -> str:
     On a local sqlite store MLflow would put a new experiment's artifacts under ./mlruns of the
     current directory, which for a queued DVC experiment is a temp copy of the repository that
     is deleted afterwards; they go beside the database instead. A server picks its own location.
+    A deleted experiment keeps its name, so it can be neither used nor created again.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None and existing.lifecycle_stage == "deleted":
+        raise PipelineError(
+            f"MLflow experiment {name!r} is deleted in {uri}; restore it (MLFLOW_TRACKING_URI="
+            f"{uri} mlflow experiments restore --experiment-id {existing.experiment_id}) or set "
+            "another mlflow.experiment in params.yaml"
+        )
+    if uri.startswith("sqlite:///") and existing is None:
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns" / name
         try:
             mlflow.create_experiment(name, artifact_location=folder.as_uri())

@@ -16,7 +16,14 @@ Faults covered elsewhere, so not repeated here:
   tests/test_team.py::test_basic_auth_ci_promotes_viewer_only_reads_and_bad_logins_do_nothing;
 - corrupt pictures and IDX files, and a pickled --model, given to predict:
   tests/test_predict.py::test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted and
-  ::test_missing_or_pickled_model_is_a_clear_error.
+  ::test_missing_or_pickled_model_is_a_clear_error;
+- a deleted MLflow experiment:
+  tests/test_train.py::test_a_deleted_experiment_fails_before_training_saying_how_to_restore_it;
+- a deleted run and registry writes the server refuses, at promotion:
+  tests/test_promote.py::test_a_deleted_run_is_refused_before_the_champion_moves,
+  ::test_a_refused_tag_write_leaves_the_champion_where_it_was,
+  ::test_a_refused_alias_move_is_one_line_and_releases_the_lock and
+  tests/test_registry_lock.py::test_a_lock_another_user_left_is_broken_at_once_or_named_if_that_is_refused.
 """
 
 from __future__ import annotations
@@ -240,6 +247,32 @@ def test_refused_credentials_stop_train_before_any_work(
         '(the local stack: eval "$(scripts/stack.sh env)") and rerun'
     )
     assert "wrong-pa55" not in err and os.listdir(".") == ["params.yaml"]
+
+
+@pytest.mark.parametrize(
+    "uri, reason",
+    [
+        ("http://127.0.0.1:5000x", "nonnumeric port: '5000x'"),
+        ("http://exa mple.com", "URL can't contain control characters"),
+        ("http://[::1", "Invalid IPv6 URL"),
+    ],
+)
+def test_a_malformed_tracking_uri_is_one_line_naming_the_variable(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    uri: str,
+    reason: str,
+) -> None:
+    Path("params.yaml").write_text("{}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert cli_main(["promote", "--run", "abc"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: MLFLOW_TRACKING_URI {uri!r} is not a valid URL ({reason}")
+    assert line.endswith(
+        "; fix it (e.g. http://127.0.0.1:5000) or unset it to use the local sqlite:///mlflow.db"
+    )
+    assert os.listdir(".") == ["params.yaml"]
 
 
 @pytest.mark.parametrize("password", [None, "right-pa55"], ids=["no auth", "right password"])

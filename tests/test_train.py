@@ -328,6 +328,28 @@ def test_unreachable_tracking_server_fails_before_training(
     assert not paths.LAST_CHECKPOINT_FILE.exists()
 
 
+def test_a_deleted_experiment_fails_before_training_saying_how_to_restore_it(
+    inputs: Path,
+) -> None:
+    import mlflow
+
+    from pipeline import tracking
+
+    params = small_params()
+    tracking.configure()
+    experiment = mlflow.create_experiment(params.mlflow.experiment)
+    mlflow.MlflowClient().delete_experiment(experiment)
+    uri = tracking.tracking_uri()
+    with pytest.raises(PipelineError) as deleted:
+        train.train(params)
+    assert str(deleted.value) == (
+        f"MLflow experiment {params.mlflow.experiment!r} is deleted in {uri}; restore it "
+        f"(MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {experiment}) or "
+        "set another mlflow.experiment in params.yaml"
+    )
+    assert not paths.LAST_CHECKPOINT_FILE.exists()
+
+
 def test_missing_inputs_name_the_stage_to_run(inputs: Path) -> None:
     paths.STATS_FILE.unlink()
     with pytest.raises(
