@@ -259,6 +259,11 @@ def idx_images(data: bytes) -> np.ndarray:
             f"holds {array.dtype} data of shape {array.shape}, not uint8 images [N, H, W]; pass "
             "an images file (e.g. t10k-images-idx3-ubyte.gz), not a labels file"
         )
+    if 0 in array.shape[1:]:  # resizing them would fail, and take the other inputs down with it
+        raise PipelineError(
+            f"holds empty images of {array.shape[1]}x{array.shape[2]} pixels, so there is nothing "
+            "to predict; pass an IDX images file whose images have at least one pixel"
+        )
     return array
 
 

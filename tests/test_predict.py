@@ -217,8 +217,10 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
     labels_file = test_set / TEST_LABELS
     broken_idx = tmp_path / "broken-idx3-ubyte"
     broken_idx.write_bytes(encode_idx(np.zeros((3, 4, 4), np.uint8), compress=False)[:-5])
+    empty_idx = tmp_path / "empty-idx3-ubyte"
+    empty_idx.write_bytes(encode_idx(np.zeros((2, 0, 0), np.uint8)))
     missing = tmp_path / "missing.png"
-    inputs = [text, good, truncated, missing, blank, labels_file, broken_idx, good]
+    inputs = [text, good, truncated, missing, blank, labels_file, broken_idx, empty_idx, good]
     code, lines, err = run_cli([*map(str, inputs), "--model", str(models[28])], capsys)
     assert code == 1
     assert [line.split(":")[0] for line in lines] == [str(good), str(good)]
@@ -227,7 +229,7 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
         for line in err.splitlines()
         if not line.startswith("warning: this model has no off-distribution")
     ]
-    assert len(errors) == 7  # six bad inputs, then the summary
+    assert len(errors) == 8  # seven bad inputs, then the summary
     for path, words in [
         (text, "not a picture"),
         (truncated, "damaged or unsupported picture"),
@@ -235,12 +237,13 @@ def test_bad_inputs_are_reported_one_by_one_and_the_rest_still_predicted(
         (blank, "no digit found"),
         (labels_file, "not uint8 images"),
         (broken_idx, "truncated"),
+        (empty_idx, "holds empty images of 0x0 pixels"),
     ]:
         assert any(line.startswith(f"error: {path}: ") and words in line for line in errors), (
             path,
             err,
         )
-    assert errors[-1] == "error: 6 of 8 inputs could not be predicted (see above)"
+    assert errors[-1] == "error: 7 of 9 inputs could not be predicted (see above)"
 
 
 def test_missing_or_pickled_model_is_a_clear_error(
