@@ -58,11 +58,9 @@ INK_THRESHOLD = 0.3
 MIN_CONTRAST = 24
 BATCH_SIZE = 4096
 # Set for the rest of the predict process before MLflow loads a model: with pickles disallowed
-# MLflow loads only pt2 archives it has checked to be pickle-free; and no download progress bars.
-MLFLOW_ENVIRONMENT = {
-    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
+# MLflow loads only pt2 archives it has checked to be pickle-free (tracking.configure, which it
+# calls too, hides the download progress bars).
+MLFLOW_ENVIRONMENT = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
 
 
 @dataclass(frozen=True)

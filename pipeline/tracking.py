@@ -143,10 +143,11 @@ def configure() -> str:
 
 
 def quiet() -> None:
-    """Stage output should be the stage's own lines: alembic logs INFO on every store open and
-    MLflow announces each registration and model save."""
+    """Stage output should be the stage's own lines: alembic logs INFO on every store open,
+    MLflow announces each registration and model save and draws a bar for each download."""
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
 
 def git_output(*args: str) -> str | None:

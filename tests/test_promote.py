@@ -522,3 +522,22 @@ def test_a_refused_alias_move_is_one_line_and_releases_the_lock(
     )
     assert champion_version() == 1
     assert registry_lock.holder(MlflowClient(), registry_lock.lock_name(NAME)) is None
+
+
+def test_promote_hides_mlflow_download_progress_bars(
+    mlflow_workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its output is its own lines, as predict's is: MLflow draws a bar for each download of the
+    champion's and the run's answers."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # restored afterwards
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    finished_run(0.9)
+    promote_stage()
+    better = finished_run(0.95)
+    Path("params.yaml").write_text("{}\n")
+    capsys.readouterr()
+    assert cli.main(["promote", "--run", better]) == 0
+    err = capsys.readouterr().err
+    assert "Downloading artifacts" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("promote: promoted: version 2 vs champion version 1")
