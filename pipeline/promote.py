@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pandas and mlflow load only where used (pipeline/artifacts.
     from mlflow.entities import Run
 
 CHAMPION_ALIAS = "champion"
+DECISION_TAG = "promotion.decision"  # `promoted` is written only once the alias has moved
 ACCURACY_METRIC = "test_accuracy"
 ECE_METRIC = "test_ece"
 PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"  # evaluate logs it
@@ -192,9 +193,10 @@ def promote(
     """Decide, tag the run, move the alias if earned and `line` allows it -> the record for
     reports/promotion.json. Where it may not, the decision reads `would promote`/`would keep`.
 
-    The tags go first, in one request: should the alias move then fail, a rerun decides and
-    records the same; had the alias moved first and the tags failed, the rerun would only find
-    the version already champion, and why it became champion would be lost.
+    The reasons are tagged first, in one request, and `promoted` only once the alias has moved:
+    had the alias moved first and the tags failed, a rerun would only find the version already
+    champion, and why it became champion would be lost; and no failure leaves a run that says
+    `promoted` beside a champion that did not move.
     """
     from mlflow.entities import RunTag
 
@@ -224,7 +226,6 @@ def promote(
         moved = verdict.promote and line.may_move
         decision = ("promoted" if moved else "kept") if line.may_move else WOULD[verdict.promote]
         tags = {
-            "promotion.decision": decision,
             "promotion.reason": verdict.reason[:5000],
             "promotion.failed_gates": ",".join(verdict.failed_gates) or "none",
             "promotion.may_move_champion": str(line.may_move).lower(),
@@ -233,6 +234,8 @@ def promote(
         if verdict.classes:
             p_values = {str(c.digit): round(c.p_value, 6) for c in verdict.classes}
             tags["promotion.digit_p_values"] = json.dumps(p_values)
+        if not moved:  # `promoted` waits for the alias below
+            tags[DECISION_TAG] = decision
         with tracking.permitted(
             f"tag run {run_id} with the promotion decision",
             "it needs EDIT on the run's experiment; have an admin grant it, or promote as a user "
@@ -242,11 +245,11 @@ def promote(
         if moved:
             with tracking.permitted(
                 f"move the {CHAMPION_ALIAS} alias of {name!r} to version {version}",
-                f"it needs EDIT on registered model {name!r}. The champion did not move, though "
-                "the run's promotion.decision tag says promoted: have an admin grant EDIT, or "
-                "promote as a user who has it (ci), and rerun",
+                f"it needs EDIT on registered model {name!r}; the champion did not move: have an "
+                "admin grant EDIT, or promote as a user who has it (ci), and rerun",
             ):
                 client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+            client.set_tag(run_id, DECISION_TAG, decision)
     old = before.evidence if before else None
     return {
         "decision": decision,

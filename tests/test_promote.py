@@ -518,9 +518,11 @@ def test_a_refused_alias_move_is_one_line_and_releases_the_lock(
     assert err.startswith(
         f"error: MLflow tracking server {tracking.tracking_uri()} denied permission to move the "
         "champion alias of 'mnist-mlp' to version 2 (user 'viewer'); it needs EDIT on registered "
-        "model 'mnist-mlp'. The champion did not move"
+        "model 'mnist-mlp'; the champion did not move"
     )
     assert champion_version() == 1
+    tags = run_tags(better)
+    assert "promotion.decision" not in tags and tags["promotion.failed_gates"] == "none"
     assert registry_lock.holder(MlflowClient(), registry_lock.lock_name(NAME)) is None
 
 
