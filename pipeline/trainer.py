@@ -99,12 +99,15 @@ def make_optimizer(model: nn.Module, train: TrainParams) -> torch.optim.Optimize
 def make_scheduler(
     optimizer: torch.optim.Optimizer, train: TrainParams, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Stepped once per batch; `none` keeps train.lr throughout."""
+    """Stepped once per batch; `none` keeps train.lr throughout. OneCycle moves the lr only: its
+    default momentum cycle would overwrite train.momentum (SGD) and Adam's beta1."""
     total = steps_per_epoch * train.epochs
     if train.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if train.lr_schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.lr, total_steps=total, cycle_momentum=False
+        )
     return None
 
 

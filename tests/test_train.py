@@ -391,6 +391,29 @@ def test_optimisers_schedules_and_amp_learn(train_params: dict) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "momentum"), [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)], ids=str
+)
+def test_onecycle_moves_the_lr_and_keeps_the_configured_momentum(
+    optimizer: str, momentum: float
+) -> None:
+    """torch's OneCycleLR cycles momentum (0.95 -> 0.85) by default, which would overwrite
+    train.momentum and Adam's beta1; here they hold through the epoch."""
+    params = small_params(
+        train={"optimizer": optimizer, "momentum": momentum, "lr_schedule": "onecycle"}
+    )
+    x, y = synthetic_digits(200, seed=4)
+    torch.manual_seed(0)
+    model = MLP(Architecture.from_params(params), 0.2, 0.3)
+    trainer = Trainer(model, params.train, Augmentation.from_params(params), -(-200 // 32))
+    trainer.train_epoch(Split(torch.from_numpy(x), torch.from_numpy(y).long()), 1)
+    group = trainer.optimizer.param_groups[0]
+    if optimizer == "sgd":
+        assert group["momentum"] == momentum
+    else:
+        assert group["betas"] == (0.9, 0.999)  # Adam's defaults
+
+
 def test_momentum_with_adam_is_refused(inputs: Path) -> None:
     with pytest.raises(PipelineError, match="train.momentum applies to sgd only"):
         train.train(small_params(train={"momentum": 0.9}))
