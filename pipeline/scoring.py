@@ -2,14 +2,13 @@
 evaluate.
 
 Train keeps the epoch with the lowest validation loss, so this arithmetic fixes the best epoch:
-per-batch mean losses, weighted by batch size and summed in float64, under bf16 autocast when
-train.amp is on. Evaluate scores with the same function, so its valid_loss matches train's up to
-its batch size (evaluate.batch_size).
+per-batch mean losses, weighted by batch size and summed in float64, always in float32 (also with
+train.amp, whose bf16 autocast covers training steps only). Evaluate scores with the same function,
+so its valid_loss matches train's up to its batch size (evaluate.batch_size).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -25,13 +24,6 @@ class Scores:
     accuracy: float
 
 
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device when `amp`, else nothing."""
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def score(
     model: Classifier,
@@ -39,14 +31,12 @@ def score(
     labels: torch.Tensor,
     loss: LossFn,
     batch_size: int,
-    amp: bool = False,
 ) -> Scores:
     """Outputs, mean loss and top-1 accuracy on unaugmented uint8 images [N, S, S], in eval mode."""
     model.eval()
     loss_sum, hits, outputs = 0.0, 0, []
     for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-        with autocast(x.device, amp):
-            scores = model(x.float().div_(255)).float()
+        scores = model(x.float().div_(255))
         loss_sum += float(loss(scores, y)) * len(y)
         hits += int((scores.argmax(1) == y).sum())
         outputs.append(scores)

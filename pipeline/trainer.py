@@ -9,6 +9,7 @@ resumed after any completed epoch ends bit-for-bit where an uninterrupted run wo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from pipeline.errors import PipelineError
 from pipeline.losses import loss_fn
 from pipeline.model import MLP
 from pipeline.progress import bar
-from pipeline.scoring import autocast, score
+from pipeline.scoring import score
 
 # Images augmented per grid_sample call: small enough to stay in cache (2048 measured fastest);
 # fixed, because it orders the random draws.
@@ -69,6 +70,13 @@ def resolve_device(name: str) -> torch.device:
             "train.device is cuda but torch sees no CUDA device; use -S train.device=auto or cpu"
         )
     return torch.device(name)
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device when `amp`, else nothing: for training steps only."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def linear_layers(model: MLP) -> dict[str, nn.Linear]:
@@ -256,10 +264,9 @@ class Trainer:
         return loss.detach(), scores.detach().argmax(1)
 
     def evaluate(self, data: Split) -> tuple[float, float]:
-        """Mean loss and accuracy on un-augmented images."""
-        result = score(
-            self.evaluated, data.images, data.labels, self.loss, EVAL_BATCH, self.train.amp
-        )
+        """Mean loss and accuracy on un-augmented images, in float32 even with train.amp: the best
+        epoch is chosen by the numbers evaluate will report for the saved checkpoint."""
+        result = score(self.evaluated, data.images, data.labels, self.loss, EVAL_BATCH)
         return result.loss, result.accuracy
 
     def run_epoch(self, train: Split, valid: Split, epoch: int) -> EpochResult:

@@ -21,11 +21,12 @@ def _model_and_data() -> tuple[MLP, torch.Tensor, torch.Tensor]:
     return MLP(Architecture(28, (32,)), 0.2, 0.3), torch.from_numpy(x), torch.from_numpy(y).long()
 
 
-def test_evaluate_scores_like_train_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
+def test_evaluate_scores_like_train_bit_for_bit(monkeypatch: pytest.MonkeyPatch, amp: bool) -> None:
     """At the same batch size evaluate's loss and accuracy are exactly the ones train picks the best
-    epoch by."""
+    epoch by, also when train.amp trains under bf16 autocast."""
     model, images, labels = _model_and_data()
-    params = parse_params({})
+    params = parse_params({"train": {"amp": amp}})
     monkeypatch.setattr(trainer, "EVAL_BATCH", 7)  # several batches, the last one short
     expected = trainer.Trainer(model, params.train, Augmentation.from_params(params), 1).evaluate(
         trainer.Split(images, labels)
