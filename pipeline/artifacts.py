@@ -33,6 +33,8 @@ from pipeline.paths import (
     STATS_FILE,
     TRAIN_HISTORY_FILE,
     UPSTREAM_FILE,
+    rerun,
+    run_first,
 )
 
 if TYPE_CHECKING:
@@ -84,32 +86,28 @@ class RunReference(TypedDict):
     experiment_id: str
 
 
-def _fix(stage: str) -> str:
-    return f"rerun the {stage} stage (dvc repro {stage})"
-
-
 def _load(path: Path, stage: str, kind: str, parse: Any) -> Any:
     """`parse(path)`; a missing or unreadable file becomes one line naming the stage to run."""
     try:
         return parse(path)
     except FileNotFoundError:
-        raise PipelineError(
-            f"{path} is missing; run the {stage} stage first (dvc repro {stage})"
-        ) from None
+        raise PipelineError(f"{path} is missing; {run_first(path, stage)}") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PipelineError(f"{path} is not a readable {kind} ({reason}); {_fix(stage)}") from None
+        raise PipelineError(
+            f"{path} is not a readable {kind} ({reason}); {rerun(path, stage)}"
+        ) from None
 
 
 def _json_object(path: Path, stage: str, keys: Sequence[str] = ()) -> dict[str, Any]:
     content = _load(path, stage, "JSON file", lambda p: json.loads(Path(p).read_text()))
     if not isinstance(content, dict):
         raise PipelineError(
-            f"{path} must hold a JSON object, got {type(content).__name__}; {_fix(stage)}"
+            f"{path} must hold a JSON object, got {type(content).__name__}; {rerun(path, stage)}"
         )
     missing = [key for key in keys if key not in content]
     if missing:
-        raise PipelineError(f"{path} lacks {', '.join(missing)}; {_fix(stage)}")
+        raise PipelineError(f"{path} lacks {', '.join(missing)}; {rerun(path, stage)}")
     return content
 
 
@@ -120,7 +118,7 @@ def _table(path: Path, stage: str, columns: Sequence[str]) -> pd.DataFrame:
     missing = [column for column in columns if column not in table.columns]
     if missing or table.empty:
         what = f"lacks columns {', '.join(missing)}" if missing else "has no rows"
-        raise PipelineError(f"{path} {what}; {_fix(stage)}")
+        raise PipelineError(f"{path} {what}; {rerun(path, stage)}")
     return table
 
 
@@ -160,7 +158,9 @@ def read_checksums(path: Path = CHECKSUMS_FILE) -> Checksums:
     content = _json_object(path, "download", ("dataset", "files"))
     files = content["files"]
     if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
-        raise PipelineError(f"{path} must map each file name to its checksums; {_fix('download')}")
+        raise PipelineError(
+            f"{path} must map each file name to its checksums; {rerun(path, 'download')}"
+        )
     return cast(Checksums, content)
 
 
@@ -197,15 +197,15 @@ def read_index(path: Path, limit: int | None = None) -> np.ndarray:
             else type(index).__name__
         )
         raise PipelineError(
-            f"{path} must hold a 1-D integer index array, got {shape}; {_fix('split')}"
+            f"{path} must hold a 1-D integer index array, got {shape}; {rerun(path, 'split')}"
         )
     if limit is not None:
         if len(index) == 0:
-            raise PipelineError(f"{path} holds no indices; {_fix('split')}")
+            raise PipelineError(f"{path} holds no indices; {rerun(path, 'split')}")
         if index.min() < 0 or index.max() >= limit:
             raise PipelineError(
                 f"{path} holds indices outside 0..{limit - 1} (the training set size); "
-                f"{_fix('split')} on the current data"
+                f"{rerun(path, 'split')} on the current data"
             )
     return index.astype(np.int64)
 
@@ -237,7 +237,7 @@ def read_run_reference(path: Path = MLFLOW_RUN_FILE) -> RunReference:
     content = _json_object(path, "train", ("run_id", "experiment_id"))
     if not all(isinstance(content[key], str) for key in ("run_id", "experiment_id")):
         raise PipelineError(
-            f"{path} must give run_id and experiment_id as strings; {_fix('train')}"
+            f"{path} must give run_id and experiment_id as strings; {rerun(path, 'train')}"
         )
     return cast(RunReference, content)
 
@@ -260,7 +260,7 @@ def write_grad_norms(rows: Sequence[dict[str, Any]], path: Path = GRAD_NORMS_FIL
 def read_grad_norms(path: Path = GRAD_NORMS_FILE) -> pd.DataFrame:
     table = _table(path, "train", ("epoch",))
     if table.shape[1] < 2:
-        raise PipelineError(f"{path} has no layer columns; {_fix('train')}")
+        raise PipelineError(f"{path} has no layer columns; {rerun(path, 'train')}")
     return table
 
 
@@ -280,7 +280,7 @@ def read_metrics(path: Path = METRICS_FILE) -> dict[str, float]:
         if isinstance(content.get(key), bool) or not isinstance(content.get(key), (int, float))
     ]
     if bad:
-        raise PipelineError(f"{path} has no numeric {', '.join(bad)}; {_fix('evaluate')}")
+        raise PipelineError(f"{path} has no numeric {', '.join(bad)}; {rerun(path, 'evaluate')}")
     return content
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import atomic
+from pipeline import atomic, paths
 from pipeline.config import Params
 from pipeline.datasets import NUM_CLASSES
 from pipeline.errors import PipelineError
@@ -169,7 +169,7 @@ def save_payload(path: Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load with weights_only=True: a file carrying pickled code objects is refused, never run."""
     if not Path(path).is_file():
-        raise PipelineError(f"{path} not found; run the train stage first (dvc repro train)")
+        raise PipelineError(f"{path} not found; {paths.run_first(path, 'train')}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -217,6 +217,6 @@ def checkpoint_field(payload: dict[str, Any], key: str, path: Path) -> Any:
     """What train recorded beside the weights (e.g. "loss", "epoch") of the checkpoint at `path`."""
     if key not in payload:
         raise PipelineError(
-            f"{path} lacks the {key!r} entry train records; retrain it (dvc repro train)"
+            f"{path} lacks the {key!r} entry train records; {paths.rerun(path, 'train')}"
         )
     return payload[key]

@@ -106,3 +106,25 @@ def member_layout(seed: int) -> Layout:
     """A committee member's files, all in committee/members/<seed>/."""
     folder = COMMITTEE_DIR / "members" / str(seed)
     return Layout(folder, folder)
+
+
+def _made_by(path: Path, stage: str) -> tuple[str, str]:
+    """What rebuilds `path` and the command that runs it. The committee's files come from
+    committee/dvc.yaml, which `dvc repro <stage>` (the root dvc.yaml) never runs."""
+    if COMMITTEE_DIR in Path(path).parents:
+        return "the committee pipeline", f"dvc repro {COMMITTEE_DIR / 'dvc.yaml'}"
+    return f"the {stage} stage", f"dvc repro {stage}"
+
+
+def run_first(path: Path, stage: str) -> str:
+    """The fix for a missing `path` that `stage` writes, e.g. 'run the train stage first (dvc repro
+    train)'."""
+    what, command = _made_by(path, stage)
+    return f"run {what} first ({command})"
+
+
+def rerun(path: Path, stage: str) -> str:
+    """The fix for a bad `path` that `stage` writes, e.g. 'rerun the train stage (dvc repro
+    train)'."""
+    what, command = _made_by(path, stage)
+    return f"rerun {what} ({command})"

@@ -19,6 +19,7 @@ from pipeline.model import (
     MLP,
     Architecture,
     Committee,
+    checkpoint_field,
     checkpoint_payload,
     classifier_from_checkpoint,
     load_checkpoint,
@@ -287,6 +288,29 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
     ]
     with pytest.raises(SystemExit):  # one version to decide for: the committee's or the run's
         cli.main(["promote", "--committee", "--run", "abc"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["committee"], "committee/members/3/model.pt not found"),
+        (["evaluate", "--committee"], "committee/models/mlflow_run.json is missing"),
+        (["report", "--committee"], "committee/models/mlflow_run.json is missing"),
+    ],
+    ids=["committee", "evaluate", "report"],
+)
+def test_missing_committee_files_name_the_committee_pipeline(
+    mlflow_workdir: Path, capsys: pytest.CaptureFixture, argv: list[str], problem: str
+) -> None:
+    """A plain `dvc repro train` never writes committee/: the fix is the committee's dvc.yaml."""
+    from pipeline import __main__ as cli
+
+    Path("params.yaml").write_text("committee:\n  seeds: [3, 4]\n")
+    assert cli.main(argv) == 1
+    fix = "run the committee pipeline first (dvc repro committee/dvc.yaml)"
+    assert capsys.readouterr().err == f"error: {problem}; {fix}\n"
+    with pytest.raises(PipelineError, match=r"'loss' entry train records; rerun the committee pip"):
+        checkpoint_field({}, "loss", COMMITTEE.model)
 
 
 def test_tta_search_shifts_move_pixels_with_zero_fill() -> None:

@@ -190,7 +190,7 @@ def test_loss_follows_checkpoint_with_sigmoid_outputs(
 def test_checkpoint_without_loss_is_refused(trained_workdir: Path) -> None:
     model = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))
     save_checkpoint(paths.MODEL_FILE, model, {"epoch": 3})
-    with pytest.raises(PipelineError, match="lacks the 'loss' entry.*retrain"):
+    with pytest.raises(PipelineError, match=r"lacks the 'loss' entry.*rerun the train stage \(dvc"):
         evaluate.main(parse_params({}))
     assert not paths.METRICS_FILE.exists()
 
