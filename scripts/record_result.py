@@ -7,7 +7,8 @@ e.g. `make best` runs `python scripts/record_result.py best reports/metrics.json
 ...`. It records the test accuracy and errors from METRICS_JSON (what the command's evaluate
 stage wrote), the git commit, the command, its wall-clock and CPU seconds (the command and every
 process it waited for: DVC, the stages, their threads), and the machine (CPU model, cores, OS).
-A failed command, or one that leaves no metrics, writes nothing and passes its exit status on.
+A failed command, or one that leaves no metrics, writes nothing and passes its exit status on; one
+that cannot start exits as the shell would (127 not found, 126 not executable).
 """
 
 from __future__ import annotations
@@ -67,7 +68,19 @@ def children_cpu_seconds() -> float:
 def record(name: str, metrics_file: Path, command: list[str]) -> int:
     commit = git_commit()  # before the run: DVC experiments leave HEAD where it was
     cpu_before, started = children_cpu_seconds(), time.monotonic()
-    status = subprocess.run(command).returncode
+    try:
+        status = subprocess.run(command).returncode
+    except FileNotFoundError:
+        print(
+            f"error: {command[0]} not found; check the command after -- and PATH", file=sys.stderr
+        )
+        return 127
+    except OSError as exc:
+        print(
+            f"error: cannot run {command[0]} ({exc.strerror}); check that it is an executable",
+            file=sys.stderr,
+        )
+        return 126
     wall, cpu = time.monotonic() - started, children_cpu_seconds() - cpu_before
     if status != 0:
         print(

@@ -56,3 +56,20 @@ def test_a_failed_preset_records_nothing(tmp_path: Path) -> None:
     done = record(tmp_path, sys.executable, "-c", "pass")  # exit 0 but no metrics
     assert done.returncode == 1 and "holds no test_accuracy" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_command_that_cannot_start_records_nothing_and_exits_as_the_shell(
+    tmp_path: Path,
+) -> None:
+    done = record(tmp_path, "no-such-command")
+    assert (done.returncode, done.stderr) == (
+        127,
+        "error: no-such-command not found; check the command after -- and PATH\n",
+    )
+    (tmp_path / "preset.sh").write_text("exit 0\n")  # not executable
+    done = record(tmp_path, "./preset.sh")
+    assert (done.returncode, done.stderr) == (
+        126,
+        "error: cannot run ./preset.sh (Permission denied); check that it is an executable\n",
+    )
+    assert not (tmp_path / "results").exists()
