@@ -4,9 +4,11 @@ Every image gets its own random rotation, zoom, integer shift and (optionally) e
 all of them are folded into one sampling grid per call, so there is no per-image Python work.
 The shift by d pixels in [-crop_padding, crop_padding] with zero fill is exactly what a random
 28x28 crop of the 2-pixel zero-padded image does (torchvision's RandomCrop(28, padding=2)); it is
-applied after the rotation, as in the reference's RandomRotation -> RandomCrop order. Sampling
-is nearest-neighbour by default, as torchvision's RandomRotation does, or bilinear; either way
-the fill is 0 and a pure shift lands on pixel centres, so it copies pixel values.
+applied after the rotation, as in the reference's RandomRotation -> RandomCrop order. Folded
+into the grid, the shift would let output pixels that show the crop's padding sample image
+pixels that rotation moved there, so those pixels are zeroed after sampling. Sampling is
+nearest-neighbour by default, as torchvision's RandomRotation does, or bilinear; either way the
+fill is 0 and a pure shift lands on pixel centres, so it copies pixel values.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
 
 def affine_matrices(
     n: int, size: int, aug: Augmentation, generator: torch.Generator
-) -> torch.Tensor:
-    """[n, 2, 3] maps from output to input coordinates (normalised, align_corners=False).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 2, 3] maps from output to input coordinates (normalised, align_corners=False), and the
+    crop's integer shifts d, [n, 2] pixels (x, y).
 
     Output pixel q samples the source at M (q + d): M undoes rotation and zoom about the centre,
-    d is the crop's integer shift (2 / size per pixel in normalised units).
+    d is the crop's shift (2 / size per pixel in normalised units).
     """
     angle = _uniform(n, -1.0, 1.0, generator) * math.radians(aug.rotation_deg)
     zoom = (
@@ -64,14 +67,21 @@ def affine_matrices(
         if aug.scale
         else torch.ones(n, dtype=torch.float64)
     )
-    shift = torch.zeros(n, 2, dtype=torch.float64)
+    shift = torch.zeros(n, 2, dtype=torch.int64)
     if aug.crop_padding:
         pad = aug.crop_padding
-        shift = torch.randint(-pad, pad + 1, (n, 2), generator=generator).double() * (2.0 / size)
+        shift = torch.randint(-pad, pad + 1, (n, 2), generator=generator)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     linear = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [n, 2, 2]
-    offset = linear @ shift[:, :, None]  # [n, 2, 1]
-    return torch.cat([linear, offset], 2).float()
+    offset = linear @ (shift.double() * (2.0 / size))[:, :, None]  # [n, 2, 1]
+    return torch.cat([linear, offset], 2).float(), shift
+
+
+def inside_crop(shift: torch.Tensor, size: int) -> torch.Tensor:
+    """[n, 2, S]: 1.0 for each output column (x) and row (y) that the shift d keeps inside the
+    image, 0.0 for those the crop fills from its zero padding."""
+    moved = torch.arange(size, device=shift.device) + shift[:, :, None]
+    return ((moved >= 0) & (moved < size)).float()
 
 
 def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,10 +140,10 @@ def augment(
     pixels = images.float().div_(255)
     if not aug.enabled or n == 0:
         return pixels
-    theta = affine_matrices(n, size, aug, generator)
+    theta, shift = affine_matrices(n, size, aug, generator)
     field = elastic_displacement(n, size, aug, generator) if aug.elastic_alpha else None
     if rows is not None:
-        theta = theta[rows]
+        theta, shift = theta[rows], shift[rows]
         field = field[rows] if field is not None else None
     if len(images) == 0:  # drawn all the same, to keep the generator in step with the other ranks
         return pixels
@@ -142,5 +152,8 @@ def augment(
         grid = grid + field.to(images.device)
     out = F.grid_sample(
         pixels[:, None], grid, mode=aug.interpolation, padding_mode="zeros", align_corners=False
-    )
-    return out[:, 0]
+    )[:, 0]
+    if aug.crop_padding:  # rows times columns, as two broadcasts: cheaper than an [n, S, S] mask
+        inside = inside_crop(shift.to(images.device), size)
+        out.mul_(inside[:, 1, :, None]).mul_(inside[:, 0, None, :])
+    return out

@@ -61,11 +61,36 @@ def test_shift_equals_a_random_crop_of_the_zero_padded_image(interpolation: str)
     batch, pad = images(200), 2
     aug = Augmentation(rotation_deg=0, crop_padding=pad, interpolation=interpolation)
     out = augment(batch, aug, generator(7))
-    shifts = (
-        (affine_matrices(200, 28, aug, generator(7))[:, :, 2] * 14).round().long()
-    )  # same draws
+    shifts = affine_matrices(200, 28, aug, generator(7))[1]  # same draws
     assert shifts.min() == -pad and shifts.max() == pad
     padded = F.pad(batch.float() / 255, (pad, pad, pad, pad))
+    expected = torch.stack(
+        [
+            padded[i, pad + dy : pad + dy + 28, pad + dx : pad + dx + 28]
+            for i, (dx, dy) in enumerate(shifts.tolist())
+        ]
+    )
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_rotation_then_a_crop_of_the_zero_padded_rotated_image(interpolation: str) -> None:
+    """The crop's padding stays 0 where rotation and zoom turn image pixels towards it: on white
+    images and digits the batch equals an explicit rotate (fill 0), then pad and crop."""
+    white = torch.full((100, 28, 28), 255, dtype=torch.uint8)
+    batch, pad = torch.cat([white, images(100)]), 2
+    aug = Augmentation(rotation_deg=10, crop_padding=pad, scale=0.1, interpolation=interpolation)
+    out = augment(batch, aug, generator(3))
+    theta, shifts = affine_matrices(200, 28, aug, generator(3))  # same draws
+    turn = torch.cat([theta[:, :, :2], torch.zeros(200, 2, 1)], 2)  # rotation and zoom only
+    rotated = F.grid_sample(
+        batch[:, None].float() / 255,
+        F.affine_grid(turn, [200, 1, 28, 28], align_corners=False),
+        mode=interpolation,
+        padding_mode="zeros",
+        align_corners=False,
+    )[:, 0]
+    padded = F.pad(rotated, (pad, pad, pad, pad))
     expected = torch.stack(
         [
             padded[i, pad + dy : pad + dy + 28, pad + dx : pad + dx + 28]
@@ -100,7 +125,7 @@ def test_same_generator_state_gives_the_same_batch() -> None:
 
 
 def test_sampling_grid_equals_affine_grid() -> None:
-    theta = affine_matrices(50, 16, ALL_ON, generator())
+    theta, _ = affine_matrices(50, 16, ALL_ON, generator())
     expected = F.affine_grid(theta, [50, 1, 16, 16], align_corners=False)
     torch.testing.assert_close(sampling_grid(theta, 16), expected, atol=1e-6, rtol=0)
 
