@@ -478,18 +478,24 @@ def test_a_deleted_run_is_refused_before_the_champion_moves(
     assert not [tag for tag in run_tags(deleted) if tag.startswith("promotion.")]
 
 
-def test_a_refused_tag_write_leaves_the_champion_where_it_was(
-    mlflow_workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The run's record is written before the alias moves, so no failure leaves a champion that
-    no record explains."""
-    from mlflow import MlflowClient
-
+def better_run_as_viewer(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A champion (version 1), a better run to promote, and the user `viewer` to promote it."""
     finished_run(0.9)
     promote_stage()
     better = finished_run(0.95)
     Path("params.yaml").write_text("{}\n")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")
+    return better
+
+
+def test_a_refused_tag_write_leaves_the_champion_where_it_was(
+    mlflow_workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's reasons are written before the alias moves, so no failure leaves a champion that
+    no record explains."""
+    from mlflow import MlflowClient
+
+    better = better_run_as_viewer(monkeypatch)
     monkeypatch.setattr(MlflowClient, "log_batch", permission_denied)
     monkeypatch.setattr(MlflowClient, "set_tag", permission_denied)  # were they written one by one
     assert cli_error(["promote", "--run", better], capsys) == (
@@ -508,11 +514,7 @@ def test_a_refused_alias_move_is_one_line_and_releases_the_lock(
 
     from pipeline import registry_lock
 
-    finished_run(0.9)
-    promote_stage()
-    better = finished_run(0.95)
-    Path("params.yaml").write_text("{}\n")
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")
+    better = better_run_as_viewer(monkeypatch)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", permission_denied)
     err = cli_error(["promote", "--run", better], capsys)
     assert err.startswith(
