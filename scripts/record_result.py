@@ -7,8 +7,9 @@ e.g. `make best` runs `python scripts/record_result.py best reports/metrics.json
 ...`. It records the test accuracy and errors from METRICS_JSON (what the command's evaluate
 stage wrote), the git commit, the command, its wall-clock and CPU seconds (the command and every
 process it waited for: DVC, the stages, their threads), and the machine (CPU model, cores, OS).
-A failed command, or one that leaves no metrics, writes nothing and passes its exit status on; one
-that cannot start exits as the shell would (127 not found, 126 not executable).
+A failed command, or one that leaves no metrics, writes nothing and passes its exit status on as
+the shell would (128 + N for signal N; 127 not found, 126 not executable). Ctrl-C reaches the
+command, which is waited for, so that an interrupted `dvc exp run` can stop cleanly and resume.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -65,11 +67,24 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def run_to_the_end(command: list[str]) -> int:
+    """`command`'s exit status, as a shell reports it. Ctrl-C goes to the whole process group, so
+    the command gets it; subprocess.run would SIGKILL it 0.25 s later, before DVC can save its
+    state, so the interrupt is ignored here until the command has exited."""
+    process = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # after the fork: the child keeps it
+    try:
+        status = process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 128 - status if status < 0 else status
+
+
 def record(name: str, metrics_file: Path, command: list[str]) -> int:
     commit = git_commit()  # before the run: DVC experiments leave HEAD where it was
     cpu_before, started = children_cpu_seconds(), time.monotonic()
     try:
-        status = subprocess.run(command).returncode
+        status = run_to_the_end(command)
     except FileNotFoundError:
         print(
             f"error: {command[0]} not found; check the command after -- and PATH", file=sys.stderr

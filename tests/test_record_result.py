@@ -73,3 +73,41 @@ def test_a_command_that_cannot_start_records_nothing_and_exits_as_the_shell(
         "error: cannot run ./preset.sh (Permission denied); check that it is an executable\n",
     )
     assert not (tmp_path / "results").exists()
+
+
+def test_ctrl_c_lets_the_command_finish_its_cleanup_and_a_signal_exits_as_the_shell(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C reaches the command's whole process group: the command must get the time to stop
+    cleanly (DVC saves its experiment state), and its status is passed on, 128 + the signal."""
+    import signal
+    import time
+
+    command = (
+        "import pathlib, signal, sys, time\n"
+        "def stop(*_):\n"
+        "    time.sleep(1); pathlib.Path('cleaned').touch(); sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "pathlib.Path('started').touch()\n"
+        "time.sleep(30)\n"
+    )
+    recorder = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts/record_result.py"), "best", "reports/metrics.json"]
+        + ["--", sys.executable, "-c", command],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,  # its own process group, as a terminal gives `make best`
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(recorder.pid, signal.SIGINT)
+    _, err = recorder.communicate(timeout=60)
+    assert (tmp_path / "cleaned").exists()
+    assert recorder.returncode == 130
+    assert err.splitlines()[-1].endswith("exited with 130; nothing recorded"), err
+    assert "Traceback" not in err
+    killed = record(tmp_path, "sh", "-c", "kill -9 $$")
+    assert killed.returncode == 137, killed.stderr
