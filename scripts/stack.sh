@@ -215,16 +215,27 @@ add_users() {
         || die "could not set up the users ci and viewer (is the admin password the one the server started with?)"
 }
 
+group_alive() {  # group_alive PGID: a process of that group runs (zombies, never reaped here, aside)
+    local stat fields
+    for stat in /proc/[0-9]*/stat; do
+        stat="$(cat "$stat" 2>/dev/null)" || continue
+        read -r -a fields <<<"${stat##*) }" # after the command's name: state ppid pgrp ...
+        [ "${fields[2]}" = "$1" ] && [ "${fields[0]}" != Z ] && return 0
+    done
+    return 1
+}
+
 stop_one() {  # stop_one NAME: TERM the session NAME.pid leads, KILL it after 10 s
+    # The whole session, even when its leader has died: mlflow's workers would keep the port.
     local pid
     pid="$(cat "$STACK_DIR/$1.pid" 2>/dev/null)" || return 0
-    if alive "$1"; then
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    if [ -n "$pid" ] && group_alive "$pid"; then
+        kill -TERM -- "-$pid" 2>/dev/null
         for _ in $(seq 20); do
-            alive "$1" || break
+            group_alive "$pid" || break
             sleep 0.5
         done
-        alive "$1" && kill -KILL -- "-$pid" 2>/dev/null
+        group_alive "$pid" && kill -KILL -- "-$pid" 2>/dev/null
         log "stopped $1 (pid $pid)"
     fi
     rm -f "$STACK_DIR/$1.pid"
@@ -250,17 +261,17 @@ print_env() {  # print_env USER: ci (default), viewer or admin
         *) die "no user $user; choose ci, viewer or admin" ;;
     esac
     local s3="http://127.0.0.1:$(cat "$STACK_DIR/s3.port")"
-    cat <<EOF
-export MLFLOW_TRACKING_URI=http://127.0.0.1:$(cat "$STACK_DIR/mlflow.port")
-export MLFLOW_TRACKING_USERNAME=$user
-export MLFLOW_TRACKING_PASSWORD=$password
-export AWS_ACCESS_KEY_ID=$S3_KEY
-export AWS_SECRET_ACCESS_KEY=$S3_SECRET
-export AWS_DEFAULT_REGION=us-east-1
-export STACK_S3_ENDPOINT=$s3
-export STACK_DVC_REMOTE=s3://$DVC_BUCKET
-export STACK_MLFLOW_ARTIFACTS=s3://$MLFLOW_BUCKET/artifacts
-EOF
+    # %q: a value with spaces or ; stays one value under eval "$(scripts/stack.sh env)"
+    printf 'export %s=%q\n' \
+        MLFLOW_TRACKING_URI "http://127.0.0.1:$(cat "$STACK_DIR/mlflow.port")" \
+        MLFLOW_TRACKING_USERNAME "$user" \
+        MLFLOW_TRACKING_PASSWORD "$password" \
+        AWS_ACCESS_KEY_ID "$S3_KEY" \
+        AWS_SECRET_ACCESS_KEY "$S3_SECRET" \
+        AWS_DEFAULT_REGION us-east-1 \
+        STACK_S3_ENDPOINT "$s3" \
+        STACK_DVC_REMOTE "s3://$DVC_BUCKET" \
+        STACK_MLFLOW_ARTIFACTS "s3://$MLFLOW_BUCKET/artifacts"
 }
 
 case "${1:-}" in

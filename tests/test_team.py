@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -131,7 +132,11 @@ def stack_env(env: dict[str, str], user: str) -> dict[str, str]:
     exports = subprocess.run(
         [str(STACK), "env", user], env=env, capture_output=True, text=True, timeout=60, check=True
     )
-    return dict(line.removeprefix("export ").split("=", 1) for line in exports.stdout.splitlines())
+    # `export NAME=VALUE`, VALUE quoted for the shell (printf %q): read as eval reads it.
+    return dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in exports.stdout.splitlines()
+    )
 
 
 @pytest.fixture(scope="session")

@@ -192,3 +192,10 @@ def test_ci_fails_when_the_retrained_model_is_below_the_floor() -> None:
     assert "set -euo pipefail" in script
     check = script.index("python scripts/require_accuracy.py 0.983\n")
     assert script.rindex("scripts/retrain.sh\n") < check < script.index('step "done"')
+
+
+@pytest.mark.parametrize("name", ["pr.yml", "retrain.yml"])
+def test_workflows_install_the_team_extra(name: str) -> None:
+    """dvc-s3 for the S3 DVC remote both use, and for pr.yml the team tests' moto and psycopg."""
+    (install,) = [step["run"] for step in steps(load(name)) if step.get("name") == "Install"]
+    assert re.search(r"pip install -e '\.\[(dev,)?team\]'", install), install
