@@ -145,7 +145,10 @@ def main() -> int:
             str(seed),
             *(f"-S{o}" for o in args.overrides),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:  # the child's own error line, not CalledProcessError's
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise SystemExit(f"error: seed {seed}: {last}")
         return json.loads(done.stdout.splitlines()[-1])
 
     with ThreadPoolExecutor(args.jobs) as pool:
