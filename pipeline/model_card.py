@@ -25,6 +25,8 @@ from pipeline.progress import log
 
 CARD_FILE = "model_card.md"
 TEST_TAGS = ("test_accuracy", "valid_accuracy", "macro_f1")
+RESULT = " Result: "  # the run description's last part, the only one evaluate rewrites
+COMMITTEE_TAG = "committee_member_runs"  # set by the committee stage only (pipeline/committee.py)
 
 
 def params_hash(flat_params: dict[str, Any]) -> str:
@@ -38,18 +40,25 @@ def describe_run(flat_params: dict[str, Any], data_digest: str, test_accuracy: f
     p = {k: str(v) for k, v in flat_params.items()}
     size = int(p.get("data.image_size", "28"))
     layers = [size * size, *json.loads(p.get("model.hidden", "[]")), NUM_CLASSES]
+    description = (
+        f"MLP {'-'.join(map(str, layers))} ({p.get('model.activation')}), trained with "
+        f"{p.get('train.optimizer')} lr {p.get('train.lr')} "
+        f"({p.get('train.lr_schedule')} schedule), {p.get('train.epochs')} epochs of batch "
+        f"{p.get('train.batch_size')}, seed {p.get('train.seed')}. "
+        f"Data: {p.get('data.name')} at {size}x{size}, digest {data_digest}."
+    )
+    return with_result(description, test_accuracy)
+
+
+def with_result(description: str, test_accuracy: float | None) -> str:
+    """`description` with its Result part replaced (or added), the rest kept as the stage that
+    started the run wrote it: a committee's note says what its members are."""
     result = (
         f"test accuracy {test_accuracy:.4f}"
         if test_accuracy is not None
         else "test accuracy: not evaluated yet"
     )
-    return (
-        f"MLP {'-'.join(map(str, layers))} ({p.get('model.activation')}), trained with "
-        f"{p.get('train.optimizer')} lr {p.get('train.lr')} "
-        f"({p.get('train.lr_schedule')} schedule), {p.get('train.epochs')} epochs of batch "
-        f"{p.get('train.batch_size')}, seed {p.get('train.seed')}. "
-        f"Data: {p.get('data.name')} at {size}x{size}, digest {data_digest}. Result: {result}."
-    )
+    return f"{description.partition(RESULT)[0]}{RESULT}{result}."
 
 
 def registered_model_description(name: str) -> str:
@@ -140,9 +149,12 @@ def card(
         f"| {int(r['support'])} |"
         for _, r in per_class.iterrows()
     )
-    checkout = (
-        f"dvc exp apply {experiment}   # the experiment's params" if experiment else "dvc repro"
+    repro = (  # the committee has a pipeline of its own, which `dvc repro` never runs
+        "dvc repro committee/dvc.yaml   # or: make committee"
+        if COMMITTEE_TAG in tags
+        else "dvc repro"
     )
+    checkout = f"dvc exp apply {experiment}   # the experiment's params" if experiment else repro
     return f"""# Model card: {name} version {version or "(not registered)"}
 
 {tags.get("mlflow.note.content", "")}
@@ -203,9 +215,11 @@ def complete(run_id: str, metrics: dict[str, float], per_class: pd.DataFrame) ->
 
     client = MlflowClient()
     run = client.get_run(run_id)
-    note = describe_run(
-        run.data.params, run.data.tags.get("data_digest", "unknown"), metrics["test_accuracy"]
+    # A run opened without a description (not by train or committee) gets train's
+    note = run.data.tags.get("mlflow.note.content") or describe_run(
+        run.data.params, run.data.tags.get("data_digest", "unknown"), None
     )
+    note = with_result(note, metrics["test_accuracy"])
     client.set_tag(run_id, "mlflow.note.content", note)
     run = client.get_run(run_id)
     versions = client.search_model_versions(f"run_id='{run_id}'")
