@@ -24,6 +24,7 @@ from pipeline.datasets import CLASSES  # noqa: E402
 
 DPI = 110
 DIGIT_COLORS = matplotlib.colormaps["tab10"]
+DIGIT_CMAP = "gray"  # pixel values as the model reads them: 0 black, full ink white, as in MNIST
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -45,7 +46,7 @@ def digit_grid(images: np.ndarray, labels: np.ndarray, title: str, columns: int 
     vmax = 255 if images.dtype == np.uint8 else 1.0
     # The grid may have more cells than images: those stay blank.
     for ax, image, label in zip(axes.flat, images, labels, strict=False):
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_title(f"label {label}", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
@@ -81,20 +82,30 @@ def learning_curves(history: pd.DataFrame) -> Figure:
 
 
 def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
-    """Rows are true digits, columns predictions; normalised rows sum to 1 (per-class recall on the
-    diagonal)."""
-    values = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalized else matrix
+    """Rows are true digits, columns predictions; normalised rows are percentages of the true
+    digit's images (per-class recall on the diagonal).
+
+    The colours end at the largest off-diagonal cell: on a scale up to the diagonal's ~99%, every
+    error would look white. Zero cells stay blank so the errors stand out.
+    """
+    values = (
+        matrix * 100 / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalized else matrix
+    )
+    errors = values[~np.eye(len(values), dtype=bool)]
+    vmax = errors.max() or max(values.max(), 1)  # no errors: the diagonal's scale
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else max(values.max(), 1))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+    unit = "% of the true digit's images" if normalized else "test images"
     fig.colorbar(
-        image, ax=ax, label="share of the true class" if normalized else "test images", shrink=0.85
+        image,
+        ax=ax,
+        label=f"{unit} (colours span the errors)",
+        shrink=0.85,
+        extend="max",
     )
-    threshold = (1 if normalized else values.max()) / 2
     for (row, col), value in np.ndenumerate(values):
-        text = f"{value:.2f}" if normalized else f"{int(value)}"
-        if normalized and value == 0:
-            text = "0"
+        text = "" if value == 0 else f"{value:.1f}" if normalized else f"{int(value)}"
         ax.text(
             col,
             row,
@@ -102,7 +113,7 @@ def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
             ha="center",
             va="center",
             fontsize=8,
-            color="white" if value > threshold else "black",
+            color="white" if value > vmax / 2 else "black",
         )
     ticks = range(matrix.shape[0])
     ax.set_xticks(ticks)
@@ -110,7 +121,7 @@ def confusion(matrix: np.ndarray, normalized: bool) -> Figure:
     ax.set_xlabel("predicted digit")
     ax.set_ylabel("true digit")
     total = int(matrix.sum())
-    kind = "normalised by true class" if normalized else "counts"
+    kind = "% of each true digit" if normalized else "counts"
     ax.set_title(f"Confusion matrix ({kind}), {total:,} test images")
     return fig
 
@@ -139,7 +150,7 @@ def mistakes(
         axes.flat, images, actual, predicted, p_predicted, p_actual, strict=False
     )  # spare cells blank
     for ax, image, true, pred, p_pred, p_true in cells:
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(
             f"true {true}, predicted {pred}\np({pred})={p_pred:.2f}, p({true})={p_true:.2f}",
             fontsize=9,
@@ -188,9 +199,11 @@ def mosaic(tiles: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
     return grid.reshape(rows * (size + gap), columns * (size + gap))[:-gap, :-gap]
 
 
-def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10) -> Figure:
-    """Rows of the first Linear layer [units, S*S] drawn as S x S images on one shared, zero-centred
-    scale.
+def first_layer_weights(
+    weights: np.ndarray, image_size: int, units: int, columns: int = 10
+) -> Figure:
+    """Rows of the first Linear layer [shown, S*S] drawn as S x S images on one shared, zero-centred
+    scale; `units` is the layer's width, of which the first `shown` are drawn.
 
     One image of all tiles (not one axes per unit) keeps this fast. The scale ends at the 99.5th
     percentile of |w|: a few large weights would otherwise wash out every tile.
@@ -206,10 +219,15 @@ def first_layer_weights(weights: np.ndarray, image_size: int, columns: int = 10)
     ax.axis("off")
     fig.colorbar(image, ax=ax, label="weight (red > 0 > blue)", shrink=0.6, extend="both")
     size = f"{image_size}x{image_size}"
-    ax.set_title(
-        f"First-layer weights of {len(weights)} hidden units, as {size} images", fontsize=12
-    )
+    shown = f"all {units}" if len(weights) == units else f"the first {len(weights)} of {units}"
+    ax.set_title(f"First-layer weights of {shown} hidden units, as {size} images", fontsize=12)
     return fig
+
+
+def _accuracy_axis_start(lowest: float) -> float:
+    """Where an accuracy axis starts: a round 0.05 below `lowest`, so that differences of a
+    percent or two between bars stay visible (from 0 they would all look full)."""
+    return max(0.0, math.floor((lowest - 0.02) * 20) / 20)
 
 
 def per_class_accuracy(per_class: pd.DataFrame, overall: float) -> Figure:
@@ -225,7 +243,7 @@ def per_class_accuracy(per_class: pd.DataFrame, overall: float) -> Figure:
     )
     ax.bar_label(bars, labels=[f"{a:.3f}" for a in accuracy], fontsize=8, padding=2)
     ax.axhline(overall, color="black", linestyle="--", linewidth=1)
-    low = max(0.0, math.floor((min(accuracy.min(), overall) - 0.02) * 20) / 20)
+    low = _accuracy_axis_start(min(accuracy.min(), overall))
     ax.set_ylim(low, 1.0 + (1.0 - low) * 0.08)
     ax.set_xlabel("digit")
     ax.set_ylabel("accuracy (recall)" + (f", axis from {low:.2f}" if low > 0 else ""))
@@ -305,11 +323,19 @@ def robustness(accuracies: dict[str, float], clean: float) -> Figure:
         for n in names
     ]
     bars = ax.barh(names, [accuracies[n] for n in names], color=colors)
-    ax.bar_label(bars, labels=[f"{accuracies[n]:.3f}" for n in names], fontsize=8, padding=2)
+    # Inside the bars, in white: beside their ends the labels would sit on the dashed line.
+    ax.bar_label(
+        bars,
+        labels=[f"{accuracies[n]:.3f}" for n in names],
+        label_type="center",
+        fontsize=8,
+        color="white",
+    )
     ax.axvline(clean, color="black", linestyle="--", linewidth=1)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.08)
-    ax.set_xlabel("test accuracy")
+    low = _accuracy_axis_start(min(*accuracies.values(), clean))
+    ax.set_xlim(low, 1.0)
+    ax.set_xlabel("test accuracy" + (f", axis from {low:.2f}" if low > 0 else ""))
     ax.set_title(
         f"Accuracy under deterministic perturbations (dashed line: unperturbed {clean:.4f})"
     )
@@ -330,7 +356,7 @@ def off_distribution(images: np.ndarray, titles: list[str], flagged: list[bool])
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(
             title + ("\nflagged off-distribution" if flag else "\nnot flagged"),
             fontsize=9,

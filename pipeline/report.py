@@ -348,8 +348,9 @@ def confusion_normalized_figure(d: FigureData) -> Figure:
         FigureDoc(
             "confusion_normalized.png",
             "Confusion matrix (normalised)",
-            "Each row sums to 1, so the diagonal is each digit's recall and off-diagonal cells "
-            "compare across digits of different frequency.",
+            "Each row is in percent of the true digit's test images, so the diagonal is each "
+            "digit's recall and off-diagonal cells compare across digits of different frequency; "
+            "the colours span the off-diagonal cells only.",
         ),
         plotting.confusion(d.confusion, normalized=True),
     )
@@ -440,7 +441,7 @@ def first_layer_weights_figure(d: FigureData) -> Figure:
             "inhibits); stroke-like blobs are learned detectors, salt-and-pepper tiles are "
             "units that learned little.",
         ),
-        plotting.first_layer_weights(weights, model.arch.image_size),
+        plotting.first_layer_weights(weights, model.arch.image_size, first.out_features),
     )
 
 
