@@ -190,10 +190,10 @@ def pipeline_written_paths(dvc_files: tuple[Path, ...] = DVC_FILES) -> list[str]
         except (OSError, ValueError, AttributeError):
             continue
         for stage in stages.values():
-            stage = stage.get("do", stage)
-            wdir = dvc_yaml.parent / stage.get("wdir", ".")
+            body = stage.get("do", stage)  # a foreach stage's keys sit under `do`
+            wdir = dvc_yaml.parent / body.get("wdir", ".")
             for key in ("outs", "metrics", "plots"):
-                for entry in stage.get(key) or []:
+                for entry in body.get(key) or []:
                     out = next(iter(entry)) if isinstance(entry, dict) else str(entry)
                     written.append(os.path.normpath(wdir / out.split("${")[0]))
     return written
