@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PARAMS_FILE, load_params
+from pipeline import numerics
+from pipeline.config import PARAMS_FILE, Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.paths import MODEL_FILE
 
@@ -122,11 +123,21 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def run_stage(stage: str, params_file: Path, options: dict[str, Any] | None = None) -> int:
+def pin_kernels(params: Params, restart: bool) -> None:
+    """Portable numerics (pipeline/numerics.py) before torch or numpy computes anything; a process
+    that already loaded either restarts under the pinned variables when `restart`."""
+    if numerics.pin(params.numerics.portable) and restart:
+        numerics.restart()
+
+
+def run_stage(
+    stage: str, params_file: Path, options: dict[str, Any] | None = None, restart: bool = False
+) -> int:
     """`options` are the stage's own command-line flags, passed to its main() as keywords."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         params = load_params(params_file)
+        pin_kernels(params, restart)
         importlib.import_module(f"pipeline.{stage}").main(params, **(options or {}))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -139,7 +150,14 @@ def run_stage(stage: str, params_file: Path, options: dict[str, Any] | None = No
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    params_file = getattr(args, "params", PARAMS_FILE)
     if args.command == "predict":
+        try:  # predict needs no params file; without one, numerics stay portable
+            params = load_params(params_file) if params_file.exists() else Params()
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        pin_kernels(params, restart=argv is None)
         from pipeline import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
@@ -150,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("allow_contract_change", "run", "member", "committee", "remote")
         if (value := getattr(args, name, None)) is not None and value is not False
     }
-    return run_stage(args.command, getattr(args, "params", PARAMS_FILE), options)
+    # Only a command-line process may restart itself; a caller in Python (a test) keeps its own.
+    return run_stage(args.command, params_file, options, restart=argv is None)
 
 
 if __name__ == "__main__":

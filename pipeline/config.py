@@ -155,7 +155,12 @@ class PromoteParams(Section):
     from_experiments: bool = False
 
 
+class NumericsParams(Section):
+    portable: bool = True
+
+
 class Params(Section):
+    numerics: NumericsParams = NumericsParams()
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")

@@ -53,6 +53,7 @@ from pipeline.report_render import FigureDoc, Section, Table, render_html, rende
 
 REFERENCE_ACCURACY = 0.98  # test accuracy of the reference notebook
 PARAM_SECTIONS = (
+    "numerics",
     "data",
     "split",
     "validate",

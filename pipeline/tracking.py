@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import artifacts
+from pipeline import artifacts, numerics
 from pipeline.errors import PipelineError
 from pipeline.paths import COMMITTEE_DIR
 
@@ -166,8 +166,10 @@ def git_commit() -> str:
 def run_tags(
     dataset_md5: dict[str, str], data_digest: str, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """A training or committee run's tags: the data it saw, the code and the DVC experiment."""
+    """A training or committee run's tags: the data it saw, the code, the DVC experiment, and the
+    CPU and kernel libraries it ran on (numerics.environment)."""
     tags = {f"dataset.md5.{name}": md5 for name, md5 in dataset_md5.items()}
+    tags |= {f"environment.{key}": value for key, value in numerics.environment().items()}
     tags["data_digest"] = data_digest
     tags["git_commit"] = git_commit()
     if os.environ.get("DVC_EXP_NAME"):
@@ -353,13 +355,20 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
 
     pt2 is a traced graph: loading runs no pickled code and needs no copy of this package, and
     the signature's -1 batch dimension (the example must hold > 1 row) keeps the batch size free.
-    Pip requirements are given, not inferred: inference reloads the model in a subprocess.
+    Pip requirements are given, not inferred (inference reloads the model in a subprocess): what
+    loading and calling it imports (torch.export, MLflow's pyfunc, numpy and pandas), at the
+    versions requirements/base.txt pins (`make lock`), so serving gets the pinned environment.
     """
+    import re
+
     import mlflow
     import torch
     from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
+    pins = (Path(__file__).resolve().parents[1] / "requirements" / "base.txt").read_text()
+    pinned = dict(re.findall(r"^([a-z0-9.-]+)==(\S+)$", pins, re.MULTILINE))
+    requirements = [f"{name}=={pinned[name]}" for name in ("torch", "mlflow", "numpy", "pandas")]
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     try:
@@ -370,10 +379,7 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
             input_example=example,
             registered_model_name=registered_model,
             serialization_format="pt2",
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"mlflow=={mlflow.__version__}",
-            ],
+            pip_requirements=requirements,
         )
     except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
         # MLflow uploads the files before it registers, so a failed upload leaves no version.

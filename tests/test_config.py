@@ -103,7 +103,7 @@ def test_bad_values_name_key_value_and_allowed(raw, expected):
 def test_unknown_keys_list_the_allowed_ones():
     message = problem({"trian": {}})
     assert re.fullmatch(
-        r"trian is not a known key \(allowed: data, split, validate, model, augment, train, .*\)",
+        r"trian is not a known key \(allowed: numerics, data, split, validate, model, .*\)",
         message,
     )
     message = problem({"train": {"learning_rate": 0.1}})
@@ -118,7 +118,7 @@ def test_unknown_keys_list_the_allowed_ones():
 
 def test_the_python_name_validate_underscore_is_no_second_spelling_of_validate():
     assert problem({"validate_": {"class_share_tolerance": 0.5}}).startswith(
-        "validate_ is not a known key (allowed: data, split, validate, model,"
+        "validate_ is not a known key (allowed: numerics, data, split, validate, model,"
     )
 
 

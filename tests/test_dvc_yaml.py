@@ -58,6 +58,19 @@ def closure(module: str, package: Path) -> set[str]:
     return seen
 
 
+def entry_imports(package: Path) -> set[str]:
+    """What `python -m pipeline` loads before any stage: pipeline/__main__.py's module-level
+    imports (numerics pins the kernels there), part of every stage's process."""
+    found: set[str] = set()
+    for node in ast.parse((package / "__main__.py").read_text()).body:
+        module = (node.module or "") if isinstance(node, ast.ImportFrom) else ""
+        if module == package.name:  # from pipeline import x
+            found |= {a.name for a in node.names}
+        elif module.startswith(f"{package.name}."):  # from pipeline.x import y
+            found.add(module.split(".")[1])
+    return set().union(*(closure(name, package) for name in found))
+
+
 def pipeline_stages() -> dict[str, tuple[str, list[str]]]:
     found = {}
     for dvc_file in DVC_FILES:
@@ -89,7 +102,8 @@ def test_dvc_yaml_has_pipeline_stages():
 def test_stage_deps_are_exactly_its_imports(stage):
     module, deps = pipeline_stages()[stage]
     listed = {d for d in deps if re.fullmatch(r"pipeline/[^/]+\.py", d)}
-    needed = {f"pipeline/{m}.py" for m in closure(module, REPO / "pipeline")}
+    package = REPO / "pipeline"
+    needed = {f"pipeline/{m}.py" for m in closure(module, package) | entry_imports(package)}
     missing, extra = sorted(needed - listed), sorted(listed - needed)
     assert not missing and not extra, (
         f"dvc.yaml stage {stage!r}: deps missing {missing or 'nothing'}, "
