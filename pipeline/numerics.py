@@ -88,27 +88,32 @@ def restart() -> None:
 
 
 def cpu_info() -> dict[str, str]:
-    """Model name and kernel-relevant flags from /proc/cpuinfo (Linux); the machine elsewhere."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """Model name, family/model numbers and kernel-relevant flags from /proc/cpuinfo (Linux)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
+                break  # the first processor's block is enough
     except OSError:
         pass
-    return {"cpu_model": model, "cpu_flags": " ".join(f for f in ISA_FLAGS if f in flags)}
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_model": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+        "cpu_flags": " ".join(f for f in ISA_FLAGS if f in flags),
+    }
 
 
 def cpu_type() -> str:
-    """What decides the kernels: vendor model and widest vector unit, e.g. `AMD EPYC (AVX-512)`."""
+    """What decides the kernels: model, family/model numbers and widest vector unit, e.g.
+    `AMD EPYC 25/17 AVX-512`. The reproduction gate names the types it has been seen to hold on."""
     info = cpu_info()
     flags = set(info["cpu_flags"].split())
-    width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{info['cpu_model']} ({width}{' + AMX' if 'amx_tile' in flags else ''})"
+    width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no-AVX2"
+    amx = " AMX" if "amx_tile" in flags else ""
+    return f"{info['cpu_model']} {info['cpu_family']} {width}{amx}"
 
 
 def _version(package: str) -> str:
@@ -126,20 +131,21 @@ def _built_with(shown: str, marker: str, pattern: str) -> str:
 
 
 def environment() -> dict[str, str]:
-    """The machine and kernel libraries a result was computed with: recorded, never compared."""
+    """The machine and kernel libraries a result was computed with: recorded, never compared.
+    In a process that pinned (a stage), also the setting and the ATen kernel level in use."""
+    import torch  # loaded by every caller anyway; it knows the MKL and oneDNN built into it
+
+    shown = torch.__config__.show()
     record = {
         "cpu_type": cpu_type(),
         **cpu_info(),
         "python": platform.python_version(),
-        "torch": _version("torch"),
+        "torch": torch.__version__,
         "numpy": _version("numpy"),
-        "portable_numerics": "unset" if _pinned is None else str(_pinned).lower(),
+        "mkl": _built_with(shown, "Math Kernel Library", r"Version ([\w.]+)"),
+        "onednn": _built_with(shown, "MKL-DNN", r"v([\d.]+)"),
     }
-    if "torch" in sys.modules:  # what only a loaded torch knows
-        import torch
-
-        shown = torch.__config__.show()
-        record["mkl"] = _built_with(shown, "Math Kernel Library", r"Version ([\w.]+)")
-        record["onednn"] = _built_with(shown, "MKL-DNN", r"v([\d.]+)")
+    if _pinned is not None:
+        record["portable_numerics"] = str(_pinned).lower()
         record["aten_capability"] = torch.backends.cpu.get_cpu_capability()
     return record

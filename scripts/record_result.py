@@ -6,10 +6,11 @@ the Results table quotes (docs/results.md).
 e.g. `make best` runs `python scripts/record_result.py best reports/metrics.json -- dvc exp run
 ...`. It records the test accuracy and errors from METRICS_JSON (what the command's evaluate
 stage wrote), the git commit, the command, its wall-clock and CPU seconds (the command and every
-process it waited for: DVC, the stages, their threads), and the machine (CPU model, cores, OS).
-A failed command, or one that leaves no metrics, writes nothing and passes its exit status on as
-the shell would (128 + N for signal N; 127 not found, 126 not executable). Ctrl-C reaches the
-command, which is waited for, so that an interrupted `dvc exp run` can stop cleanly and resume.
+process it waited for: DVC, the stages, their threads), and the machine (CPU model and flags,
+cores, OS, and the torch, numpy and MKL versions). A failed command, or one that leaves no
+metrics, writes nothing and passes its exit status on as the shell would (128 + N for signal N;
+127 not found, 126 not executable). Ctrl-C reaches the command, which is waited for, so that an
+interrupted `dvc exp run` can stop cleanly and resume.
 """
 
 from __future__ import annotations
@@ -26,20 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic
+from pipeline import atomic, numerics
 
 RESULTS_DIR = Path("results")
-
-
-def cpu_model() -> str:
-    """/proc/cpuinfo's model name (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:
@@ -54,11 +44,14 @@ def git_commit() -> str:
 
 
 def machine() -> dict[str, Any]:
+    """The CPU (model, flags, the type the reproduction gate compares by) and the kernel libraries'
+    versions; `numerics.portable` is in params.yaml, so in the command's params."""
+    environment = numerics.environment()
     return {
-        "cpu": cpu_model(),
+        "cpu": environment.pop("cpu_model"),
         "cores": os.cpu_count(),
         "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
+        **environment,
     }
 
 
