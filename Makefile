@@ -40,3 +40,50 @@ COMMITTEE_PARAMS = $(RECIPE) -S train.epochs=150
 committee:
 	python scripts/record_result.py committee committee/reports/metrics.json -- \
 		dvc exp run -f -n committee $(COMMITTEE_PARAMS) committee/dvc.yaml
+
+# The pins, requirements/<set>.txt for base, dev, docs, team and gpu: the exact version of
+# everything each `pip install` of that set installs (docs/team.md, "Pinned environment").
+# pip-compile (pip-tools) resolves with pip itself, so it sees the indexes and local wheels pip
+# sees; uv does not. Every extra is resolved together first and each set is then compiled with
+# that resolution as its starting pins, so a package two sets share has one version in both:
+# README command 1's dev, then docs/team.md's team, changes nothing installed. Pins pyproject.toml
+# still allows are kept; `make lock PIP_COMPILE_ARGS=--upgrade` takes the newest allowed instead.
+# It runs in a throwaway venv with a pinned pip-tools (and the newer pip that needs), whatever pip
+# the user's venv has, on Python 3.11 like CI; the pins hold for Linux x86-64 (pip-compile writes
+# the packages this platform needs, without their markers).
+PYTHON ?= python3
+LOCK_SETS = base dev docs team gpu
+# pip-compile does not apply pip's configured constraint (this machine caps torch at 2.14.1 and
+# torchvision at 0.29.1), so the torch pair is named here: PyPI's 2.14.1 (the CUDA build) on every
+# machine and in CI, one binary everywhere.
+LOCK_TORCH = torch==2.14.1 torchvision==0.29.1
+PIP_COMPILE_OPTS = --quiet --strip-extras --unsafe-package mnist-mlp-pipeline \
+	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+PIP_COMPILE_ARGS ?=
+# pip-compile lists the project itself (dev's mnist-mlp-pipeline[docs]) as "unsafe": dropped,
+# `pip install -e .` installs it.
+DROP_SELF = import pathlib, sys; p = pathlib.Path(sys.argv[1]); \
+	text = p.read_text().split("\n\# The following packages are considered to be unsafe")[0]; \
+	p.write_text(text.rstrip("\n") + "\n")
+
+.PHONY: lock
+lock:
+	@set -eu; \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "make lock: the pins are for Python 3.11, as CI; run make lock PYTHON=python3.11")'; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install --quiet 'pip-tools[stable]==7.7.0'; \
+	export CUSTOM_COMPILE_COMMAND="make lock"; \
+	printf '%s\n' $(LOCK_TORCH) >"$$tmp/torch.txt"; \
+	mkdir -p requirements; \
+	{ cat requirements/*.txt 2>/dev/null || true; } | grep -E '^[A-Za-z0-9._-]+==' | sort -u >"$$tmp/all.txt" || true; \
+	echo "make lock: every extra together"; \
+	"$$tmp/venv/bin/pip-compile" $(PIP_COMPILE_OPTS) --all-extras -c "$$tmp/torch.txt" $(PIP_COMPILE_ARGS) \
+		-o "$$tmp/all.txt" pyproject.toml; \
+	for set in $(LOCK_SETS); do \
+		echo "make lock: requirements/$$set.txt"; \
+		cp "$$tmp/all.txt" "requirements/$$set.txt"; \
+		extra=$$([ "$$set" = base ] || echo "--extra $$set"); \
+		"$$tmp/venv/bin/pip-compile" $(PIP_COMPILE_OPTS) $$extra -o "requirements/$$set.txt" pyproject.toml; \
+		"$$tmp/venv/bin/python" -c '$(DROP_SELF)' "requirements/$$set.txt"; \
+	done

@@ -195,7 +195,9 @@ def test_ci_fails_when_the_retrained_model_is_below_the_floor() -> None:
 
 
 @pytest.mark.parametrize("name", ["pr.yml", "retrain.yml"])
-def test_workflows_install_the_team_extra(name: str) -> None:
-    """dvc-s3 for the S3 DVC remote both use, and for pr.yml the team tests' moto and psycopg."""
+def test_workflows_install_the_team_pins(name: str) -> None:
+    """dvc-s3 for the S3 DVC remote both use, and for pr.yml the team tests' moto and psycopg;
+    from the pins, with PyPI's torch (no PyTorch index, whose +cpu build is another binary)."""
     (install,) = [step["run"] for step in steps(load(name)) if step.get("name") == "Install"]
-    assert re.search(r"pip install -e '\.\[(dev,)?team\]'", install), install
+    assert "-r requirements/team.txt -e ." in install, install
+    assert "download.pytorch.org" not in install and "--extra-index-url" not in install, install
