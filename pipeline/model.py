@@ -6,6 +6,7 @@ and std (stored as buffers), so a checkpoint or logged model never needs the sta
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -162,8 +163,22 @@ def save_checkpoint(path: Path, model: MLP, extra: dict[str, Any] | None = None)
 
 
 def save_payload(path: Path, payload: dict[str, Any]) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    atomic.write_bytes(path, torch_bytes(payload))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """`torch.save` of `obj` into memory: the same bytes whenever the content is the same.
+
+    Saved to a path, torch names the zip's top folder after the file, and atomic writes save to a
+    random temp name, so every save of the same weights gave other bytes and dvc.lock's md5 of
+    model.pt never matched. Saved to a buffer, the folder is always `archive` (torch.load reads
+    either). The archive's other per-save record, `.data/serialization_id`, is no clock or random
+    number: torch derives it from the records' names and CRC-32s (tests/test_model.py checks
+    that two saves, apart in time and path, are byte-identical).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import torch
 
 from pipeline import atomic
 from pipeline.config import Params
+from pipeline.model import torch_bytes
 from pipeline.progress import log
 
 LAST_FORMAT = "mnist-mlp-last/1"
@@ -111,5 +112,5 @@ def load_resume_state(path: Path, expected: str) -> TrainState | None:
 
 
 def save_state(path: Path, state: TrainState) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(state.to_dict(), tmp)
+    """Atomically, with the same bytes for the same state whatever the temp name (torch_bytes)."""
+    atomic.write_bytes(path, torch_bytes(state.to_dict()))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,25 @@ def test_checkpoint_loads_with_weights_only_and_predicts_the_same(tmp_path: Path
     pixels = torch.rand(6, 256)
     assert restored.arch == model.arch
     assert torch.equal(restored(pixels), model(pixels))
+
+
+def test_two_saves_of_the_same_weights_are_byte_identical(tmp_path: Path) -> None:
+    """dvc.lock hashes model.pt: the bytes may depend on the weights only, not on the file's name
+    (torch.save to a path names the archive's folder after it, and atomic writes go through random
+    temp names) nor on when it was saved (torch dates every zip entry 0: it reads no clock)."""
+    torch.manual_seed(0)
+    model = MLP(Architecture(28, (12,)), 0.13, 0.31).eval()
+    extra = {"epoch": 2, "valid_loss": 0.5, "valid_accuracy": 0.9, "loss": "cross_entropy"}
+    first, second = tmp_path / "model.pt", tmp_path / "elsewhere" / "other-name.pt"
+    save_checkpoint(first, model, extra)
+    copy = MLP(Architecture(28, (12,)), 0.13, 0.31)
+    copy.load_state_dict(model.state_dict())  # the same weights in other tensors
+    save_checkpoint(second, copy, extra)
+    assert first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(first.read_bytes())) as archive:
+        assert {info.date_time for info in archive.infolist()} == {(1980, 0, 0, 0, 0, 0)}
+        assert {name.split("/", 1)[0] for name in archive.namelist()} == {"archive"}
+    restored = model_from_checkpoint(load_checkpoint(second))
+    for key, value in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value)
+    assert torch.load(second, weights_only=True)["epoch"] == 2

@@ -69,3 +69,13 @@ def test_fresh_state_has_the_same_keys() -> None:
         False,
         [],
     )
+
+
+def test_two_saves_of_the_same_state_are_byte_identical(tmp_path: Path) -> None:
+    """Whatever the file's name or its temp name: torch.save to a path would write them into the
+    archive (pipeline/model.py's torch_bytes)."""
+    state = resume.TrainState.from_dict(last_pt())
+    resume.save_state(tmp_path / "last.pt", state)
+    resume.save_state(tmp_path / "members" / "7" / "other.pt", state)
+    assert (tmp_path / "last.pt").read_bytes() == (tmp_path / "members/7/other.pt").read_bytes()
+    assert_same(torch.load(tmp_path / "last.pt", weights_only=True), last_pt())
