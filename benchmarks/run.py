@@ -17,7 +17,6 @@ the table between the bench markers in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import math
@@ -51,10 +50,10 @@ from pipeline.config import Params, load_params, parse_params  # noqa: E402
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.model import MLP, Architecture  # noqa: E402
 from pipeline.paths import (  # noqa: E402
+    LAST_CHECKPOINT_FILE,
     METRICS_FILE,
     RAW_DIR,
     STATS_FILE,
-    TRAIN_HISTORY_FILE,
     TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
 )
@@ -300,8 +299,10 @@ def dvc_repro(folder: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def read_history(folder: Path) -> list[dict[str, float]]:
-    with open(folder / TRAIN_HISTORY_FILE, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """The train stage's rows per epoch with their wall `seconds`, from models/last.pt:
+    reports/train_history.csv holds no wall time (pipeline/artifacts.py's HISTORY_COLUMNS)."""
+    state = torch.load(folder / LAST_CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return [{k: float(v) for k, v in row.items()} for row in state["history"]]
 
 
 def seconds_to_accuracy(

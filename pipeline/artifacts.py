@@ -40,7 +40,9 @@ from pipeline.paths import (
 if TYPE_CHECKING:
     import pandas as pd  # imported where a table is read: download, stats and split need none
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds", "lr")
+# No wall time (the rows' `seconds`): dvc.lock hashes the file, so the same training must give the
+# same bytes. Epoch times go to MLflow (epoch_seconds, train_seconds) and models/last.pt instead.
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
 PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
 METRIC_KEYS = (
@@ -243,8 +245,10 @@ def read_run_reference(path: Path = MLFLOW_RUN_FILE) -> RunReference:
 
 
 def write_history(rows: Sequence[dict[str, Any]], path: Path = TRAIN_HISTORY_FILE) -> None:
-    """One row per epoch, the columns of HISTORY_COLUMNS."""
-    atomic.write_text(path, _csv_text(rows, HISTORY_COLUMNS))
+    """One row per epoch, the columns of HISTORY_COLUMNS; other keys of a row (its wall-clock
+    `seconds`) are left out."""
+    kept = [{column: row[column] for column in HISTORY_COLUMNS} for row in rows]
+    atomic.write_text(path, _csv_text(kept, HISTORY_COLUMNS))
 
 
 def read_history(path: Path = TRAIN_HISTORY_FILE) -> pd.DataFrame:

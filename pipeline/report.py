@@ -4,6 +4,10 @@ reports/report.html embeds every figure as a base64 data URI with inline CSS, so
 opens offline and can be mailed around; reports/report.md has the same text and links the PNGs
 by relative path. Figures and both files also go to the training run in MLflow.
 
+Nothing in them depends on the clock or the MLflow run: dvc.lock hashes them, so the same results
+give the same bytes. Wall time (the training time) and the run's id and link live in MLflow, the
+run being the one models/mlflow_run.json names.
+
 `report --committee` does the same for the committee (committee/dvc.yaml) into committee/reports/
 and its MLflow run. A committee has no training history of its own, so the learning-curve and
 gradient-norm figures give way to a table of its members; it has no hidden layer of its own
@@ -602,21 +606,16 @@ def param_rows(params: Params, names: tuple[str, ...] = PARAM_SECTIONS) -> list[
     return [[section, ", ".join(values)] for section, values in sections.items()]
 
 
-def _seconds(training: Training) -> float:
-    return float(training.history["seconds"].sum())
-
-
 def members_section(inputs: Inputs) -> Section:
-    """A committee's members beside the committee itself: accuracies, kept epoch, training time."""
+    """A committee's members beside the committee itself: accuracies and kept epoch. No training
+    times: the report holds no wall time, each member's MLflow run has its own."""
     members, m = inputs.members, inputs.metrics
-    seconds = sum(_seconds(member.training) for member in members)
     rows = [
         [
             f"member {i} (seed {member.seed})",
             _pct(member.valid_accuracy),
             _pct(member.test_accuracy),
             f"{member.training.best_epoch} of {len(member.training.history)}",
-            f"{_seconds(member.training):.1f} s",
         ]
         for i, member in enumerate(members, start=1)
     ]
@@ -626,20 +625,19 @@ def members_section(inputs: Inputs) -> Section:
             _pct(float(m["valid_accuracy"])),
             _pct(float(m["test_accuracy"])),
             "",
-            f"{seconds:.1f} s",
         ]
     )
     return Section(
         "Committee",
         [
             f"{len(members)} MLPs, one per seed of committee.seeds (which replaces train.seed), "
-            f"voting by the mean of their softmax outputs; {seconds:.1f} s of training in all, "
-            "each member keeping the weights of its epoch of lowest validation loss.",
+            "voting by the mean of their softmax outputs, each member keeping the weights of its "
+            "epoch of lowest validation loss.",
             "No learning curves or gradient norms: the committee has no training history of its "
             "own; each member's are in committee/members/<seed>/train_history.csv and "
-            "grad_norms.csv, and in its MLflow run.",
+            "grad_norms.csv, and in its MLflow run (with its training time).",
         ],
-        Table(["model", "valid accuracy", "test accuracy", "kept epoch", "training time"], rows),
+        Table(["model", "valid accuracy", "test accuracy", "kept epoch"], rows),
     )
 
 
@@ -663,9 +661,10 @@ def summary(inputs: Inputs, params: Params) -> list[Section]:
     if inputs.training is not None:
         training = inputs.training
         result.append(
-            f"Training time {_seconds(training):.1f} s over {len(training.history)} epochs; the "
-            f"kept weights are from epoch {training.best_epoch} (lowest validation loss), "
-            f"trained with the {inputs.loss_name} loss."
+            f"Trained for {len(training.history)} epochs with the {inputs.loss_name} loss; the "
+            f"kept weights are from epoch {training.best_epoch} (lowest validation loss). The "
+            "training time is in the training run in MLflow (train_seconds, and epoch_seconds "
+            "per epoch), not here: this report is the same bytes whenever the results are."
         )
     sections = [Section("Result", result)]
     if inputs.members:

@@ -267,6 +267,9 @@ def finish(
             "best_epoch": best.epoch,
             "best_valid_loss": best.valid_loss,
             "best_valid_acc": best.valid_accuracy,
+            # Wall time of every epoch, a resumed run's included: here, since the files dvc.lock
+            # hashes (train_history.csv, the report) hold none.
+            "train_seconds": sum(row["seconds"] for row in state.history),
         }
     )
     if register:

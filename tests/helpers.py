@@ -169,9 +169,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def read_history(path: Path) -> list[dict[str, str]]:
-    """reports/train_history.csv without `seconds`: wall time is the one column that legitimately
-    differs between identical runs."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in read_rows(path)]
+    """reports/train_history.csv's rows. It holds no wall time (artifacts.HISTORY_COLUMNS), so
+    identical runs give identical rows."""
+    return read_rows(path)
 
 
 # What the "auth" mode of MirrorServer asks for; the '@' makes the URL carry it percent-encoded.

@@ -63,6 +63,19 @@ def test_seconds_to_accuracy_counts_until_the_first_epoch_at_target():
     assert run.seconds_to_accuracy(history, 0.995) == (None, None)
 
 
+def test_epoch_times_come_from_last_pt(tmp_path: Path):
+    """reports/train_history.csv holds no wall time (dvc.lock hashes it); last.pt keeps it."""
+    from pipeline import resume
+    from pipeline.paths import LAST_CHECKPOINT_FILE
+
+    rows = [{"epoch": 1, "seconds": 2.5, "valid_acc": 0.97}, {"epoch": 2, "seconds": 1.5}]
+    resume.save_state(tmp_path / LAST_CHECKPOINT_FILE, resume.TrainState("abc", history=rows))
+    assert run.read_history(tmp_path) == [
+        {"epoch": 1.0, "seconds": 2.5, "valid_acc": 0.97},
+        {"epoch": 2.0, "seconds": 1.5},
+    ]
+
+
 def test_pick_best_takes_the_fastest_run_that_reaches_98_percent():
     runs = [
         {"batch_size": 64, "test_accuracy": 0.982, "epoch_seconds": 5.0},

@@ -15,6 +15,7 @@ import pytest
 from pipeline import artifacts, evaluate, paths, report
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
+from tests.helpers import read_rows
 
 FIGURES = [
     "digits_raw.png",
@@ -99,7 +100,8 @@ def test_writes_every_output_and_logs_them(evaluated: Path) -> None:
     for text in (md, page):
         assert "reference notebook's 98.00%" in text
         assert "data checks passed (1 of 1 expectations)" in text
-        assert "Training time 4.5 s over 3 epochs" in text  # 3 x 1.5 s in the fixture's history
+        assert "Trained for 3 epochs with the cross_entropy loss" in text
+        assert "Training time" not in text  # wall time: in MLflow, not in a file dvc.lock hashes
         assert "tsne_samples=50, tsne_perplexity=10.0, seed=0" in text and "lr=0.001" in text
         assert "registered_model" not in text  # mlflow.*: not a param the report depends on
     checksums = pd.read_json(paths.CHECKSUMS_FILE)
@@ -116,6 +118,30 @@ def test_writes_every_output_and_logs_them(evaluated: Path) -> None:
         for a in mlflow.MlflowClient().list_artifacts(run_id, "report/figures")
     }
     assert figures == set(FIGURES)
+
+
+def test_a_retrain_to_the_same_results_gives_the_same_report_bytes(
+    evaluated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dvc.lock hashes the figures and both reports: another MLflow run and other epoch times (a
+    retrain to the same weights) must not change a byte; wall time stays in MLflow. Two figures
+    only, the ones drawn from the training history, to keep it fast."""
+    import mlflow
+
+    monkeypatch.setattr(
+        report, "FIGURES", (report.learning_curves_figure, report.grad_norms_figure)
+    )
+    report.main(parse_params(SMALL))
+    files = [paths.REPORT_MD_FILE, paths.REPORT_HTML_FILE, *sorted(paths.FIGURES_DIR.iterdir())]
+    first = {path: path.read_bytes() for path in files}
+    rows = [{**row, "seconds": 9.75} for row in read_rows(paths.TRAIN_HISTORY_FILE)]
+    artifacts.write_history(rows)  # as train writes its rows: wall time included
+    with mlflow.start_run() as run:
+        mlflow.log_param("train.epochs", 3)
+    artifacts.write_run_reference(run.info.run_id, run.info.experiment_id)
+    report.main(parse_params(SMALL))
+    assert [path for path in files if path.read_bytes() != first[path]] == []
+    assert run.info.run_id not in paths.REPORT_HTML_FILE.read_text()
 
 
 def test_confident_mistakes_ranks_errors_by_confidence() -> None:
@@ -188,4 +214,4 @@ def test_runs_on_the_real_upstream_stages(run_stages) -> None:
     run_stages("download", "stats", "split", "validate", "train", "evaluate", "report")
     assert sorted(p.name for p in paths.FIGURES_DIR.iterdir()) == sorted(FIGURES)
     md = paths.REPORT_MD_FILE.read_text()
-    assert "data checks passed" in md and "Training time" in md
+    assert "data checks passed" in md and "Trained for 2 epochs" in md
