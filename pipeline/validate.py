@@ -7,14 +7,19 @@ then checks, e.g. `in_both` must be all False.
 
 GX runs offline and quietly: analytics off, an in-memory (ephemeral) context, no progress bars,
 Data Docs written only to reports/data_docs/.
+
+Data Docs are the same bytes for the same data (dvc.lock hashes them): every validation carries the
+fixed RUN_TIME, and stable_page removes what GX stamps at render time (see there).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +52,13 @@ from pipeline.paths import (
 from pipeline.progress import log
 
 OFFLINE_INDEX = "offline.html"
+# The run time of every validation, which Data Docs print and put in the result pages' paths: a
+# fixed stand-in, since the pages must not change with the clock. When validate ran is in git's
+# and DVC's history, and in the MLflow training run that logs these pages.
+RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# GX's timestamp format (RunIdentifier, batch markers), and the uuid4 it gives HTML elements.
+GX_TIMESTAMP = re.compile(r"\b\d{8}T\d{6}\.\d{6}Z\b")
+UUID4 = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\b")
 
 os.environ["GX_ANALYTICS_ENABLED"] = "false"  # read when great_expectations is imported
 
@@ -466,6 +478,22 @@ def offline_index(docs_dir: Path, entries: list[dict[str, Any]]) -> str:
     )
 
 
+def stable_page(page: str) -> str:
+    """A Data Docs page without what GX stamps on it at render time, so the same data gives the
+    same bytes.
+
+    With the run time fixed (RUN_TIME), GX 1.x still writes three values per render: the load time
+    of each batch (`ge_load_time` in its batch markers), a `?d=<now>` cache-buster on its logo's
+    URL, both in its compact timestamp form, and a random uuid4 in each collapsible block's HTML
+    id. Every such timestamp becomes RUN_TIME's, and each uuid its number on the page in order of
+    first appearance, which keeps the ids unique and the links to them right. A GX upgrade that
+    stamps something new fails tests/test_validate.py's two-run comparison.
+    """
+    page = GX_TIMESTAMP.sub(RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ"), page)
+    numbers: dict[str, str] = {}
+    return UUID4.sub(lambda m: numbers.setdefault(m[0], f"id{len(numbers) + 1}"), page)
+
+
 def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> None:
     """Render Data Docs into a staging folder, then swap it in: the old docs stay until the new are
     complete."""
@@ -488,6 +516,8 @@ def _build_docs(context: Any, docs_dir: Path, entries: list[dict[str, Any]]) -> 
             },
         )
         context.build_data_docs(site_names=["pipeline"])
+        for page in staging.rglob("*.html"):
+            page.write_bytes(stable_page(page.read_bytes().decode()).encode())
         (staging / OFFLINE_INDEX).write_text(offline_index(staging, entries))
         if docs_dir.exists():
             os.replace(docs_dir, retired)
@@ -503,7 +533,7 @@ def run_checks(
     """Validate each table against its suite; one entry per expectation, in suite order."""
     context = _context()
     source = context.data_sources.add_pandas("pipeline")
-    run_id = RunIdentifier(run_name="validate")
+    run_id = RunIdentifier(run_name="validate", run_time=RUN_TIME)
     entries = []
     for table, expectations in suites(expected).items():
         batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)

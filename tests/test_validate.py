@@ -311,10 +311,27 @@ def test_stage_passes_and_writes_report_and_data_docs(
         p.name for p in paths.REPORTS_DIR.iterdir() if p.name.startswith(".")
     ] == []  # no staging left
 
-    # train depends on this file, so the same data must give the same bytes (no GX run times in it).
+    # train depends on this file, so the same data must give the same bytes (no GX run times in it);
+    # dvc.lock hashes Data Docs, so theirs must not change either (no clock, no uuid4).
     first = paths.DATA_VALIDATION_FILE.read_bytes()
+    docs = {path: path.read_bytes() for path in paths.DATA_DOCS_DIR.rglob("*") if path.is_file()}
     validate.main(parse_params({"data": {"name": "custom"}, "split": {"stratify": True}}))
     assert paths.DATA_VALIDATION_FILE.read_bytes() == first
+    again = {path: path.read_bytes() for path in paths.DATA_DOCS_DIR.rglob("*") if path.is_file()}
+    assert sorted(again) == sorted(docs)
+    assert [path for path in docs if again[path] != docs[path]] == []
+
+
+def test_stable_page_fixes_gx_render_stamps_and_keeps_element_ids_apart() -> None:
+    ids = ["d20ee55d-3bcb-4789-8150-a45b3a143c3a", "24576954-6992-427e-bef4-34225beec238"]
+    page = (
+        '<img src="logo.png?d=20261207T140012.024409Z"><span>20261207T140011.860427Z</span>'
+        f'<a href="#body-{ids[0]}"></a><div id="body-{ids[0]}"></div><div id="body-{ids[1]}">'
+    )
+    assert validate.stable_page(page) == (
+        '<img src="logo.png?d=19700101T000000.000000Z"><span>19700101T000000.000000Z</span>'
+        '<a href="#body-id1"></a><div id="body-id1"></div><div id="body-id2">'
+    )
 
 
 @pytest.mark.parametrize("blocker", ["file", "read-only"])
