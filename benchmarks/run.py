@@ -11,7 +11,8 @@ subprocesses in a scratch copy of this working tree (tracked and untracked, not 
 with their own MLflow store, so nothing here touches the repository's data, models or mlflow.db.
 
 Writes reports/benchmarks.json (reports/benchmarks-quick.json with --quick) and, in a full run,
-the table between the bench markers in docs/benchmarks.md.
+the table between the bench markers in docs/benchmarks.md; then runs benchmarks/numerics_cost.py
+(the cost of portable numerics, its own JSON and table).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import numerics_cost  # noqa: E402
 from train_throughput import seed_loop, torchvision_root  # noqa: E402
 
 import pipeline.trainer  # noqa: E402
@@ -1018,6 +1020,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.quick:
         update_page(PAGE, table)
         print(f"updated the benchmark table in {PAGE.relative_to(REPO)}", file=sys.stderr)
+    print("== portable numerics on and off (benchmarks/numerics_cost.py)", file=sys.stderr)
+    numerics_cost.main(["--quick"] if args.quick else [])
     return result
 
 

@@ -12,7 +12,7 @@ import hashlib
 import sys
 
 from pipeline.__main__ import pin_kernels
-from pipeline.config import Params, parse_params
+from pipeline.config import parse_params
 
 params = parse_params({"numerics": {"portable": sys.argv[1] == "on"}})
 pin_kernels(params, restart=True)

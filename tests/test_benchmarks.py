@@ -200,3 +200,12 @@ def test_startup_seconds_times_the_imports_of_a_stage():
     wall, cpu = run.startup_seconds(ROOT, "split", env, repeats=1)
     assert cpu > 0 and 0 < wall < 60
     assert run.source_commit().split("+")[0]
+
+
+def test_numerics_cost_times_the_best_preset_as_the_makefile_runs_it():
+    import numerics_cost
+
+    preset = numerics_cost.preset_overrides()
+    assert preset["train"]["batch_size"] == 256 and preset["model"]["hidden"] == [1024] * 3
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert numerics_cost.TABLE_START in page and numerics_cost.TABLE_END in page

@@ -269,7 +269,7 @@ def test_cli_hands_member_and_committee_flags_to_the_stages(
 
     seen = []
     monkeypatch.setattr(
-        cli, "run_stage", lambda stage, params, options: seen.append((stage, options)) or 0
+        cli, "run_stage", lambda stage, params, options, restart: seen.append((stage, options)) or 0
     )
     for argv in (
         ["train", "--member", "0"],
