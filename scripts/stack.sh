@@ -144,7 +144,7 @@ start_s3() {
     alive s3 && return
     local port
     port="$(free_port)"
-    command -v moto_server >/dev/null || die "moto_server not found; pip install -e '.[team]' (it brings moto[server])"
+    command -v moto_server >/dev/null || die "moto_server not found; pip install -r requirements/team.txt -e . (it brings moto[server])"
     spawn s3 moto_server -H 127.0.0.1 -p "$port"
     echo "$port" >"$STACK_DIR/s3.port"
     wait_http s3 "http://127.0.0.1:$port/"

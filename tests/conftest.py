@@ -193,7 +193,7 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
 
     source = Path(__file__).resolve().parents[1]
     root = tmp_path / "repo"
-    for folder in ("pipeline", "scripts"):
+    for folder in ("pipeline", "scripts", "requirements"):  # requirements: a dep of the stages
         shutil.copytree(
             source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__")
         )

@@ -22,7 +22,7 @@ def tool(name: str) -> str:
     """A [dev] tool from this interpreter's environment, else from PATH."""
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
-    assert found, f"{name} is not installed; pip install -e '.[dev]'"
+    assert found, f"{name} is not installed; pip install -r requirements/dev.txt -e ."
     return found
 
 
