@@ -2,8 +2,11 @@
 # Scheduled retraining, run from the repository root by .github/workflows/retrain.yml and CI.
 #
 # Every run trains a new model, even when nothing changed: a retrain that silently reuses the
-# last model is no retrain, and with fixed seeds the same inputs must give the same metrics,
-# which `dvc metrics diff` then shows. Stages before train run only when their inputs changed.
+# last model is no retrain, and with portable numerics the same commit, pins and data give the
+# same model bytes on any CPU (docs/training.md, Determinism), so a retrain of an unchanged commit
+# re-proves the committed result on whatever runner it gets, for the cost of one training
+# (`dvc metrics diff` then shows no change). Stages before train run only when their inputs
+# changed.
 # The promote stage decides against the registry at $MLFLOW_TRACKING_URI (else the repository's
 # mlflow.db) and reports/promotion.json says why. It moves @champion only when this is the main
 # line, a clean commit at the tip of promote.main_branch (pipeline/mainline.py); the
