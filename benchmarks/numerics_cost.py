@@ -83,30 +83,33 @@ def measure(repeats: int, quick: bool) -> dict[str, Any]:
     base = run.load_params(REPO / "params.yaml")
     if quick:
         base = run.with_overrides(base, {"train": {"epochs": 1}, "report": {"tsne_samples": 200}})
-    scratch = Path(tempfile.mkdtemp(prefix="bench-numerics-"))
-    data = run.scratch_copy(REPO, scratch / "data")
-    run.write_params(data, base)
-    env = run.stage_env(data, base.train.threads)
-    for stage in ("download", "stats", "split"):
-        if run.run_stage(data, stage, env).returncode:
-            raise SystemExit(f"error: the {stage} stage failed; see the line above")
-    samples: dict[str, dict[str, list[float]]] = {}
-    for repeat in range(repeats):
-        order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
-        for setting in order:
-            for preset in ("b64", "best"):
-                timed = epoch_in_child(data, setting, preset)
-                samples.setdefault(f"{preset}_epoch", {}).setdefault(setting, []).append(
-                    timed["seconds"]
-                )
-                print(f"  {preset} epoch, portable {setting}: {timed['seconds']:.2f} s")
-            folder = run.scratch_copy(REPO, scratch / f"repro-{repeat}-{setting}")
-            params = run.with_overrides(base, {"numerics": {"portable": SETTINGS[setting]}})
-            run.write_params(folder, params)
-            repro = run.dvc_repro(folder, run.stage_env(folder, base.train.threads))
-            if repro["returncode"]:
-                raise SystemExit(f"error: dvc repro (portable {setting}) failed: {repro['error']}")
-            samples.setdefault("dvc_repro", {}).setdefault(setting, []).append(repro["seconds"])
+    with tempfile.TemporaryDirectory(prefix="bench-numerics-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        data = run.scratch_copy(REPO, scratch / "data")
+        run.write_params(data, base)
+        env = run.stage_env(data, base.train.threads)
+        for stage in ("download", "stats", "split"):
+            if run.run_stage(data, stage, env).returncode:
+                raise SystemExit(f"error: the {stage} stage failed; see the line above")
+        samples: dict[str, dict[str, list[float]]] = {}
+        for repeat in range(repeats):
+            order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
+            for setting in order:
+                for preset in ("b64", "best"):
+                    timed = epoch_in_child(data, setting, preset)
+                    samples.setdefault(f"{preset}_epoch", {}).setdefault(setting, []).append(
+                        timed["seconds"]
+                    )
+                    print(f"  {preset} epoch, portable {setting}: {timed['seconds']:.2f} s")
+                copy = run.scratch_copy(REPO, scratch / f"repro-{repeat}-{setting}")
+                params = run.with_overrides(base, {"numerics": {"portable": SETTINGS[setting]}})
+                run.write_params(copy, params)
+                repro = run.dvc_repro(copy, run.stage_env(copy, base.train.threads))
+                if repro["returncode"]:
+                    raise SystemExit(
+                        f"error: dvc repro (portable {setting}) failed: {repro['error']}"
+                    )
+                samples.setdefault("dvc_repro", {}).setdefault(setting, []).append(repro["seconds"])
     rows = {
         name: {
             "on_seconds": min(times["on"]),

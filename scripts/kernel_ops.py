@@ -1,6 +1,7 @@
 """Which torch ops give other bytes at other kernel levels: the study behind pipeline/numerics.py.
 
     python scripts/kernel_ops.py            # a table of the ops that differ, per forced setting
+    python scripts/kernel_ops.py --child on|off STEPS [--ops]   # one run: its fingerprint
 
 It trains 8 steps of the defaults (augmentation, MLP, loss, fused Adam, cosine schedule) on
 synthetic digits, once per setting below, each in its own process, and hashes every ATen op's
@@ -12,12 +13,14 @@ Only the first op to differ is a cause: every later op sees different inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -28,13 +31,17 @@ SETTINGS = {
 }
 
 
-def child(portable: bool) -> None:
-    """Train 8 steps and print one line per op call: `name sha256-prefix`."""
+def child(portable: bool, steps: int, hash_ops: bool) -> None:
+    """Pin as `python -m pipeline` does, then train `steps` steps of the real trainer on synthetic
+    digits. Prints every op's output hash (`hash_ops`, a JSON list of `name sha256-prefix`), else
+    the sha256 of the weights and of numpy's own SIMD loops and BLAS on the same pixels (the
+    fingerprint tests/test_numerics.py compares across kernel levels)."""
     from pipeline.__main__ import pin_kernels
     from pipeline.config import parse_params
 
     params = parse_params({"numerics": {"portable": portable}})
     pin_kernels(params, restart=True)
+    import numpy as np
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -49,28 +56,37 @@ def child(portable: bool) -> None:
             out = func(*args, **(kwargs or {}))
             for tensor in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                    data = (
-                        tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-                    )
-                    calls.append(f"{func.__name__} {hashlib.sha256(data).hexdigest()[:16]}")
+                    flat = tensor.detach().reshape(-1).contiguous()
+                    calls.append(f"{func.__name__} {sha256(flat.view(torch.uint8).numpy())[:16]}")
             return out
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
-    n = 8 * params.train.batch_size
+    n = steps * params.train.batch_size
     images = (torch.rand(n, 28, 28, generator=generator) * 255).to(torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=generator)
     model = MLP(Architecture.from_params(params), 33.3, 78.5)
-    trainer = Trainer(model, params.train, Augmentation.from_params(params), steps_per_epoch=8)
-    with Hashing():
+    trainer = Trainer(model, params.train, Augmentation.from_params(params), steps_per_epoch=steps)
+    with Hashing() if hash_ops else contextlib.nullcontext():
         trainer.train_epoch(Split(images, labels), 1)
-    print(json.dumps(calls))
+    if hash_ops:
+        print(json.dumps(calls))
+        return
+    weights = b"".join(t.numpy().tobytes() for t in model.state_dict().values())
+    rows = images.flatten(1).numpy()[:500].astype(np.float32) / 255
+    results = (rows @ rows.T, rows.sum(axis=0), np.exp(rows).mean(axis=1), rows.std(axis=0))
+    arrays = b"".join(np.ascontiguousarray(r).tobytes() for r in results)
+    print(sha256(weights), sha256(arrays), torch.backends.cpu.get_cpu_capability())
+
+
+def sha256(data: Any) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def run_child(env: dict[str, str], portable: bool) -> list[str]:
     done = subprocess.run(
-        [sys.executable, __file__, "--child", "on" if portable else "off"],
+        [sys.executable, __file__, "--child", "on" if portable else "off", "8", "--ops"],
         env={**os.environ, **env},
         cwd=REPO,
         capture_output=True,
@@ -91,8 +107,8 @@ def first_differences(reference: list[str], other: list[str]) -> list[str]:
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[2] == "on")
+    if sys.argv[1:2] == ["--child"]:  # --child on|off STEPS [--ops]
+        child(sys.argv[2] == "on", int(sys.argv[3]), "--ops" in sys.argv[4:])
         return 0
     print("| forced setting | portable numerics | ops that differ (first = cause) |")
     print("| --- | --- | --- |")

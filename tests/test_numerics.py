@@ -14,7 +14,8 @@ import pytest
 from pipeline import numerics
 
 REPO = Path(__file__).resolve().parents[1]
-CHILD = REPO / "tests" / "kernel_child.py"
+CHILD = REPO / "scripts" / "kernel_ops.py"  # --child: trains, then prints weight and numpy hashes
+STEPS = 32
 HAS_AVX512 = "avx512f" in numerics.cpu_info()["cpu_flags"].split()
 # What another CPU, or a user's shell, would choose: each library's kernel level forced.
 ATEN = ["avx512", "avx2", "default"] if HAS_AVX512 else ["avx2", "default"]
@@ -30,7 +31,7 @@ def fingerprint(leg: dict[str, str | None], portable: bool) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
     env |= {name: value for name, value in leg.items() if value is not None}
     done = subprocess.run(
-        [sys.executable, str(CHILD), "on" if portable else "off"],
+        [sys.executable, str(CHILD), "--child", "on" if portable else "off", str(STEPS)],
         env=env,
         cwd=REPO,
         capture_output=True,
