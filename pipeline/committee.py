@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import artifacts, lineage, model_card, tracking
+from pipeline import artifacts, lineage, model_card, ood, tracking
 from pipeline.config import Params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
@@ -24,11 +24,10 @@ from pipeline.model import (
     load_checkpoint,
     save_payload,
 )
-from pipeline.paths import COMMITTEE, RAW_DIR, VALID_INDEX_FILE, member_layout
+from pipeline.paths import COMMITTEE, RAW_DIR, TRAIN_INDEX_FILE, VALID_INDEX_FILE, member_layout
 from pipeline.progress import log
 from pipeline.scoring import score
 
-EXAMPLE_ROWS = 5
 LOSS = "cross_entropy"  # the committee's outputs are log-probabilities: logits to pipeline.losses
 
 
@@ -69,6 +68,9 @@ def main(params: Params) -> None:
     # evaluate logs its metrics at this step; the members' epochs differ, so the committee has 0
     payload.update(epoch=0, valid_loss=valid.loss, valid_accuracy=valid.accuracy)
     save_payload(COMMITTEE.model, payload)
+    train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels)))
+    reference = ood.fit_reference(data.train_images[train_idx], valid_images)
+    artifacts.write_ood_reference(reference.to_dict(), COMMITTEE.ood_reference)
 
     checksums = artifacts.read_checksums()
     dataset_md5 = {name: entry["md5"] for name, entry in checksums["files"].items()}
@@ -83,8 +85,7 @@ def main(params: Params) -> None:
         params.mlflow.experiment, params.flat(), tags, None, description
     ) as run:
         mlflow.log_metrics({"valid_loss": valid.loss, "valid_acc": valid.accuracy})
-        example = valid_images[:EXAMPLE_ROWS].float().div(255).flatten(1).numpy()
-        model_card.log_and_register(committee, example, params, valid.accuracy)
+        model_card.log_and_register(committee, LOSS, reference, params, valid.accuracy)
         artifacts.write_run_reference(run.info.run_id, run.info.experiment_id, COMMITTEE.run)
     log(
         f"committee of {len(seeds)} members: valid loss {valid.loss:.4f}, accuracy "

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import artifacts, lineage, model_card, ood, tracking
+from pipeline import artifacts, lineage, model_card, tracking
 from pipeline.config import Params
 from pipeline.data import load_dataset, resize
 from pipeline.datasets import CLASSES, NUM_CLASSES
@@ -28,7 +28,7 @@ from pipeline.model import (
     load_checkpoint,
     one_thread,
 )
-from pipeline.paths import COMMITTEE, RAW_DIR, TRAIN_INDEX_FILE, VALID_INDEX_FILE, Layout
+from pipeline.paths import COMMITTEE, RAW_DIR, VALID_INDEX_FILE, Layout
 from pipeline.progress import log
 from pipeline.quality import calibration_metrics, confidence_and_prediction, robustness_metrics
 from pipeline.scoring import score
@@ -162,10 +162,8 @@ def log_to_mlflow(
         )
         mlflow.log_artifact(str(layout.per_class), "evaluation")
         mlflow.log_artifact(str(layout.metrics), "evaluation")
-        # promote pairs the champion's per-image answers with a candidate's (per-digit McNemar
-        # test), and predict checks inputs against the model's off-distribution reference.
+        # promote pairs the champion's per-image answers with a candidate's (per-digit McNemar).
         mlflow.log_artifact(str(layout.predictions), "evaluation")
-        mlflow.log_artifact(str(layout.ood_reference), "evaluation")
         model_card.complete(run.info.run_id, result.metrics, result.per_class)
 
 
@@ -180,7 +178,6 @@ def main(params: Params, committee: bool = False) -> None:
     epoch = int(checkpoint_field(payload, "epoch", layout.model))
     data = load_dataset(RAW_DIR, 28)  # MNIST form; evaluate resizes for the model
     valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, len(data.train_labels)))
-    train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels)))
     with one_thread():
         result = evaluate(
             model,
@@ -190,12 +187,10 @@ def main(params: Params, committee: bool = False) -> None:
             batch_size=params.evaluate.batch_size,
         )
         write_outputs(result, layout)
-        reference = ood.fit_reference(data.train_images[train_idx], data.train_images[valid_idx])
-    artifacts.write_ood_reference(reference.to_dict(), layout.ood_reference)
     m = result.metrics
     log(
         f"test accuracy {m['test_accuracy']:.4f} (loss {m['test_loss']:.4f}), valid accuracy "
         f"{m['valid_accuracy']:.4f} (loss {m['valid_loss']:.4f}), macro-F1 {m['macro_f1']:.4f}, "
-        f"ECE {m['test_ece']:.4f}; off-distribution threshold {reference.threshold:.2f}"
+        f"ECE {m['test_ece']:.4f}"
     )
     log_to_mlflow(result, epoch, (data.test_images, data.test_labels), layout)

@@ -71,14 +71,21 @@ class MLP(nn.Module):
         return self.arch.image_size
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Activations of the last hidden layer, for PCA and t-SNE."""
+        """The last hidden layer's activations: for PCA and t-SNE, and the served features."""
         x = pixels.flatten(1)
         return self.hidden((x - self.mean) / self.std)
 
+    def scores_and_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class scores and the features they were computed from, in one pass."""
+        features = self.features(pixels)
+        scores = self.output(features)
+        if self.arch.output_activation == "sigmoid":
+            scores = torch.sigmoid(scores)
+        return scores, features
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1], shape [N, S*S] or [N, S, S] -> 10 class scores per row."""
-        scores = self.output(self.features(pixels))
-        return torch.sigmoid(scores) if self.arch.output_activation == "sigmoid" else scores
+        return self.scores_and_features(pixels)[0]
 
 
 class Committee(nn.Module):
@@ -110,10 +117,17 @@ class Committee(nn.Module):
         """The members, typed (nn.ModuleList yields plain modules)."""
         return [member for member in self.members if isinstance(member, MLP)]
 
+    def scores_and_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log of the members' mean softmax, and their features side by side: each member's
+        hidden units mean something only within that member, so they are not averaged."""
+        outputs = [member.scores_and_features(pixels) for member in self.mlps()]
+        mean = torch.stack([torch.softmax(scores, 1) for scores, _ in outputs]).mean(0)
+        scores = mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+        return scores, torch.cat([features for _, features in outputs], 1)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1], [N, S*S] or [N, S, S] -> log of the members' mean softmax [N, 10]."""
-        mean = torch.stack([torch.softmax(member(pixels), 1) for member in self.members]).mean(0)
-        return mean.clamp_min(torch.finfo(mean.dtype).tiny).log()
+        return self.scores_and_features(pixels)[0]
 
 
 Classifier = MLP | Committee  # what evaluate and predict score: [N, S*S] pixels -> 10 outputs

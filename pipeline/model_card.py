@@ -106,13 +106,15 @@ def register(client: Any, name: str, version: str, run: Any, valid_accuracy: flo
     )
 
 
-def log_and_register(model: Any, example: Any, params: Params, valid_accuracy: float) -> None:
-    """train and committee: log `model` into the active run as a pt2 graph, register it under the
-    name of its input contract, and describe the version."""
+def log_and_register(
+    model: Any, loss: str, reference: Any, params: Params, valid_accuracy: float
+) -> None:
+    """train and committee: log `model` into the active run as the served model
+    (tracking.log_model), register it under the name of its input contract, describe the version."""
     import mlflow
 
     name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
-    info = tracking.log_model(model, example, name)
+    info = tracking.log_model(model, loss, reference, name)
     run = mlflow.active_run()
     assert run is not None, "the caller opens the run the model is logged into"
     client = mlflow.MlflowClient()

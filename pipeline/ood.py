@@ -2,11 +2,14 @@
 
 An MLP answers every input with some class, often with high confidence (uniform noise gets
 >= 0.99), so `predict` flags inputs whose pixel statistics lie far outside the training set's.
-Four statistics per image, each standardised by the training split's mean and std:
+The statistics are taken of what the model reads: its [N, S*S] pixel rows in [0, 1] (uint8 images
+are divided by 255), so a service's float rows, predict's pictures and a 16x16 model are judged
+alike. Four statistics per image, each standardised by the training split's mean and std:
 - brightness: mean pixel, on a log scale (a black picture is far below every digit);
 - ink: share of pixels above half brightness, log scale;
 - mid-grey: share of pixels strictly between 0.1 and 0.9 (noise and grey photos have many);
-- border: mean pixel of the 3-pixel frame (MNIST digits sit in a dark frame).
+- border: mean pixel of the frame, 3 pixels wide at 28x28 and in proportion at other sizes
+  (MNIST digits sit in a dark frame).
 The score is the largest |z| of the four. The threshold is a high quantile of the validation
 split's scores (THRESHOLD_QUANTILE), so about that share of real, held-out digits is flagged.
 """
@@ -14,6 +17,7 @@ split's scores (THRESHOLD_QUANTILE), so about that share of real, held-out digit
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,19 +35,29 @@ LOG_FLOOR = (
 )
 
 
+def as_rows(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, S, S] or pixel rows [N, S*S] in [0, 1] -> float64 rows [N, S*S]."""
+    rows = images.flatten(1).double()
+    return rows.div_(255) if images.dtype == torch.uint8 else rows
+
+
+def border_mask(size: int) -> torch.Tensor:
+    """The frame's pixels of an S x S image, flattened: BORDER wide at 28, in proportion else."""
+    width = max(1, round(BORDER * size / 28))
+    frame = torch.ones(size, size, dtype=torch.bool)
+    frame[width : size - width, width : size - width] = False
+    return frame.flatten()
+
+
 def pixel_features(images: torch.Tensor) -> np.ndarray:
-    """uint8 images [N, H, W] -> float64 [N, 4] in FEATURES order (log features already logged)."""
-    pixels = images.double().div(255).flatten(1)
-    n, size = images.shape[0], images.shape[-1]
-    frame = torch.ones(images.shape[-2:], dtype=torch.bool)
-    frame[BORDER : images.shape[-2] - BORDER, BORDER : size - BORDER] = False
+    """Images or rows (as_rows) -> float64 [N, 4] in FEATURES order, log features logged."""
+    pixels = as_rows(images)
+    size = math.isqrt(pixels.shape[1])
     columns = {
         "brightness": pixels.mean(1),
         "ink": (pixels > 0.5).double().mean(1),
         "mid_grey": ((pixels > 0.1) & (pixels < 0.9)).double().mean(1),
-        "border": pixels[:, frame.flatten()].mean(1)
-        if frame.any()
-        else torch.zeros(n, dtype=torch.float64),
+        "border": pixels[:, border_mask(size)].mean(1),
     }
     for name in LOG_FEATURES:
         columns[name] = (columns[name] + LOG_FLOOR).log()
@@ -56,6 +70,7 @@ class OodReference:
     std: tuple[float, ...]
     threshold: float  # scores above it are flagged
     quantile: float  # which quantile of the validation scores the threshold is
+    image_size: int  # S of the rows it was fitted on: the model's data.image_size
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +89,7 @@ class OodReference:
             tuple(map(float, data["std"])),
             float(data["threshold"]),
             float(data["quantile"]),
+            int(data["image_size"]),
         )
 
 
@@ -89,9 +105,11 @@ def fit_reference(
     features = pixel_features(train)
     # A feature constant over the training set would divide by 0; a tiny std flags any change of it.
     std = np.maximum(features.std(0), 1e-6)
-    partial = OodReference(tuple(features.mean(0)), tuple(std), float("inf"), quantile)
+    size = math.isqrt(train[0].numel())
+    partial = OodReference(tuple(features.mean(0)), tuple(std), float("inf"), quantile, size)
     scores = np.abs(z_scores(pixel_features(valid), partial)).max(1)
-    return OodReference(partial.mean, partial.std, float(np.quantile(scores, quantile)), quantile)
+    threshold = float(np.quantile(scores, quantile))
+    return OodReference(partial.mean, partial.std, threshold, quantile, size)
 
 
 @dataclass(frozen=True)
@@ -107,43 +125,48 @@ def _value(name: str, feature: float) -> float:
 
 
 def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:
-    """One result per image: flagged when its largest |z| exceeds the reference threshold."""
+    """One result per image or row: flagged when its largest |z| exceeds the reference threshold.
+    Only flagged rows get a reason, so a batch of ordinary digits costs no Python per row."""
+    pixels = images[0].numel() if len(images) else reference.image_size**2
+    if pixels != reference.image_size**2:
+        raise PipelineError(
+            f"rows of {pixels} pixels cannot be checked against an off-distribution "
+            f"reference fitted on {reference.image_size}x{reference.image_size} images; resize "
+            "them to the model's image size first"
+        )
     features = pixel_features(images)
     z = z_scores(features, reference)
-    results = []
-    for row, zrow in zip(features, z, strict=True):
-        worst = int(np.abs(zrow).argmax())
-        score = float(abs(zrow[worst]))
-        if score <= reference.threshold:
-            results.append(OodResult(False, score, None))
-            continue
-        name = FEATURES[worst]
-        usual = _value(name, reference.mean[worst])
-        side = "above" if zrow[worst] > 0 else "below"
+    worst = np.abs(z).argmax(1)
+    scores = np.abs(z[np.arange(len(z)), worst])
+    results = [OodResult(False, float(score), None) for score in scores]
+    for i in np.flatnonzero(scores > reference.threshold):
+        column = int(worst[i])
+        name = FEATURES[column]
+        usual = _value(name, reference.mean[column])
+        side = "above" if z[i, column] > 0 else "below"
         reason = (
-            f"{name.replace('_', '-')} {_value(name, row[worst]):.3g} is {score:.1f} standard "
-            f"deviations {side} the training digits' {usual:.3g} (flagged beyond "
-            f"{reference.threshold:.2f}, the {reference.quantile:.1%} "
+            f"{name.replace('_', '-')} {_value(name, features[i, column]):.3g} is "
+            f"{scores[i]:.1f} standard deviations {side} the training digits' {usual:.3g} "
+            f"(flagged beyond {reference.threshold:.2f}, the {reference.quantile:.1%} "
             "quantile on the validation split)"
         )
-        results.append(OodResult(True, score, reason))
+        results[i] = OodResult(True, float(scores[i]), reason)
     return results
 
 
 def read_reference(path: Path) -> OodReference | None:
-    """The reference evaluate wrote, or None when there is none (a model evaluate has not seen)."""
+    """The reference train wrote beside the model, or None when there is none (an older model)."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise PipelineError(
-            f"cannot read {path} ({exc.strerror or exc}); "
-            "rerun the evaluate stage (dvc repro evaluate)"
+            f"cannot read {path} ({exc.strerror or exc}); rerun the train stage (dvc repro train)"
         ) from None
     try:
         return OodReference.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise PipelineError(
-            f"{path} is not an off-distribution reference ({exc}); rerun the evaluate stage"
+            f"{path} is not an off-distribution reference ({exc}); rerun the train stage"
         ) from None

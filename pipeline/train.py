@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import artifacts, distributed, lineage, model_card, tracking
+from pipeline import artifacts, distributed, lineage, model_card, ood, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import Params
 from pipeline.data import load_dataset
@@ -32,8 +32,6 @@ from pipeline.paths import (
 from pipeline.progress import bar, log
 from pipeline.resume import BestEpoch, TrainState, fingerprint, load_resume_state, save_state
 from pipeline.trainer import EpochResult, Split, Trainer, diverged, resolve_device
-
-EXAMPLE_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -273,8 +271,11 @@ def finish(
         }
     )
     if register:
-        example = inputs.valid.images[:EXAMPLE_ROWS].cpu().float().div(255).flatten(1).numpy()
-        model_card.log_and_register(model, example, params, best.valid_accuracy)
+        # The served model carries it, so a registered version is complete when train ends.
+        reference = ood.fit_reference(inputs.train.images.cpu(), inputs.valid.images.cpu())
+        artifacts.write_ood_reference(reference.to_dict(), layout.ood_reference)
+        loss = params.train.loss
+        model_card.log_and_register(model, loss, reference, params, best.valid_accuracy)
     run = mlflow.active_run()
     assert run is not None, "finish runs inside tracking_run, which has opened the run"
     lineage.log_data_validation(

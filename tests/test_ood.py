@@ -54,3 +54,30 @@ def test_features_of_known_pictures() -> None:
         [math.log(1.001), math.log(1.001)]
     )  # 128/255 is above half
     assert mid_grey.tolist() == [0.0, 1.0] and border.tolist() == pytest.approx([1.0, 128 / 255])
+
+
+def test_float_rows_are_judged_as_the_uint8_images_they_came_from(reference: OodReference) -> None:
+    """The service checks [N, S*S] float rows; predict checks the same rows made from pictures."""
+    images, _ = synthetic_digits(50, seed=3)
+    images = torch.cat([torch.from_numpy(images), torch.zeros(1, 28, 28, dtype=torch.uint8)])
+    rows = images.flatten(1).float().div(255)
+    from_rows, from_images = check(rows, reference), check(images, reference)
+    assert [r.ood for r in from_rows] == [r.ood for r in from_images] and from_rows[-1].ood
+    # float32 rows carry k/255 to 7 digits, so the scores agree to about 1e-6
+    assert [r.score for r in from_rows] == pytest.approx([r.score for r in from_images], rel=1e-5)
+
+
+def test_a_16x16_reference_has_a_frame_in_proportion_and_refuses_28x28_rows() -> None:
+    from pipeline.data import resize
+    from pipeline.errors import PipelineError
+    from pipeline.ood import border_mask
+
+    assert int(border_mask(28).sum()) == 28 * 28 - 22 * 22  # 3 pixels wide
+    assert int(border_mask(16).sum()) == 16 * 16 - 12 * 12  # 2 pixels wide
+    train, _ = synthetic_digits(300, seed=0)
+    valid, _ = synthetic_digits(100, seed=1)
+    small = fit_reference(resize(torch.from_numpy(train), 16), resize(torch.from_numpy(valid), 16))
+    assert small.image_size == 16
+    assert not any(r.ood for r in check(resize(torch.from_numpy(valid[:20]), 16), small)[:1])
+    with pytest.raises(PipelineError, match="fitted on 16x16 images"):
+        check(torch.from_numpy(valid[:2]), small)

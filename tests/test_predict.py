@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline import predict
+from pipeline import pictures, predict
 from pipeline.__main__ import main as pipeline_main
+from pipeline.artifacts import write_ood_reference
 from pipeline.data import resize
 from pipeline.datasets import TEST_IMAGES, TEST_LABELS
 from pipeline.evaluate import evaluate
@@ -24,6 +25,9 @@ from pipeline.model import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from pipeline.ood import fit_reference
+from pipeline.paths import OOD_REFERENCE_FILE
+from pipeline.service import CONTRACT
 from tests.helpers import synthetic_digits, write_dataset
 
 
@@ -130,14 +134,12 @@ def test_inputs_far_from_the_training_digits_are_flagged_with_the_reason(
 ) -> None:
     import shutil
 
-    from pipeline.ood import fit_reference
-
     model = tmp_path / "model.pt"
     shutil.copy(models[28], model)
     code, lines, err = run_cli(
         [str(test_set / TEST_IMAGES), "--model", str(model), "--json"], capsys
     )
-    assert code == 0 and "has no off-distribution reference" in err and "dvc repro evaluate" in err
+    assert code == 0 and "has no off-distribution reference" in err and "dvc repro train" in err
     assert {json.loads(line)["ood"] for line in lines} == {None}
 
     train, _ = synthetic_digits(600, seed=0)  # the data train_tiny fitted
@@ -167,7 +169,7 @@ def test_a_large_photo_like_digit_is_cropped_scaled_and_centred() -> None:
     # A dark, tall stroke on grey paper, off-centre in a 90x140 picture.
     paper = np.full((140, 90), 200.0)
     paper[30:110, 10:40] = 40.0
-    frame = predict.picture_to_mnist(paper)
+    frame = pictures.picture_to_mnist(paper)
     assert frame.shape == (28, 28) and frame.dtype == np.uint8
     rows, cols = np.nonzero(frame > 0.3 * 255)
     assert rows.max() - rows.min() + 1 == 20, "the longer side fills the 20-pixel box"
@@ -185,7 +187,7 @@ def test_a_large_photo_like_digit_is_cropped_scaled_and_centred() -> None:
 def test_bright_digit_on_dark_ground_is_not_inverted() -> None:
     ground = np.zeros((50, 50))
     ground[10:40, 20:30] = 250.0
-    frame = predict.picture_to_mnist(ground)
+    frame = pictures.picture_to_mnist(ground)
     assert frame[14, 14] > 200 and frame[0, 0] == 0
 
 
@@ -193,13 +195,13 @@ def test_16_bit_and_transparent_pictures_are_read_by_their_range(tmp_path: Path)
     sixteen = np.zeros((40, 40), dtype=np.uint16)
     sixteen[5:35, 15:25] = 65535
     Image.fromarray(sixteen).save(tmp_path / "deep.png")
-    grey = predict.decode_picture((tmp_path / "deep.png").read_bytes())
+    grey = pictures.decode_picture((tmp_path / "deep.png").read_bytes())
     assert grey.max() == pytest.approx(255.0) and grey.min() == 0.0
     # Black ink on a transparent canvas, as drawing apps export it: the canvas reads as white paper.
     rgba = np.zeros((40, 40, 4), dtype=np.uint8)
     rgba[5:35, 15:25] = (0, 0, 0, 255)
     Image.fromarray(rgba).save(tmp_path / "ink.png")
-    grey = predict.decode_picture((tmp_path / "ink.png").read_bytes())
+    grey = pictures.decode_picture((tmp_path / "ink.png").read_bytes())
     assert grey[0, 0] == 255.0 and grey[20, 20] == 0.0
 
 
@@ -269,13 +271,17 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     from pipeline import tracking
 
     tracking.configure()
-    example = np.random.default_rng(0).random((3, 256), dtype=np.float32)
+    train, _ = synthetic_digits(300, seed=0)
+    valid, _ = synthetic_digits(100, seed=1)
+    reference = fit_reference(
+        resize(torch.from_numpy(train), 16), resize(torch.from_numpy(valid), 16)
+    )
+    # beside the checkpoint too, so predict checks the file's inputs as the registry's
+    write_ood_reference(reference.to_dict(), models[16].with_name(OOD_REFERENCE_FILE.name))
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
-        mlflow.log_param("train.loss", "cross_entropy")
-        info = tracking.log_model(
-            model_from_checkpoint(load_checkpoint(models[16])), example, "mnist-mlp"
-        )
+        model = model_from_checkpoint(load_checkpoint(models[16]))
+        info = tracking.log_model(model, "cross_entropy", reference, "mnist-mlp")
     mlflow.MlflowClient().set_registered_model_alias(
         "mnist-mlp", "champion", str(info.registered_model_version)
     )
@@ -299,6 +305,9 @@ def test_registered_champion_predicts_like_the_checkpoint(
     assert [json.loads(r)["confidence"] for r in from_registry] == pytest.approx(
         [json.loads(r)["confidence"] for r in from_file], abs=1e-5
     )
+    assert [json.loads(r)["ood"] for r in from_registry] == [
+        json.loads(r)["ood"] for r in from_file
+    ]
 
 
 def test_unknown_alias_and_pickled_logged_models_are_refused(
@@ -313,15 +322,21 @@ def test_unknown_alias_and_pickled_logged_models_are_refused(
         err.startswith("error: cannot find models:/mnist-mlp@nobody") and len(err.splitlines()) == 1
     )
     with mlflow.start_run():
-        mlflow.log_param("train.loss", "cross_entropy")
-        mlflow.pytorch.log_model(
-            model_from_checkpoint(load_checkpoint(models[16])),
-            name="model",
-            registered_model_name="pickled",
-            serialization_format="pickle",
-            pip_requirements=["torch"],
-        )
+        for name, form in (("pickled", "pickle"), ("raw-scores", "pt2")):
+            mlflow.pytorch.log_model(
+                model_from_checkpoint(load_checkpoint(models[16])),
+                name=name,
+                registered_model_name=name,
+                serialization_format=form,
+                input_example=np.zeros((2, 256), np.float32),
+                pip_requirements=["torch"],
+                # the pickled one claims the contract, to reach MLflow's own refusal
+                metadata={"contract": CONTRACT} if form == "pickle" else None,
+            )
     capsys.readouterr()
+    code, lines, err = run_cli([images, "--model", "models:/raw-scores/1"], capsys)
+    assert (code, lines) == (1, [])
+    assert "was logged before the labelled service" in err and len(err.splitlines()) == 1
     code, lines, err = run_cli([images, "--model", "models:/pickled/1"], capsys)
     assert (code, lines) == (1, [])
     assert err.startswith(
