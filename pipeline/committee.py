@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import artifacts, lineage, model_card, ood, tracking
+from pipeline import artifacts, lineage, model_card, ood, registration, tracking
 from pipeline.config import Params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
@@ -85,7 +85,7 @@ def main(params: Params) -> None:
         params.mlflow.experiment, params.flat(), tags, None, description
     ) as run:
         mlflow.log_metrics({"valid_loss": valid.loss, "valid_acc": valid.accuracy})
-        model_card.log_and_register(committee, LOSS, reference, params, valid.accuracy)
+        registration.log_and_register(committee, LOSS, reference, params, valid.accuracy)
         artifacts.write_run_reference(run.info.run_id, run.info.experiment_id, COMMITTEE.run)
     log(
         f"committee of {len(seeds)} members: valid loss {valid.loss:.4f}, accuracy "

@@ -18,8 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import tracking
-from pipeline.config import Params
 from pipeline.datasets import NUM_CLASSES
 from pipeline.progress import log
 
@@ -103,27 +101,6 @@ def register(client: Any, name: str, version: str, run: Any, valid_accuracy: flo
     note = run.data.tags.get("mlflow.note.content", "")
     client.update_model_version(
         name, version, description=describe_version(run.info.run_name, run.info.run_id, note)
-    )
-
-
-def log_and_register(
-    model: Any, loss: str, reference: Any, params: Params, valid_accuracy: float
-) -> None:
-    """train and committee: log `model` into the active run as the served model
-    (tracking.log_model), register it under the name of its input contract, describe the version."""
-    import mlflow
-
-    name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
-    info = tracking.log_model(model, loss, reference, name)
-    run = mlflow.active_run()
-    assert run is not None, "the caller opens the run the model is logged into"
-    client = mlflow.MlflowClient()
-    register(
-        client,
-        name,
-        str(info.registered_model_version),
-        client.get_run(run.info.run_id),
-        valid_accuracy,
     )
 
 

@@ -131,13 +131,12 @@ class Answerer:
                     continue
                 rows[index] = pixel_row(row, self.row_length)
                 pixel_rows.append(index)
-            except RequestError as exc:
+            except PipelineError as exc:  # ours, or pictures.to_mnist: not a picture, no digit
                 problems.setdefault(str(exc), []).append(index)
-            except PipelineError as exc:  # pictures.to_mnist: not a picture, or no digit in it
-                problems.setdefault(str(exc), []).append(index)
+        for problem, bad in value_problems(rows[pixel_rows], pixel_rows).items():
+            problems.setdefault(problem, []).extend(bad)
         if problems:
             raise RequestError(describe(problems, len(inputs)))
-        check_values(rows[pixel_rows], pixel_rows)
         return torch.from_numpy(rows)
 
     @torch.no_grad()
@@ -181,41 +180,42 @@ def pixel_row(row: Any, length: int) -> np.ndarray:
         values = np.asarray(row, dtype=np.float32)
     except (ValueError, TypeError):
         raise RequestError(
-            "holds something other than numbers; send pixel values or a base64 picture"
+            "something other than numbers; send pixel values or a base64 picture"
         ) from None
     if values.ndim != 1 or len(values) != length:
         side = math.isqrt(length)
         got = "x".join(map(str, values.shape)) or "a single number"
         raise RequestError(
-            f"has {got} values, not {length}; send each {side}x{side} image as one flat row of "
+            f"{got} values, not {length}; send each {side}x{side} image as one flat row of "
             f"{length} values, row by row"
         )
     return values
 
 
 def check_values(rows: np.ndarray, indices: Sequence[int]) -> None:
-    """Pixel rows must be finite and in [0, 1]: 0-255 values are the commonest client mistake."""
-    if not len(rows):
-        return
-    finite = np.isfinite(rows).all(1)
-    problems: dict[str, list[int]] = {}
-    for i in np.flatnonzero(~finite):
-        problems.setdefault("holds NaN or infinity; send finite pixel values in [0, 1]", []).append(
-            indices[int(i)]
-        )
-    outside = finite & ((rows < 0).any(1) | (rows > 1).any(1))
-    if outside.any():
-        top = float(rows[outside].max())
-        hint = (
-            "divide 0-255 values by 255"
-            if top > 1 and top <= 255 and rows[outside].min() >= 0
-            else "send pixel values in [0, 1]"
-        )
-        problems[
-            f"has pixels outside [0, 1] (from {float(rows[outside].min()):g} to {top:g}); {hint}"
-        ] = [indices[int(i)] for i in np.flatnonzero(outside)]
+    problems = value_problems(rows, indices)
     if problems:
         raise RequestError(describe(problems, len(rows)))
+
+
+def value_problems(rows: np.ndarray, indices: Sequence[int]) -> dict[str, list[int]]:
+    """Pixel rows must be finite and in [0, 1]: 0-255 values are the commonest client mistake."""
+    problems: dict[str, list[int]] = {}
+    if not len(rows):
+        return problems
+    finite = np.isfinite(rows).all(1)
+    if not finite.all():
+        problems["NaN or infinity; send finite pixel values in [0, 1]"] = [
+            indices[int(i)] for i in np.flatnonzero(~finite)
+        ]
+    outside = finite & ((rows < 0).any(1) | (rows > 1).any(1))
+    if outside.any():
+        low, high = float(rows[outside].min()), float(rows[outside].max())
+        hint = "divide 0-255 values by 255" if low >= 0 and high <= 255 else "send values in [0, 1]"
+        problems[f"pixels outside [0, 1] (from {low:g} to {high:g}); {hint}"] = [
+            indices[int(i)] for i in np.flatnonzero(outside)
+        ]
+    return problems
 
 
 def describe(problems: dict[str, list[int]], total: int) -> str:
@@ -224,7 +224,7 @@ def describe(problems: dict[str, list[int]], total: int) -> str:
     for problem, rows in problems.items():
         shown = ", ".join(map(str, rows[:SHOWN_ROWS]))
         more = f" and {len(rows) - SHOWN_ROWS} more" if len(rows) > SHOWN_ROWS else ""
-        parts.append(f"{'row' if len(rows) == 1 else 'rows'} {shown}{more} {problem}")
+        parts.append(f"{'row' if len(rows) == 1 else 'rows'} {shown}{more}: {problem}")
     return f"refused {sum(map(len, problems.values()))} of {total} rows: " + "; ".join(parts)
 
 

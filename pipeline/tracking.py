@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from pipeline import artifacts, numerics
@@ -29,8 +28,6 @@ REACHABILITY_TIMEOUT_S = 5.0
 # Needs a login on a server with authentication, unlike /health.
 CREDENTIALS_PROBE = "/api/2.0/mlflow/experiments/search"
 MNIST_IMAGE_SIZE = 28
-# What the served model imports (pipeline/served_model.py, pipeline/service.py), pinned.
-SERVED_REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pillow", "pydantic")
 # The repository's pipelines: the root one and the committee's (run with -P or by its path).
 DVC_FILES = (Path("dvc.yaml"), COMMITTEE_DIR / "dvc.yaml")
 
@@ -351,53 +348,3 @@ def registered_name(base: str, image_size: int) -> str:
     models of another data.image_size S under `base-SxS`, with their own champion.
     """
     return base if image_size == MNIST_IMAGE_SIZE else f"{base}-{image_size}x{image_size}"
-
-
-def log_model(model: Any, loss: str, reference: Any, registered_model: str) -> Any:
-    """Log the served model and register it: pipeline/served_model.py as models-from-code, with
-    the pt2 graph and the off-distribution reference as artifacts and this package as code
-    (pipeline/service.py), so loading it unpickles nothing and it answers as predict does.
-
-    Its signature comes from the served model's type hints (rows in, labelled answers out), with
-    the `features` param from the input example. Pip requirements are given, not inferred
-    (inference reloads the model in a subprocess): what loading and calling it imports, at the
-    versions requirements/base.txt pins (`make lock`), so serving gets the pinned environment.
-    """
-    import re
-    import shutil
-    import tempfile
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from pipeline import service
-
-    package = Path(__file__).resolve().parent
-    pins = (package.parent / "requirements" / "base.txt").read_text()
-    pinned = dict(re.findall(r"^([a-z0-9.-]+)==(\S+)$", pins, re.MULTILINE))
-    requirements = [f"{name}=={pinned[name]}" for name in SERVED_REQUIREMENTS]
-    example = np.full((2, reference.image_size**2), 0.0, np.float32).tolist()
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        artifacts = service.write_artifacts(model, loss, reference, folder)
-        code = folder / "code" / package.name
-        shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__"))
-        try:
-            return mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(package / "served_model.py"),
-                artifacts=artifacts,
-                code_paths=[str(code)],
-                input_example=(example, {"features": False}),
-                registered_model_name=registered_model,
-                pip_requirements=requirements,
-                metadata={"image_size": reference.image_size, "contract": service.CONTRACT},
-            )
-        except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
-            # MLflow uploads the files before it registers, so a failed upload leaves no version.
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise PipelineError(
-                f"could not store the model in MLflow's artifact store ({first}); no model "
-                "version was registered. Check that the tracking server reaches its object "
-                "storage, then rerun: dvc repro train"
-            ) from None

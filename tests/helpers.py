@@ -311,3 +311,24 @@ def permission_denied(*args: Any, **kwargs: Any) -> None:
         "Response body: 'Permission denied'",
         error_code=PERMISSION_DENIED,
     )
+
+
+def train_tiny(size: int, seed: int = 0) -> Any:
+    """A small MLP fitted to synthetic digits, so that its predictions vary from image to image."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.data import resize
+    from pipeline.model import MLP, Architecture
+
+    images, labels = synthetic_digits(600, seed)
+    pixels = resize(torch.from_numpy(images), size).float() / 255
+    torch.manual_seed(seed)
+    model = MLP(Architecture(size, (32,)), float(pixels.mean()), float(pixels.std()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    targets = torch.from_numpy(labels).long()
+    for _ in range(40):
+        optimizer.zero_grad()
+        F.cross_entropy(model(pixels), targets).backward()
+        optimizer.step()
+    return model.eval()

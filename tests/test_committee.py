@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import committee, evaluate, promote, report, train
+from pipeline import committee, evaluate, promote, report, tracking, train
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.model import (
@@ -73,31 +73,40 @@ def test_committee_checkpoint_loads_back_as_the_same_committee(tmp_path: Path) -
         model_from_checkpoint(load_checkpoint(path))
 
 
-def test_logged_committee_is_one_pt2_graph_with_the_single_models_contract(
-    mlflow_workdir: Path,
-) -> None:
-    """Logged as train logs one MLP: [-1, 784] float rows in, 10 scores out (the committee's
-    log-probabilities), loadable without pickles, through pyfunc as `mlflow models serve` does."""
+def test_logged_committee_is_served_with_the_single_models_contract(mlflow_workdir: Path) -> None:
+    """Logged as train logs one MLP: the same signature, loadable without pickles through pyfunc as
+    `mlflow models serve` loads it; its probabilities are the members' mean softmax and its feature
+    vector their features side by side."""
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.predict import MLFLOW_ENVIRONMENT, signature_image_size
+    from pipeline import registration
+    from pipeline.ood import fit_reference
+    from pipeline.predict import MLFLOW_ENVIRONMENT
+    from tests.helpers import synthetic_digits
 
     model = Committee(members(2))
-    example = np.random.default_rng(0).random((5, 784), dtype=np.float32)
+    train_images, _ = synthetic_digits(300, seed=0)
+    valid_images, _ = synthetic_digits(100, seed=1)
+    reference = fit_reference(torch.from_numpy(train_images), torch.from_numpy(valid_images))
     tracking.configure()
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run():
-        info = tracking.log_model(model, example, "mnist-mlp")
-    assert signature_image_size(info) == 28
-    assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
+        info = registration.log_model(model, "cross_entropy", reference, "mnist-mlp")
+        single = registration.log_model(model.mlps()[0], "cross_entropy", reference, "single")
+    assert str(info.signature) == str(single.signature)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in MLFLOW_ENVIRONMENT.items():
             patch.setenv(key, value)
         served = mlflow.pyfunc.load_model(info.model_uri)
-        pixels = np.random.default_rng(1).random((3, 784), dtype=np.float32)  # another batch size
-        expected = model(torch.from_numpy(pixels)).detach().numpy()
-        np.testing.assert_allclose(served.predict(pixels), expected, rtol=1e-5, atol=1e-6)
+        pixels = np.random.default_rng(1).random((3, 784), dtype=np.float32)
+        answers = served.predict(pixels.tolist(), params={"features": True})
+    mean = torch.stack([torch.softmax(m(torch.from_numpy(pixels)), 1) for m in model.mlps()]).mean(
+        0
+    )
+    for answer, expected in zip(answers, mean.tolist(), strict=True):
+        assert answer["probabilities"] == pytest.approx(expected, abs=1e-5)
+        hidden = [len(m.features(torch.from_numpy(pixels[:1]))[0]) for m in model.mlps()]
+        assert len(answer["features"]) == sum(hidden)
 
 
 def test_members_committee_and_its_evaluation(
@@ -108,7 +117,7 @@ def test_members_committee_and_its_evaluation(
     synthetic data."""
     import mlflow
 
-    from pipeline.predict import load_predictor
+    from pipeline.predict import load_answerer
 
     params = run_stages("download", "stats", "split", "validate")
     params = parse_params({**TINY_PIPELINE, "committee": {"seeds": [3, 7]}})
@@ -183,11 +192,13 @@ def test_members_committee_and_its_evaluation(
     assert not Path("reports/promotion.json").exists()  # the single model's is left alone
 
     images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
-    local = load_predictor(str(COMMITTEE.model))
-    logged = load_predictor(f"models:/mnist-mlp/{version.version}")
-    assert local.loss == logged.loss == "cross_entropy" and logged.reference is not None
-    pixels = images.float().div(255)
-    torch.testing.assert_close(logged.model(pixels), local.model(pixels), rtol=1e-5, atol=1e-6)
+    local = load_answerer(str(COMMITTEE.model))
+    logged = load_answerer(f"models:/mnist-mlp/{version.version}")
+    assert logged.reference == local.reference is not None  # the committee stage fitted it
+    rows = local.rows_from_images(images.numpy())
+    for got, expected in zip(logged.answer(rows), local.answer(rows), strict=True):
+        assert (got["digit"], got["ood"]) == (expected["digit"], expected["ood"])
+        assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
 
 
 def test_members_trained_with_mse_are_refused(run_stages) -> None:

@@ -145,7 +145,7 @@ WRITTEN_BY = {
     "METRICS_FILE": "evaluate",
     "PER_CLASS_FILE": "evaluate",
     "PREDICTIONS_FILE": "evaluate",
-    "OOD_REFERENCE_FILE": "evaluate",
+    "OOD_REFERENCE_FILE": "train",
     "FIGURES_DIR": "report",
     "REPORT_HTML_FILE": "report",
     "REPORT_MD_FILE": "report",

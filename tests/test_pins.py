@@ -7,11 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from packaging.requirements import Requirement
-
-from pipeline import tracking
 
 tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ (the pins are for 3.11)")
 
@@ -149,17 +146,22 @@ def test_the_checks_catch_a_raised_bound_a_missing_pin_and_a_range(tmp_path: Pat
 def test_log_model_logs_the_base_pins_as_the_models_requirements(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """What loading the pt2 model imports, at requirements/base.txt's versions (no server:
-    MLflow's log_model is replaced by a recorder)."""
-    import mlflow.pytorch
-    import torch
+    """What loading and calling the served model imports, at requirements/base.txt's versions (no
+    server: MLflow's log_model is replaced by a recorder)."""
+    import mlflow.pyfunc
+
+    from pipeline import registration
+    from pipeline.model import MLP, Architecture
+    from pipeline.ood import OodReference
 
     logged: dict = {}
-    monkeypatch.setattr(mlflow.pytorch, "log_model", lambda model, **kwargs: logged.update(kwargs))
-    tracking.log_model(torch.nn.Linear(3, 2), np.zeros((2, 3), dtype=np.float32), "mnist-mlp")
+    monkeypatch.setattr(mlflow.pyfunc, "log_model", lambda **kwargs: logged.update(kwargs))
+    reference = OodReference((0.0,) * 4, (1.0,) * 4, 3.0, 0.999, 4)
+    registration.log_model(MLP(Architecture(4, (3,)), 0.5, 0.2), "cross_entropy", reference, "m")
     base = read_pins(set_file("base"))
-    expected = [f"{name}=={base[name]}" for name in ("torch", "mlflow", "numpy", "pandas")]
+    expected = [f"{name}=={base[name]}" for name in registration.SERVED_REQUIREMENTS]
     assert logged["pip_requirements"] == expected
+    assert {"torch", "mlflow", "pillow"} <= set(registration.SERVED_REQUIREMENTS)
 
 
 def test_the_documented_installs_and_ci_use_the_pins_with_the_venvs_own_pip() -> None:

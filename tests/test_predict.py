@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pipeline import pictures, predict
@@ -19,8 +18,6 @@ from pipeline.datasets import TEST_IMAGES, TEST_LABELS
 from pipeline.evaluate import evaluate
 from pipeline.idx import encode_idx, read_idx
 from pipeline.model import (
-    MLP,
-    Architecture,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -28,22 +25,7 @@ from pipeline.model import (
 from pipeline.ood import fit_reference
 from pipeline.paths import OOD_REFERENCE_FILE
 from pipeline.service import CONTRACT
-from tests.helpers import synthetic_digits, write_dataset
-
-
-def train_tiny(size: int, seed: int = 0) -> MLP:
-    """A small MLP fitted to synthetic digits, so that its predictions vary from image to image."""
-    images, labels = synthetic_digits(600, seed)
-    pixels = resize(torch.from_numpy(images), size).float() / 255
-    torch.manual_seed(seed)
-    model = MLP(Architecture(size, (32,)), float(pixels.mean()), float(pixels.std()))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    targets = torch.from_numpy(labels).long()
-    for _ in range(40):
-        optimizer.zero_grad()
-        F.cross_entropy(model(pixels), targets).backward()
-        optimizer.step()
-    return model.eval()
+from tests.helpers import synthetic_digits, train_tiny, write_dataset
 
 
 @pytest.fixture(scope="module")
