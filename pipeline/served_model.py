@@ -13,20 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
-import pydantic
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from pipeline.errors import PipelineError
-
-
-class Answer(pydantic.BaseModel):
-    digit: int
-    probability: float
-    probabilities: list[float]
-    ood: bool | None
-    ood_reason: str | None = None
-    features: list[float] | None = None
+from pipeline.service import Answer
 
 
 class ServedModel(PythonModel):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydantic
 import torch
 from torch import nn
 
@@ -43,6 +44,17 @@ GRAPH_FILE = "graph.pt2"
 REFERENCE_FILE = "ood_reference.json"
 SHOWN_ROWS = 10  # a message names at most this many rows of each problem
 DIGITS = 6  # decimals of the probabilities answered
+
+
+class Answer(pydantic.BaseModel):
+    """One row's answer, as the served model's signature states it (pipeline/served_model.py)."""
+
+    digit: int
+    probability: float
+    probabilities: list[float]
+    ood: bool | None  # None: a model without an off-distribution reference
+    ood_reason: str | None = None
+    features: list[float] | None = None  # with {"params": {"features": true}}
 
 
 class RequestError(PipelineError):

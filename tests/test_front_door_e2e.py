@@ -3,6 +3,7 @@ and the MLflow UI as a user's browser renders it after a real `dvc repro`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.data import resize
 from pipeline.datasets import TEST_IMAGES
@@ -64,7 +65,7 @@ def test_served_champion_labels_200_test_images_as_predict_does(
         timeout=300,
         check=True,
     ).stdout.splitlines()
-    expected = [json.loads(line)["label"] for line in predicted]
+    expected = [json.loads(line) for line in predicted]
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -74,18 +75,53 @@ def test_served_champion_labels_200_test_images_as_predict_does(
     ) as server:
         status, answer = post(f"{url}/invocations", json.dumps({"inputs": pixels}).encode())
         assert status == 200, answer
-        scores = np.array(answer["predictions"])
-        assert scores.shape == (200, 10)
-        assert scores.argmax(1).tolist() == expected
-        assert len(set(expected)) > 1  # the labels do depend on the image
+        served = answer["predictions"]
+        assert [a["digit"] for a in served] == [p["label"] for p in expected]
+        assert [a["ood"] for a in served] == [p["ood"] for p in expected]
+        assert [a["probability"] for a in served] == pytest.approx(
+            [p["confidence"] for p in expected], abs=1e-5
+        )
+        assert len({p["label"] for p in expected}) > 1  # the labels do depend on the image
 
-        for body in (b"{not json", json.dumps({"inputs": [[0.5, 0.5]]}).encode(), b'{"rows": []}'):
+        # The README's curl: a PNG file, base64 in the JSON body.
+        Image.fromarray(images[0]).save(tmp_path / "digit.png")
+        encoded = base64.b64encode((tmp_path / "digit.png").read_bytes()).decode()
+        (tmp_path / "body.json").write_text(json.dumps({"inputs": [encoded]}))
+        curl = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                "@body.json",
+                f"{url}/invocations",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=True,
+        )
+        (picture,) = json.loads(curl.stdout)["predictions"]
+        assert picture["digit"] == expected[0]["label"] and picture["ood"] is False
+        assert picture["probability"] == pytest.approx(expected[0]["confidence"], abs=1e-5)
+
+        zero_to_255 = json.dumps({"inputs": [[v * 255 for v in pixels[0]]]}).encode()
+        for body in (
+            b"{not json",
+            json.dumps({"inputs": [[0.5, 0.5]]}).encode(),
+            b'{"rows": []}',
+            zero_to_255,
+        ):
             status, answer = post(f"{url}/invocations", body)
-            assert 400 <= status < 500, (body, status, answer)
-            assert answer["message"], body
+            assert status == 400, (body[:50], status, answer)
+            assert answer["message"], body[:50]
+        assert answer["message"].splitlines()[-1].endswith("divide 0-255 values by 255")
         assert server.poll() is None  # still serving after the bad requests
         status, answer = post(f"{url}/invocations", json.dumps({"inputs": pixels[:3]}).encode())
-        assert status == 200 and np.array(answer["predictions"]).argmax(1).tolist() == expected[:3]
+        assert status == 200
+        assert [a["digit"] for a in answer["predictions"]] == [p["label"] for p in expected[:3]]
 
 
 def dump_dom(url: str, budget_ms: int = 20000) -> str:

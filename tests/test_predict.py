@@ -250,7 +250,7 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     """A registered version of the 16-pixel model, logged as train logs it, with alias champion."""
     import mlflow
 
-    from pipeline import tracking
+    from pipeline import registration, tracking
 
     tracking.configure()
     train, _ = synthetic_digits(300, seed=0)
@@ -263,7 +263,7 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
         model = model_from_checkpoint(load_checkpoint(models[16]))
-        info = tracking.log_model(model, "cross_entropy", reference, "mnist-mlp")
+        info = registration.log_model(model, "cross_entropy", reference, "mnist-mlp")
     mlflow.MlflowClient().set_registered_model_alias(
         "mnist-mlp", "champion", str(info.registered_model_version)
     )

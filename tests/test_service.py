@@ -171,7 +171,7 @@ def served(
 
     import mlflow
 
-    from pipeline import tracking
+    from pipeline import registration, tracking
     from pipeline.artifacts import write_ood_reference
     from pipeline.model import save_checkpoint
 
@@ -187,7 +187,7 @@ def served(
         tracking.configure()
         mlflow.set_experiment("service")
         with mlflow.start_run():
-            info = tracking.log_model(model, "cross_entropy", reference, "mnist-mlp")
+            info = registration.log_model(model, "cross_entropy", reference, "mnist-mlp")
         mlflow.MlflowClient().set_registered_model_alias(
             "mnist-mlp", "champion", str(info.registered_model_version)
         )

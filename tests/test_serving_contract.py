@@ -73,7 +73,7 @@ def test_the_challenger_after_the_reference_leaves_the_champion_endpoint_working
 
     run_stages("download", "stats", "split", "train", "evaluate", "promote")
     status, text = answer("models:/mnist-mlp@champion", 784)
-    assert status == 200 and len(json.loads(text)["predictions"][0]) == 10
+    assert status == 200 and len(json.loads(text)["predictions"][0]["probabilities"]) == 10
 
     challenger = parse_params(merged(TINY_PIPELINE, CHALLENGER))
     for stage in ("stats", "train", "evaluate", "promote"):
@@ -83,8 +83,10 @@ def test_the_challenger_after_the_reference_leaves_the_champion_endpoint_working
     status, text = answer(
         "models:/mnist-mlp@champion", 784
     )  # the same client, after the challenger
-    assert status == 200 and len(json.loads(text)["predictions"][0]) == 10
-    status, _ = answer(
-        "models:/mnist-mlp-16x16@champion", 256
-    )  # 16x16 clients have their own endpoint
-    assert status == 200
+    assert status == 200 and len(json.loads(text)["predictions"][0]["probabilities"]) == 10
+    # 16x16 clients have their own endpoint, served the same way: labelled answers, rows checked
+    status, text = answer("models:/mnist-mlp-16x16@champion", 256)
+    (labelled,) = json.loads(text)["predictions"]
+    assert status == 200 and {"digit", "probability", "ood"} <= set(labelled)
+    status, text = answer("models:/mnist-mlp-16x16@champion", 784)
+    assert status == 400 and "784 values, not 256; send each 16x16 image" in text

@@ -320,9 +320,13 @@ def test_mlflow_run_holds_params_metrics_tags_and_model(
     served = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}/{version.version}")
     pixels = np.random.default_rng(0).random((7, 784), dtype=np.float32)
     expected = model_from_checkpoint(load_checkpoint(paths.MODEL_FILE))(torch.from_numpy(pixels))
+    answers = served.predict(pixels.tolist())
     np.testing.assert_allclose(
-        served.predict(pixels), expected.detach().numpy(), rtol=1e-5, atol=1e-6
+        [a["probabilities"] for a in answers], expected.softmax(1).detach().numpy(), atol=1e-6
     )
+    assert [a["digit"] for a in answers] == expected.argmax(1).tolist()
+    assert all(a["ood"] is not None for a in answers), "the version carries its reference"
+    assert paths.OOD_REFERENCE_FILE.exists(), "train writes the reference it registers"
 
 
 def test_unreachable_tracking_server_fails_before_training(
