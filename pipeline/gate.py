@@ -120,8 +120,8 @@ def contract_failure(new: Evidence, champion: Evidence, settings: Settings) -> s
     return (
         f"contract: version {new.version} has signature [{new.signature}] but champion version "
         f"{champion.version} serves [{champion.signature}]; promoting it would break every client "
-        "of the "
-        f"champion. Promote it deliberately with `{ALLOW_FLAG}` once clients are ready"
+        f"of the champion. Promote it deliberately with `{ALLOW_FLAG}` once clients are ready "
+        "(docs/serving.md says what they change)"
     )
 
 

@@ -64,13 +64,18 @@ def registered_model_description(name: str) -> str:
         f"{name}: a multilayer perceptron that reads one handwritten digit (0-9) per row, trained "
         "by the mnist-mlp-pipeline DVC stages (download, stats, split, validate, train, evaluate, "
         "report, promote).\n\n"
-        "Input contract: a float32 array [N, S*S], one row per image, pixels in [0, 1] (0 = "
-        "background, 1 = ink: a light digit on a dark ground, as in MNIST), rows flattened "
-        "row-major. S is the version's data.image_size param: 28 (784 columns) or 16 (256); each "
-        "version's input_shape tag and signature say which. Normalisation by the training set's "
-        "mean and std happens inside the model, so send raw [0, 1] pixels.\n\n"
-        "Output: [N, 10] scores; the predicted digit is the argmax. The `champion` alias marks the "
-        "version the promote stage chose; each version's tags and model_card.md give its metrics."
+        'Input contract (labelled-answers/1): {"inputs": [row, ...]}, at most 1024 rows, each '
+        "either S*S pixel values in [0, 1] (0 = background, 1 = ink: a light digit on a dark "
+        "ground, as in MNIST), flattened row by row, or a picture file (PNG, JPEG) as a base64 "
+        "string, which is cropped, scaled and centred as `python -m pipeline predict` does. S is "
+        "the version's data.image_size param: 28 (784 values) or 16 (256); the input_shape tag "
+        "says which. A bad row refuses the request with HTTP 400 naming the row and the fix.\n\n"
+        "Output: one answer per row: digit, probability, the 10 probabilities, ood (whether the "
+        "input's pixel statistics lie far from the training digits') and ood_reason; with "
+        '{"params": {"features": true}} also the last hidden layer\'s activations. The '
+        "`champion` alias marks the version the promote stage chose; each version's tags and "
+        "model_card.md give its metrics. Versions without the `contract` metadata answer 10 raw "
+        "scores per row."
     )
 
 

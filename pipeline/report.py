@@ -516,9 +516,8 @@ def robustness_figure(d: FigureData) -> Figure:
 def off_distribution_figure(d: FigureData) -> Figure:
     model, reference = d.inputs.model, d.inputs.ood_reference
     names, pictures = off_distribution_examples()
-    probs = probabilities(
-        model_outputs(model, resize(pictures, model.image_size), BATCH), d.inputs.loss_name
-    )
+    pictures = resize(pictures, model.image_size)  # as the model and its reference see them
+    probs = probabilities(model_outputs(model, pictures, BATCH), d.inputs.loss_name)
     flags = [r.ood for r in ood.check(pictures, reference)] if reference else [False] * len(names)
     titles = [
         f"{name}: {label} ({conf:.2f})"

@@ -10,6 +10,7 @@ messages than a schema's), Answer out; `{"params": {"features": true}}` adds the
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
@@ -18,6 +19,9 @@ from mlflow.pyfunc import PythonModel
 
 from pipeline.errors import PipelineError
 from pipeline.service import Answer
+
+# MLflow warns on every load that it does not check list[Any] rows; service.py does.
+warnings.filterwarnings("ignore", ".*Any type hint", UserWarning)
 
 
 class ServedModel(PythonModel):
