@@ -5,13 +5,12 @@ answers every row with the same fixed answer of the champion's shape, so a reque
 MLflow's server itself costs: HTTP, JSON parsing, its checks and writing the answer.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from pipeline.served_model import Row
 from pipeline.service import Answer
 
 FIXED = {
@@ -36,7 +35,7 @@ FIXED = {
 
 class Floor(PythonModel):
     def predict(
-        self, context: Any, model_input: list[Any], params: dict[str, Any] | None = None
+        self, context: Any, model_input: list[Row], params: dict[str, Any] | None = None
     ) -> list[Answer]:
         return [FIXED] * len(model_input)  # type: ignore[list-item]
 

@@ -57,7 +57,6 @@ def log_model(model: Classifier, loss: str, reference: OodReference, registered_
     import re
     import shutil
     import tempfile
-    import warnings
 
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -75,18 +74,16 @@ def log_model(model: Classifier, loss: str, reference: OodReference, registered_
         code = folder / "code" / package.name
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__"))
         try:
-            with warnings.catch_warnings():  # about list[Any]: service.py checks the rows itself
-                warnings.filterwarnings("ignore", ".*Any type hint", UserWarning)
-                return mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=served_model.__file__,
-                    artifacts=artifacts,
-                    code_paths=[str(code)],
-                    input_example=(example, {"features": False}),
-                    registered_model_name=registered_model,
-                    pip_requirements=requirements,
-                    metadata={"image_size": reference.image_size, "contract": service.CONTRACT},
-                )
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=served_model.__file__,
+                artifacts=artifacts,
+                code_paths=[str(code)],
+                input_example=(example, {"features": False}),
+                registered_model_name=registered_model,
+                pip_requirements=requirements,
+                metadata={"image_size": reference.image_size, "contract": service.CONTRACT},
+            )
         except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
             # MLflow uploads the files before it registers, so a failed upload leaves no version.
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

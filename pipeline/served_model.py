@@ -4,13 +4,12 @@ train logs it with two artifacts, the pt2 graph and the off-distribution referen
 (pipeline/service.py writes both), and this package as code. `mlflow models serve` answers
 `{"inputs": [row, ...]}` with `{"predictions": [{"digit": ..., "probability": ..., ...}]}`; a bad
 request gets HTTP 400 whose message ends with our one line naming the rows and the fix.
-The type hints are the signature: any JSON rows in (we check them ourselves, with clearer
-messages than a schema's), Answer out; `{"params": {"features": true}}` adds the feature vectors.
+The type hints are the signature: rows of pixels or pictures in (unchecked by MLflow: we check
+them ourselves, with clearer messages than a schema's), Answer out; `{"params": {"features":
+true}}` adds the feature vectors.
 """
 
-from __future__ import annotations
-
-import warnings
+import logging
 from typing import Any
 
 import mlflow
@@ -20,8 +19,10 @@ from mlflow.pyfunc import PythonModel
 from pipeline.errors import PipelineError
 from pipeline.service import Answer
 
-# MLflow warns on every load that it does not check list[Any] rows; service.py does.
-warnings.filterwarnings("ignore", ".*Any type hint", UserWarning)
+# A row is pixel values or a base64 picture; MLflow logs on every load that it does not check
+# such a union itself. service.py does, with messages that name the row and the fix.
+logging.getLogger("mlflow.types.type_hints").setLevel(logging.ERROR)
+Row = list[float] | str
 
 
 class ServedModel(PythonModel):
@@ -31,7 +32,7 @@ class ServedModel(PythonModel):
         self.answerer = load_answerer(context.artifacts)
 
     def predict(
-        self, context: Any, model_input: list[Any], params: dict[str, Any] | None = None
+        self, context: Any, model_input: list[Row], params: dict[str, Any] | None = None
     ) -> list[Answer]:
         try:
             rows = self.answerer.request_rows(model_input)

@@ -52,7 +52,7 @@ class Answer(pydantic.BaseModel):
     digit: int
     probability: float
     probabilities: list[float]
-    ood: bool | None  # None: a model without an off-distribution reference
+    ood: bool | None = None  # None: a model without an off-distribution reference
     ood_reason: str | None = None
     features: list[float] | None = None  # with {"params": {"features": true}}
 
