@@ -178,7 +178,7 @@ def register(store: str, model: Any, loss: str, reference: Any, scratch: Path) -
 
     os.environ["MLFLOW_TRACKING_URI"] = store
     tracking.configure()
-    mlflow.set_experiment("serving-benchmark")
+    tracking.use_experiment("serving-benchmark")  # artifacts beside the scratch store
     code = scratch / "code" / "pipeline"
     shutil.copytree(REPO / "pipeline", code, ignore=shutil.ignore_patterns("__pycache__"))
     with mlflow.start_run():

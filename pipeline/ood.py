@@ -16,6 +16,7 @@ split's scores (THRESHOLD_QUANTILE), so about that share of real, held-out digit
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -35,33 +36,37 @@ LOG_FLOOR = (
 )
 
 
-def as_rows(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images [N, S, S] or pixel rows [N, S*S] in [0, 1] -> float64 rows [N, S*S]."""
-    rows = images.flatten(1).double()
-    return rows.div_(255) if images.dtype == torch.uint8 else rows
+def as_rows(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 images [N, S, S] or pixel rows [N, S*S] in [0, 1] -> float32 rows [N, S*S]."""
+    array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    rows = array.reshape(len(array), -1)
+    if rows.dtype == np.uint8:
+        return rows.astype(np.float32) / np.float32(255)
+    return rows.astype(np.float32, copy=False)
 
 
-def border_mask(size: int) -> torch.Tensor:
-    """The frame's pixels of an S x S image, flattened: BORDER wide at 28, in proportion else."""
+@functools.cache
+def border_weights(size: int) -> np.ndarray:
+    """Weights whose dot product with a flattened S x S image is the mean of its frame: BORDER
+    pixels wide at 28, in proportion at other sizes."""
     width = max(1, round(BORDER * size / 28))
-    frame = torch.ones(size, size, dtype=torch.bool)
-    frame[width : size - width, width : size - width] = False
-    return frame.flatten()
+    frame = np.ones((size, size), dtype=np.float32)
+    frame[width : size - width, width : size - width] = 0
+    return (frame / frame.sum()).ravel()
 
 
-def pixel_features(images: torch.Tensor) -> np.ndarray:
-    """Images or rows (as_rows) -> float64 [N, 4] in FEATURES order, log features logged."""
+def pixel_features(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Images or rows (as_rows) -> float64 [N, 4] in FEATURES order, log features logged. numpy
+    on float32, a few passes over the rows: the service runs it on every request."""
     pixels = as_rows(images)
-    size = math.isqrt(pixels.shape[1])
-    columns = {
-        "brightness": pixels.mean(1),
-        "ink": (pixels > 0.5).double().mean(1),
-        "mid_grey": ((pixels > 0.1) & (pixels < 0.9)).double().mean(1),
-        "border": pixels[:, border_mask(size)].mean(1),
-    }
-    for name in LOG_FEATURES:
-        columns[name] = (columns[name] + LOG_FLOOR).log()
-    return torch.stack([columns[name] for name in FEATURES], 1).numpy()
+    features = np.empty((len(pixels), len(FEATURES)))
+    features[:, 0] = pixels.mean(1)
+    features[:, 1] = (pixels > 0.5).mean(1)
+    features[:, 2] = ((pixels > 0.1) & (pixels < 0.9)).mean(1)
+    features[:, 3] = pixels @ border_weights(math.isqrt(pixels.shape[1]))
+    logged = [FEATURES.index(name) for name in LOG_FEATURES]
+    features[:, logged] = np.log(features[:, logged] + LOG_FLOOR)
+    return features
 
 
 @dataclass(frozen=True)
@@ -98,14 +103,16 @@ def z_scores(features: np.ndarray, reference: OodReference) -> np.ndarray:
 
 
 def fit_reference(
-    train: torch.Tensor, valid: torch.Tensor, quantile: float = THRESHOLD_QUANTILE
+    train: torch.Tensor | np.ndarray,
+    valid: torch.Tensor | np.ndarray,
+    quantile: float = THRESHOLD_QUANTILE,
 ) -> OodReference:
     """Feature mean and std from the training images; the threshold from the validation images'
     scores."""
     features = pixel_features(train)
     # A feature constant over the training set would divide by 0; a tiny std flags any change of it.
     std = np.maximum(features.std(0), 1e-6)
-    size = math.isqrt(train[0].numel())
+    size = math.isqrt(as_rows(train[:1]).shape[1])
     partial = OodReference(tuple(features.mean(0)), tuple(std), float("inf"), quantile, size)
     scores = np.abs(z_scores(pixel_features(valid), partial)).max(1)
     threshold = float(np.quantile(scores, quantile))
@@ -124,10 +131,12 @@ def _value(name: str, feature: float) -> float:
     return max(0.0, round(value, 9))  # exp(log(x)) - x is not exactly 0
 
 
-def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:
-    """One result per image or row: flagged when its largest |z| exceeds the reference threshold.
-    Only flagged rows get a reason, so a batch of ordinary digits costs no Python per row."""
-    pixels = images[0].numel() if len(images) else reference.image_size**2
+def flag_rows(
+    images: torch.Tensor | np.ndarray, reference: OodReference
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """(flagged [N], score [N], reason by index of the flagged): flagged when an image's largest
+    |z| exceeds the reference threshold. Only flagged rows cost Python, to word their reason."""
+    pixels = as_rows(images[:1]).shape[1] if len(images) else reference.image_size**2
     if pixels != reference.image_size**2:
         raise PipelineError(
             f"rows of {pixels} pixels cannot be checked against an off-distribution "
@@ -138,20 +147,29 @@ def check(images: torch.Tensor, reference: OodReference) -> list[OodResult]:
     z = z_scores(features, reference)
     worst = np.abs(z).argmax(1)
     scores = np.abs(z[np.arange(len(z)), worst])
-    results = [OodResult(False, float(score), None) for score in scores]
-    for i in np.flatnonzero(scores > reference.threshold):
+    flagged = scores > reference.threshold
+    reasons = {}
+    for i in np.flatnonzero(flagged):
         column = int(worst[i])
         name = FEATURES[column]
         usual = _value(name, reference.mean[column])
         side = "above" if z[i, column] > 0 else "below"
-        reason = (
+        reasons[int(i)] = (
             f"{name.replace('_', '-')} {_value(name, features[i, column]):.3g} is "
             f"{scores[i]:.1f} standard deviations {side} the training digits' {usual:.3g} "
             f"(flagged beyond {reference.threshold:.2f}, the {reference.quantile:.1%} "
             "quantile on the validation split)"
         )
-        results[i] = OodResult(True, float(scores[i]), reason)
-    return results
+    return flagged, scores, reasons
+
+
+def check(images: torch.Tensor | np.ndarray, reference: OodReference) -> list[OodResult]:
+    """One result per image or row (flag_rows)."""
+    flagged, scores, reasons = flag_rows(images, reference)
+    return [
+        OodResult(bool(flag), float(score), reasons.get(i))
+        for i, (flag, score) in enumerate(zip(flagged, scores, strict=True))
+    ]
 
 
 def read_reference(path: Path) -> OodReference | None:

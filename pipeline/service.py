@@ -31,7 +31,7 @@ from torch import nn
 from pipeline import pictures
 from pipeline.data import resize
 from pipeline.errors import PipelineError
-from pipeline.ood import OodReference, check, read_reference
+from pipeline.ood import OodReference, flag_rows, read_reference
 
 if TYPE_CHECKING:
     from pipeline.model import Classifier
@@ -154,24 +154,32 @@ class Answerer:
     @torch.no_grad()
     def answer(self, rows: torch.Tensor, features: bool = False) -> list[dict[str, Any]]:
         """One labelled answer per row: digit, its probability, all 10, the off-distribution
-        flag with its reason, and with `features` the feature vector."""
+        flag with its reason, and with `features` the feature vector. numpy turns the batch into
+        Python values in a few calls; only the dicts are built row by row."""
         probs, vectors = self.graph(rows)
-        digits = probs.argmax(1)
-        top = probs.gather(1, digits[:, None])[:, 0]
-        flags = check(rows, self.reference) if self.reference else None
-        table = np.round(probs.double().numpy(), DIGITS).tolist()
-        answers = []
-        for i, (digit, probability) in enumerate(zip(digits.tolist(), top.tolist(), strict=True)):
-            answer = {
+        table = probs.numpy().astype(np.float64).round(DIGITS)
+        digits = table.argmax(1)
+        top = table[np.arange(len(table)), digits].tolist()
+        if self.reference:
+            flagged, _, reasons = flag_rows(rows.numpy(), self.reference)
+            flags: list[bool | None] = flagged.tolist()
+        else:
+            flags, reasons = [None] * len(table), {}
+        answers = [
+            {
                 "digit": digit,
-                "probability": round(probability, DIGITS),
-                "probabilities": table[i],
-                "ood": flags[i].ood if flags else None,
-                "ood_reason": flags[i].reason if flags else None,
+                "probability": probability,
+                "probabilities": row,
+                "ood": flag,
+                "ood_reason": reasons.get(i),
             }
-            if features:
-                answer["features"] = vectors[i].tolist()
-            answers.append(answer)
+            for i, (digit, probability, row, flag) in enumerate(
+                zip(digits.tolist(), top, table.tolist(), flags, strict=True)
+            )
+        ]
+        if features:
+            for answer, vector in zip(answers, vectors.tolist(), strict=True):
+                answer["features"] = vector
         return answers
 
 

@@ -95,7 +95,9 @@ def test_logged_committee_is_served_with_the_single_models_contract(mlflow_workd
         single = registration.log_model(model.mlps()[0], "cross_entropy", reference, "single")
     assert str(info.signature) == str(single.signature)
     outputs = info.signature.outputs.to_dict()[0]["properties"]  # the model card's answer
-    assert {"digit", "probability", "probabilities", "ood", "ood_reason", "features"} == set(outputs)
+    assert {"digit", "probability", "probabilities", "ood", "ood_reason", "features"} == set(
+        outputs
+    )
     with pytest.MonkeyPatch.context() as patch:
         for key, value in MLFLOW_ENVIRONMENT.items():
             patch.setenv(key, value)

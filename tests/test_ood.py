@@ -70,10 +70,10 @@ def test_float_rows_are_judged_as_the_uint8_images_they_came_from(reference: Ood
 def test_a_16x16_reference_has_a_frame_in_proportion_and_refuses_28x28_rows() -> None:
     from pipeline.data import resize
     from pipeline.errors import PipelineError
-    from pipeline.ood import border_mask
+    from pipeline.ood import border_weights
 
-    assert int(border_mask(28).sum()) == 28 * 28 - 22 * 22  # 3 pixels wide
-    assert int(border_mask(16).sum()) == 16 * 16 - 12 * 12  # 2 pixels wide
+    assert int((border_weights(28) > 0).sum()) == 28 * 28 - 22 * 22  # 3 pixels wide
+    assert int((border_weights(16) > 0).sum()) == 16 * 16 - 12 * 12  # 2 pixels wide
     train, _ = synthetic_digits(300, seed=0)
     valid, _ = synthetic_digits(100, seed=1)
     small = fit_reference(resize(torch.from_numpy(train), 16), resize(torch.from_numpy(valid), 16))
