@@ -12,7 +12,8 @@ with their own MLflow store, so nothing here touches the repository's data, mode
 
 Writes reports/benchmarks.json (reports/benchmarks-quick.json with --quick) and, in a full run,
 the table between the bench markers in docs/benchmarks.md; then runs benchmarks/numerics_cost.py
-(the cost of portable numerics, its own JSON and table).
+(the cost of portable numerics, its own JSON and table) and benchmarks/serving.py (the champion
+served: its own JSON and table, and the `serving` key of benchmarks.json).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numerics_cost  # noqa: E402
+import serving  # noqa: E402
 from train_throughput import seed_loop, torchvision_root  # noqa: E402
 
 import pipeline.trainer  # noqa: E402
@@ -1022,6 +1024,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"updated the benchmark table in {PAGE.relative_to(REPO)}", file=sys.stderr)
     print("== portable numerics on and off (benchmarks/numerics_cost.py)", file=sys.stderr)
     numerics_cost.main(["--quick"] if args.quick else [])
+    print("== serving (benchmarks/serving.py): adds the serving key to that JSON", file=sys.stderr)
+    result["serving"] = serving.main(["--quick"] if args.quick else [])
     return result
 
 

@@ -338,9 +338,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if start < 0 or end < start:
             raise SystemExit(f"error: {PAGE} lacks the {TABLE_START} ... {TABLE_END} markers")
         atomic.write_text(PAGE, text[: start + len(TABLE_START)] + "\n" + table + "\n" + text[end:])
-        benchmarks = REPO / "reports" / "benchmarks.json"
-        if benchmarks.exists():
-            atomic.write_json(benchmarks, {**json.loads(benchmarks.read_text()), "serving": result})
+    benchmarks = REPO / "reports" / ("benchmarks-quick.json" if args.quick else "benchmarks.json")
+    if benchmarks.exists():
+        atomic.write_json(benchmarks, {**json.loads(benchmarks.read_text()), "serving": result})
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -27,16 +28,20 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from pipeline import registry_lock
 from tests.helpers import (
     TINY_PIPELINE,
     answer_table,
+    background_server,
     files_holding,
     free_port,
     log_promotion_evidence,
+    serve_command,
     write_dataset,
 )
 
@@ -330,9 +335,31 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
         # The model's files are in S3, not on either machine.
         model_id = run["outputs"]["model_outputs"][0]["model_id"]
         assert any(
-            model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow")
+            model_id in key and key.endswith("graph.pt2") for key in bucket_keys(stack, "mlflow")
         )
     assert not list(a.glob("mlruns")) and not list(b.glob("mlruns"))
+
+    # The champion served from the team stack (its files come from S3 through the server) gives
+    # A's labelled answers: a picture and a pixel row, and 0-255 pixels refused.
+    port = free_port()
+    with background_server(
+        serve_command(f"models:/{model}@champion", port),
+        f"http://127.0.0.1:{port}/ping",
+        tmp_path / "serve.log",
+        env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
+    ):
+        digit = (np.arange(784, dtype=np.float32).reshape(28, 28) % 7 == 0) * 255
+        picture = io.BytesIO()
+        Image.fromarray(digit.astype(np.uint8)).save(picture, "PNG")
+        rows = [base64.b64encode(picture.getvalue()).decode(), (digit.ravel() / 255).tolist()]
+        status, answer = post_json(f"http://127.0.0.1:{port}/invocations", {"inputs": rows})
+        assert status == 200, answer
+        labelled = {"digit", "probability", "probabilities", "ood"}
+        assert [labelled <= set(a) for a in answer["predictions"]] == [True, True]
+        status, answer = post_json(
+            f"http://127.0.0.1:{port}/invocations", {"inputs": [digit.ravel().tolist()]}
+        )
+        assert status == 400 and answer["message"].endswith("divide 0-255 values by 255")
 
     # The DVC remote holds what A's dvc.lock names (the model's content address among them).
     model_md5 = next(
@@ -340,6 +367,17 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
     )
     keys = bucket_keys(stack, "dvc", f"{model}/")
     assert f"{model}/files/md5/{model_md5[:2]}/{model_md5[2:]}" in keys
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def finished_run(client, experiment_id: str, model: str, accuracy: float) -> str:
