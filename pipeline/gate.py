@@ -5,6 +5,8 @@ Order and meaning (docs: promotion gate):
    change is allowed explicitly (`python -m pipeline promote --allow-contract-change`); a client
    of `@champion` must never start getting HTTP 400 because the alias moved.
 2. accuracy: test accuracy beats the champion's by more than nothing and by at least min_delta.
+   A deliberate contract change only needs to be no worse: it changes how clients call the model,
+   so the same weights under the new contract must be able to take over.
 3. class_drop: no digit loses accuracy significantly. Per class, McNemar's exact test on the two
    versions' right/wrong answers on that class's test images, one-sided (is the new one worse?),
    at class_drop_p; and no class may lose more than max_class_drop points whatever the p-value.
@@ -129,6 +131,8 @@ def accuracy_failure(new: Evidence, champion: Evidence, settings: Settings) -> s
     gain = new.accuracy - champion.accuracy
     if gain > _EPSILON and gain >= settings.min_delta - _EPSILON:
         return None
+    if new.signature != champion.signature and gain >= -_EPSILON:
+        return None  # contract_failure has let the change through, so it is deliberate
     needed = (
         "more than 0" if settings.min_delta == 0 else f"at least min_delta {settings.min_delta}"
     )

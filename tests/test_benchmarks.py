@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.config import parse_params
@@ -209,3 +212,37 @@ def test_numerics_cost_times_the_best_preset_as_the_makefile_runs_it():
     assert preset["train"]["batch_size"] == 256 and preset["model"]["hidden"] == [1024] * 3
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     assert numerics_cost.TABLE_START in page and numerics_cost.TABLE_END in page
+
+
+def test_the_serving_table_on_the_page_is_the_one_its_json_gives():
+    """docs/benchmarks.md quotes reports/benchmarks-serving.json, which benchmarks/serving.py
+    wrote with the table: the page cannot drift from its source."""
+    import serving
+
+    result = json.loads((ROOT / "reports" / "benchmarks-serving.json").read_text())
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    block = page.split(serving.TABLE_START)[1].split(serving.TABLE_END)[0]
+    assert block.strip() == serving.markdown_table(result).strip()
+    assert set(result["rows"]) == {"1 image", "256 images", "1 picture", "32 pictures"}
+    for row in result["rows"].values():
+        assert set(row) >= {"limit", "ours_in_process", "floor", "champion"}
+    assert result["load_test"]["failures"] == 0 and result["load_test"]["requests"] > 0
+
+
+def test_serving_request_bodies_are_what_clients_send():
+    import base64
+
+    import serving
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, (256, 28, 28), dtype=np.uint8)
+    bodies = serving.request_bodies(images)
+    assert [len(bodies[k]) for k in ("1 image", "256 images", "1 picture", "32 pictures")] == [
+        1,
+        256,
+        1,
+        32,
+    ]
+    assert max(max(row) for row in bodies["256 images"]) <= 1.0
+    picture = Image.open(io.BytesIO(base64.b64decode(bodies["1 picture"][0])))
+    assert np.array_equal(np.asarray(picture), images[0])

@@ -111,6 +111,21 @@ def test_churn_without_a_significant_drop_passes_and_the_floor_still_applies() -
             (),
             "the serving contract changes, as allowed by --allow-contract-change",
         ),
+        (  # the same weights under a new contract: no worse is enough
+            evidence(5, 0.9800, signature=SIG_16),
+            Settings(allow_contract_change=True),
+            True,
+            (),
+            "the serving contract changes, as allowed by --allow-contract-change",
+        ),
+        (
+            evidence(5, 0.9799, signature=SIG_16),
+            Settings(allow_contract_change=True),
+            False,
+            ("accuracy",),
+            "accuracy: 0.9799 vs 0.9800 (-0.0001); the gain must be more than 0",
+        ),
+        (evidence(5, 0.9800), Settings(), False, ("accuracy",), "the gain must be more than 0"),
         (evidence(4, 0.9900), Settings(), False, (), "version 4 is already the champion"),
     ],
 )
