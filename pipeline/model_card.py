@@ -166,6 +166,13 @@ valid accuracy {metrics["valid_accuracy"]:.4f}, macro-F1 {metrics["macro_f1"]:.4
 | --- | --- | --- | --- | --- |
 {classes}
 
+## Serving
+`mlflow models serve -m models:/{name}@champion` answers `{{"inputs": [row, ...]}}` (at most 1024
+rows), each row {int(p.get("data.image_size", "28")) ** 2} pixel values in [0, 1] or a PNG or
+JPEG file as base64, with one answer per row: `digit`, `probability`, the 10 `probabilities`,
+`ood` and `ood_reason` (and the `features` with `{{"params": {{"features": true}}}}`), the
+signature's labelled-answers/1 contract. A bad row gets HTTP 400 naming it and the fix.
+
 ## Limitations
 - Only the ten digits: every input gets one of them, a letter or a blank included.
 - Centred single digits: an MLP has no translation invariance, so digits off-centre, cropped,

@@ -45,6 +45,9 @@ def test_a_single_model_is_reproduced_by_dvc_repro(mlflow_workdir: Path) -> None
     note, card = completed_card({})  # a run opened without a description gets train's
     assert note.startswith("MLP 784-10") and note.endswith(" Result: test accuracy 0.9953.")
     assert "\ndvc repro\n" in card
+    # the served contract, in words: what a client sends and gets
+    assert "each row 784 pixel values in [0, 1] or a PNG or\nJPEG file as base64" in card
+    assert "`digit`, `probability`, the 10 `probabilities`,\n`ood` and `ood_reason`" in card
 
 
 def test_the_result_is_replaced_not_repeated() -> None:
