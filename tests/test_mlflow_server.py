@@ -71,9 +71,13 @@ def test_a_pipeline_run_on_a_tracking_server_has_params_curves_figures_model_and
     files = rest(
         mlflow_server,
         f"logged-models/{model_id}/artifacts/directories",
-        artifact_directory_path="data",
+        artifact_directory_path="artifacts",
     )
-    assert [f["path"] for f in files["files"]] == ["data/model.pt2"]
+    # the served model's files (pipeline/registration.py): the graph and the reference
+    assert sorted(f["path"] for f in files["files"]) == [
+        "artifacts/graph.pt2",
+        "artifacts/ood_reference.json",
+    ]
 
     registered = rest(mlflow_server, "registered-models/get", name="mnist-mlp")["registered_model"]
     assert registered["aliases"] == [{"alias": "champion", "version": "1"}]
@@ -98,5 +102,5 @@ def test_a_pipeline_run_on_a_tracking_server_has_params_curves_figures_model_and
     assert "model_card.md" in [f["path"] for f in cards["files"]]
 
     # Artifacts went through the server to its destination, none into the project.
-    assert list((tmp_path / "server-artifacts").rglob("model.pt2"))
+    assert list((tmp_path / "server-artifacts").rglob("graph.pt2"))
     assert not Path("mlruns").exists() and not Path("mlartifacts").exists()

@@ -529,7 +529,7 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
     model_id = client.get_model_version(model, "2").source.removeprefix("models:/")
     assert model_id in [o.model_id for o in client.get_run(record["run_id"]).outputs.model_outputs]
     assert any(
-        model_id in key and key.endswith("model.pt2") for key in bucket_keys(stack, "mlflow")
+        model_id in key and key.endswith("graph.pt2") for key in bucket_keys(stack, "mlflow")
     )
 
 
