@@ -209,7 +209,7 @@ def test_training_run_shows_datasets_checks_system_metrics_and_a_described_versi
 
     name = evaluated["params"].mlflow.registered_model
     model = client.get_registered_model(name)
-    assert "Input contract (labelled-answers/1): {\"inputs\": [row, ...]}" in model.description
+    assert 'Input contract (labelled-answers/1): {"inputs": [row, ...]}' in model.description
     (version,) = client.search_model_versions(f"name='{name}'")
     assert version.tags == {
         "test_accuracy": f"{metrics['test_accuracy']:.4f}",
