@@ -11,8 +11,10 @@ Columns, all on this machine in one run, servers and the forward pass on one thr
   check and the labelled answer (pipeline/service.py);
 - floor: a served no-op with the champion's signature (benchmarks/serving_floor.py): MLflow's HTTP,
   JSON parsing and answer writing alone;
+- MLflow's default floor: the same no-op without type hints (benchmarks/serving_floor_untyped.py),
+  so MLflow turns the rows into an array its own way, as for a model that leaves parsing to it;
 - champion: the model as train registers it (pipeline/registration.py), in a scratch MLflow store.
-Floor and champion run side by side and are timed in alternating rounds, so load from other
+The three servers run side by side and are timed in alternating rounds, so load from other
 processes hits both alike. The load test is locust (benchmarks/locustfile.py): concurrent users
 posting one-image requests, with one picture request in ten.
 
@@ -183,13 +185,14 @@ def register(store: str, model: Any, loss: str, reference: Any, scratch: Path) -
     shutil.copytree(REPO / "pipeline", code, ignore=shutil.ignore_patterns("__pycache__"))
     with mlflow.start_run():
         registration.log_model(model, loss, reference, "champion")
-        mlflow.pyfunc.log_model(
-            name="floor",
-            python_model=str(REPO / "benchmarks" / "serving_floor.py"),
-            code_paths=[str(code)],
-            registered_model_name="floor",
-            pip_requirements=["mlflow"],
-        )
+        for name in ("serving_floor", "serving_floor_untyped"):
+            mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(REPO / "benchmarks" / f"{name}.py"),
+                code_paths=[str(code), str(REPO / "benchmarks" / "serving_floor.py")],
+                registered_model_name=name,
+                pip_requirements=["mlflow"],
+            )
 
 
 def locust(port: int, body_file: Path, seconds: int, scratch: Path) -> dict[str, Any]:
@@ -239,11 +242,14 @@ def measure(quick: bool) -> dict[str, Any]:
         register(store, model, loss, reference, scratch)
         export_graph(model, loss, reference.image_size, scratch / "graph.pt2")
         answerer = Answerer(load_graph(scratch / "graph.pt2"), reference.image_size, reference)
+        uris = {
+            "floor": "models:/serving_floor/1",
+            "untyped_floor": "models:/serving_floor_untyped/1",
+            "champion": "models:/champion/1",
+        }
         ports = {
-            "floor": stack.enter_context(served("models:/floor/1", store, scratch / "floor.log")),
-            "champion": stack.enter_context(
-                served("models:/champion/1", store, scratch / "champion.log")
-            ),
+            name: stack.enter_context(served(uri, store, scratch / f"{name}.log"))
+            for name, uri in uris.items()
         }
         rows = {}
         for kind, inputs in bodies.items():
@@ -255,7 +261,7 @@ def measure(quick: bool) -> dict[str, Any]:
             ours = in_process(
                 lambda i=inputs: answerer.answer(answerer.request_rows(i)), rounds * per_round
             )
-            times: dict[str, list[float]] = {"floor": [], "champion": []}
+            times: dict[str, list[float]] = {name: [] for name in ports}
             for name in times:  # warm both up: the first requests load lazily
                 timed_requests(ports[name], body, 5)
             for _ in range(rounds):
@@ -265,8 +271,7 @@ def measure(quick: bool) -> dict[str, Any]:
                 "images": count,
                 "limit": summary(limit, count),
                 "ours_in_process": summary(ours, count),
-                "floor": summary(times["floor"], count),
-                "champion": summary(times["champion"], count),
+                **{name: summary(seconds, count) for name, seconds in times.items()},
             }
         body_file = scratch / "bodies.json"
         body_file.write_text(json.dumps({k: {"inputs": v} for k, v in bodies.items()}))
@@ -286,26 +291,22 @@ def measure(quick: bool) -> dict[str, Any]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    columns = ("limit", "ours_in_process", "floor", "untyped_floor", "champion")
     lines = [
-        "| request | limit: forward pass | ours, in process | floor: no-op served | champion "
-        "served | champion above floor | that ÷ forward pass |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| request | limit: forward pass | ours, in process | floor: no-op served | MLflow's "
+        "default floor | champion served | champion above floor | that ÷ forward pass |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, row in result["rows"].items():
         above = row["champion"]["p50_ms"] - row["floor"]["p50_ms"]
         ratio = above / row["limit"]["p50_ms"]
-        cells = [
-            f"{row[c]['p50_ms']:.2f}" for c in ("limit", "ours_in_process", "floor", "champion")
-        ]
+        cells = [f"{row[c]['p50_ms']:.2f}" for c in columns]
         lines.append(f"| {kind}, p50 ms | {' | '.join(cells)} | {above:.2f} | {ratio:.1f}× |")
         if row["images"] == 1:
-            cells = [f"{row[c]['p99_ms']:.2f}" for c in ("floor", "champion")]
+            cells = [f"{row[c]['p99_ms']:.2f}" for c in columns[2:]]
             lines.append(f"| {kind}, p99 ms | | | {' | '.join(cells)} | | |")
         else:
-            cells = [
-                f"{row[c]['images_per_s']:,.0f}"
-                for c in ("limit", "ours_in_process", "floor", "champion")
-            ]
+            cells = [f"{row[c]['images_per_s']:,.0f}" for c in columns]
             lines.append(f"| {kind}, images/s | {' | '.join(cells)} | | |")
     load = result["load_test"]
     machine = result["machine"]
