@@ -261,6 +261,7 @@ def measure(quick: bool) -> dict[str, Any]:
             ours = in_process(
                 lambda i=inputs: answerer.answer(answerer.request_rows(i)), rounds * per_round
             )
+            rows_only = in_process(lambda i=inputs: answerer.request_rows(i), rounds * per_round)
             times: dict[str, list[float]] = {name: [] for name in ports}
             for name in times:  # warm both up: the first requests load lazily
                 timed_requests(ports[name], body, 5)
@@ -271,6 +272,8 @@ def measure(quick: bool) -> dict[str, Any]:
                 "images": count,
                 "limit": summary(limit, count),
                 "ours_in_process": summary(ours, count),
+                # of which: checking and converting the rows (pictures: decoding, framing)
+                "rows_in_process": summary(rows_only, count),
                 **{name: summary(seconds, count) for name, seconds in times.items()},
             }
         body_file = scratch / "bodies.json"
