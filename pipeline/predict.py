@@ -15,10 +15,11 @@ MLflow models are loaded as `mlflow models serve` loads them, with pickles refus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from pipeline.model import checkpoint_field, classifier_from_checkpoint, load_ch
 from pipeline.ood import read_reference
 from pipeline.paths import OOD_REFERENCE_FILE
 from pipeline.pictures import to_mnist
+from pipeline.records import recorder
 from pipeline.service import CONTRACT, Answerer, ServingGraph
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -62,7 +64,10 @@ def load_answerer(spec: str) -> Answerer:
     loss = str(checkpoint_field(payload, "loss", Path(spec)))
     model = classifier_from_checkpoint(payload).eval()  # one MLP or a committee
     reference = read_reference(Path(spec).with_name(OOD_REFERENCE_FILE.name))
-    return Answerer(ServingGraph(model, loss), model.image_size, reference)
+    md5 = hashlib.md5(Path(spec).read_bytes()).hexdigest()
+    return Answerer(
+        ServingGraph(model, loss), model.image_size, reference, recorder(f"md5:{md5}", "predict")
+    )
 
 
 def first_line(exc: BaseException) -> str:
@@ -97,7 +102,10 @@ def load_logged(uri: str) -> Answerer:
             f"cannot load {uri} ({first_line(exc)}); only models logged by this pipeline's train "
             "stage load"
         ) from None
-    return served.answerer
+    answerer = served.answerer
+    if answerer.recorder:  # the same model's records, marked as predict's
+        answerer = replace(answerer, recorder=replace(answerer.recorder, source="predict"))
+    return answerer
 
 
 def idx_images(data: bytes) -> np.ndarray:

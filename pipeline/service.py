@@ -32,6 +32,7 @@ from pipeline import pictures
 from pipeline.data import resize
 from pipeline.errors import PipelineError
 from pipeline.ood import OodReference, flag_rows, read_reference
+from pipeline.records import Recorder, recorder
 
 if TYPE_CHECKING:
     from pipeline.model import Classifier
@@ -99,6 +100,7 @@ class Answerer:
     graph: nn.Module  # pixel rows [N, S*S] in [0, 1] -> (probabilities [N, 10], features [N, F])
     image_size: int
     reference: OodReference | None  # None: an older local model; inputs are not checked
+    recorder: Recorder | None = None  # where each answer is recorded (pipeline/records.py)
 
     @property
     def row_length(self) -> int:
@@ -154,8 +156,9 @@ class Answerer:
     @torch.no_grad()
     def answer(self, rows: torch.Tensor, features: bool = False) -> list[dict[str, Any]]:
         """One labelled answer per row: digit, its probability, all 10, the off-distribution
-        flag with its reason, and with `features` the feature vector. numpy turns the batch into
-        Python values in a few calls; only the dicts are built row by row."""
+        flag with its reason, and with `features` the feature vector; recorded when there is a
+        recorder. numpy turns the batch into Python values in a few calls; only the dicts are
+        built row by row."""
         probs, vectors = self.graph(rows)
         table = probs.numpy().astype(np.float64).round(DIGITS)
         digits = table.argmax(1)
@@ -177,6 +180,8 @@ class Answerer:
                 zip(digits.tolist(), top, table.tolist(), flags, strict=True)
             )
         ]
+        if self.recorder:
+            self.recorder.write(rows.numpy(), answers, vectors.numpy())
         if features:
             for answer, vector in zip(answers, vectors.tolist(), strict=True):
                 answer["features"] = vector
@@ -249,12 +254,19 @@ def describe(problems: dict[str, list[int]], total: int) -> str:
 
 
 def load_answerer(artifacts: dict[str, str]) -> Answerer:
-    """The served model's Answerer from its MLflow artifacts (paths by name)."""
+    """The served model's Answerer from its MLflow artifacts (paths by name), recording under the
+    logged model's id, which its MLmodel file holds beside the artifacts."""
+    import yaml
+
     reference = read_reference(Path(artifacts["ood_reference"]))
     if reference is None:
         raise PipelineError("the model's off-distribution reference is missing; retrain it")
     graph = load_graph(Path(artifacts["graph"]))
-    return Answerer(graph, reference.image_size, reference)
+    mlmodel = Path(artifacts["graph"]).parents[1] / "MLmodel"
+    model_id = yaml.safe_load(mlmodel.read_text()).get("model_id") if mlmodel.exists() else None
+    return Answerer(
+        graph, reference.image_size, reference, recorder(model_id or "unknown", "service")
+    )
 
 
 def write_artifacts(

@@ -16,6 +16,18 @@ from tests.helpers import TINY_PIPELINE, VALIDATION_ENTRY, write_dataset
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def records_in_a_scratch_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """predict and the served model record every answer (pipeline/records.py), by default under
+    ./records; a test's go to a store of its own, and servers it starts inherit it."""
+    store = tmp_path_factory.mktemp("records")
+    monkeypatch.setenv("MNIST_RECORDS", str(store))
+    monkeypatch.delenv("MNIST_RECORDS_PIXELS", raising=False)
+    return store
+
+
 @pytest.fixture
 def synthetic_mirror(tmp_path: Path) -> Path:
     """A folder holding the four canonical IDX files of a tiny synthetic dataset."""

@@ -196,6 +196,7 @@ def served(
         **os.environ,
         "MLFLOW_TRACKING_URI": store,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        "MNIST_RECORDS": str(folder / "records"),  # the module's server records here
     }
     with background_server(
         serve_command("models:/mnist-mlp@champion", port),
@@ -273,13 +274,23 @@ def test_the_same_pictures_get_the_same_answers_from_predict_and_the_service(
 
 @pytest.mark.slow
 def test_pixel_rows_and_features_through_the_service(served: tuple[str, Path]) -> None:
-    url, _ = served
+    url, checkpoint = served
     rows = digit_rows(5).tolist()
     status, answer = post(url, {"inputs": rows})
     assert status == 200 and len(answer["predictions"]) == 5
     assert "features" not in answer["predictions"][0]
     status, answer = post(url, {"inputs": rows[:2], "params": {"features": True}})
     assert status == 200 and len(answer["predictions"][1]["features"]) == 32
+    # the server recorded what it answered, under the logged model's id
+    import pyarrow.dataset as ds
+
+    recorded = (
+        ds.dataset(checkpoint.with_name("records"), format="parquet", partitioning="hive")
+        .to_table()
+        .to_pydict()
+    )
+    assert set(recorded["source"]) == {"service"} and recorded["model"][0].startswith("m-")
+    assert answer["predictions"][1]["features"] in recorded["features"]
 
 
 @pytest.mark.slow
