@@ -13,8 +13,10 @@ Columns, all on this machine in one run, servers and the forward pass on one thr
   JSON parsing and answer writing alone;
 - MLflow's default floor: the same no-op without type hints (benchmarks/serving_floor_untyped.py),
   so MLflow turns the rows into an array its own way, as for a model that leaves parsing to it;
-- champion: the model as train registers it (pipeline/registration.py), in a scratch MLflow store.
-The three servers run side by side and are timed in alternating rounds, so load from other
+- champion: the model as train registers it (pipeline/registration.py), in a scratch MLflow store,
+  not recording; beside it the same model recording every answer into a scratch folder, for what
+  recording costs (pipeline/records.py).
+The four servers run side by side and are timed in alternating rounds, so load from other
 processes hits both alike. The load test is locust (benchmarks/locustfile.py): concurrent users
 posting one-image requests, with one picture request in ten.
 
@@ -86,17 +88,18 @@ def request_bodies(images: np.ndarray) -> dict[str, list[Any]]:
     }
 
 
-def serve_env(store: str) -> dict[str, str]:
+def serve_env(store: str, records: str) -> dict[str, str]:
     return {
         **os.environ,
         **ONE_THREAD,
         "MLFLOW_TRACKING_URI": store,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        "MNIST_RECORDS": records,  # pipeline/records.py: a folder, or off
     }
 
 
 @contextmanager
-def served(uri: str, store: str, log: Path) -> Iterator[int]:
+def served(uri: str, store: str, log: Path, records: str = "off") -> Iterator[int]:
     """`mlflow models serve` of `uri` on a free port until it answers /ping; yields the port."""
     import signal
     import socket
@@ -111,7 +114,7 @@ def served(uri: str, store: str, log: Path) -> Iterator[int]:
             [*command, "-h", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=serve_env(store),
+            env=serve_env(store, records),
             start_new_session=True,
         )
     try:
@@ -225,6 +228,14 @@ def locust(port: int, body_file: Path, seconds: int, scratch: Path) -> dict[str,
     }
 
 
+def recorded_rows(folder: Path) -> int:
+    import pyarrow.dataset as ds
+
+    if not folder.exists():
+        return 0
+    return ds.dataset(folder, format="parquet", partitioning="hive").count_rows()
+
+
 def measure(quick: bool) -> dict[str, Any]:
     if not MODEL_FILE.exists() or not OOD_REFERENCE_FILE.exists():
         raise SystemExit(f"error: {MODEL_FILE} or {OOD_REFERENCE_FILE} is missing; run dvc repro")
@@ -251,6 +262,10 @@ def measure(quick: bool) -> dict[str, Any]:
             name: stack.enter_context(served(uri, store, scratch / f"{name}.log"))
             for name, uri in uris.items()
         }
+        # the champion again, recording every answer as it does by default (pipeline/records.py)
+        ports["recording"] = stack.enter_context(
+            served(uris["champion"], store, scratch / "recording.log", str(scratch / "records"))
+        )
         rows = {}
         for kind, inputs in bodies.items():
             body = json.dumps({"inputs": inputs}).encode()
@@ -278,7 +293,9 @@ def measure(quick: bool) -> dict[str, Any]:
             }
         body_file = scratch / "bodies.json"
         body_file.write_text(json.dumps({k: {"inputs": v} for k, v in bodies.items()}))
-        load = locust(ports["champion"], body_file, 10 if quick else 60, scratch)
+        before = recorded_rows(scratch / "records")
+        load = locust(ports["recording"], body_file, 10 if quick else 60, scratch)
+        load["recorded"] = recorded_rows(scratch / "records") - before  # one row per request
     return {
         "command": "python benchmarks/serving.py" + (" --quick" if quick else ""),
         "quick": quick,
@@ -313,12 +330,20 @@ def markdown_table(result: dict[str, Any]) -> str:
             lines.append(f"| {kind}, images/s | {' | '.join(cells)} | | |")
     load = result["load_test"]
     machine = result["machine"]
+    cost = [
+        f"{row['recording']['p50_ms'] - row['champion']['p50_ms']:+.2f} ms for {kind}"
+        for kind, row in result["rows"].items()
+    ]
     lines += [
         "",
+        "The champion above does not record; recording each answer (pipeline/records.py, to a "
+        f"local folder) changes the p50 by {', '.join(cost)}.",
+        "",
         f"Load test (locust, {load['users']} users for {load['seconds']} s, one-image requests "
-        f"with one picture request in ten, one server worker): {load['requests']:,} requests, "
-        f"{load['failures']} failures, p50 {load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, "
-        f"{load['requests_per_s']:.0f} requests/s.",
+        f"with one picture request in ten, one server worker, recording): {load['requests']:,} "
+        f"requests, {load['failures']} failures, {load['recorded']:,} records, p50 "
+        f"{load['p50_ms']:.0f} ms, p99 {load['p99_ms']:.0f} ms, {load['requests_per_s']:.0f} "
+        "requests/s.",
         "",
         f"Measured by `{result['command']}` on {machine['cpu_type']}, one thread per process, "
         f"torch {machine['torch']}, {result['finished']}, commit {result['commit'][:7]}; "

@@ -346,7 +346,13 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
         serve_command(f"models:/{model}@champion", port),
         f"http://127.0.0.1:{port}/ping",
         tmp_path / "serve.log",
-        env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
+        env={
+            **os.environ,
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+            # records to the stack's S3, where a job on another machine reads them
+            "MNIST_RECORDS": f"s3://mlflow/records-{model}",
+            "AWS_ENDPOINT_URL": stack["STACK_S3_ENDPOINT"],
+        },
     ):
         digit = (np.arange(784, dtype=np.float32).reshape(28, 28) % 7 == 0) * 255
         picture = io.BytesIO()
@@ -360,6 +366,8 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
             f"http://127.0.0.1:{port}/invocations", {"inputs": [digit.ravel().tolist()]}
         )
         assert status == 400 and answer["message"].endswith("divide 0-255 values by 255")
+    recorded = bucket_keys(stack, "mlflow", f"records-{model}/")
+    assert len(recorded) == 1 and recorded[0].endswith(".parquet") and "/date=" in recorded[0]
 
     # The DVC remote holds what A's dvc.lock names (the model's content address among them).
     model_md5 = next(
