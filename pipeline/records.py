@@ -69,11 +69,11 @@ class Recorder:
         folder = f"{self.root}/date={now:%Y-%m-%d}"
         name = f"{now:%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
         try:
-            self.filesystem.create_dir(folder, recursive=True)
             if self.is_local:  # a reader never sees half a file: write aside, then rename
+                self.filesystem.create_dir(folder, recursive=True)
                 pq.write_table(pa.table(columns), f"{folder}/.{name}", filesystem=self.filesystem)
                 self.filesystem.move(f"{folder}/.{name}", f"{folder}/{name}")
-            else:  # an S3 object appears whole when its upload completes
+            else:  # an S3 object appears whole when its upload completes; no folder objects
                 pq.write_table(pa.table(columns), f"{folder}/{name}", filesystem=self.filesystem)
         except (OSError, pa.ArrowException) as exc:
             log(
