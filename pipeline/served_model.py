@@ -27,9 +27,9 @@ Row = list[float] | str
 
 class ServedModel(PythonModel):
     def load_context(self, context: Any) -> None:
-        from pipeline.service import load_answerer
+        from pipeline.service import answerer_from_artifacts
 
-        self.answerer = load_answerer(context.artifacts)
+        self.answerer = answerer_from_artifacts(context.artifacts)
 
     def predict(
         self, context: Any, model_input: list[Row], params: dict[str, Any] | None = None

@@ -253,7 +253,7 @@ def describe(problems: dict[str, list[int]], total: int) -> str:
     return f"refused {sum(map(len, problems.values()))} of {total} rows: " + "; ".join(parts)
 
 
-def load_answerer(artifacts: dict[str, str]) -> Answerer:
+def answerer_from_artifacts(artifacts: dict[str, str]) -> Answerer:
     """The served model's Answerer from its MLflow artifacts (paths by name), recording under the
     logged model's id, which its MLmodel file holds beside the artifacts."""
     import yaml
