@@ -8,16 +8,34 @@ evaluate, report or promote.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import model_card, service, tracking
+from pipeline import model_card, records, service, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.model import Classifier
 from pipeline.ood import OodReference
+
+
+@contextmanager
+def records_off() -> Iterator[None]:
+    """No records (pipeline/records.py) from this process inside: restored after."""
+    before = os.environ.get(records.RECORDS_ENV)
+    os.environ[records.RECORDS_ENV] = records.OFF
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[records.RECORDS_ENV]
+        else:
+            os.environ[records.RECORDS_ENV] = before
+
 
 # What the served model imports (pipeline/served_model.py, pipeline/service.py), pinned.
 SERVED_REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pillow", "pydantic")
@@ -74,16 +92,18 @@ def log_model(model: Classifier, loss: str, reference: OodReference, registered_
         code = folder / "code" / package.name
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__"))
         try:
-            return mlflow.pyfunc.log_model(
-                name="model",
-                python_model=served_model.__file__,
-                artifacts=artifacts,
-                code_paths=[str(code)],
-                input_example=(example, {"features": False}),
-                registered_model_name=registered_model,
-                pip_requirements=requirements,
-                metadata={"image_size": reference.image_size, "contract": service.CONTRACT},
-            )
+            # MLflow loads the model and answers the input example: that is no client's request
+            with records_off():
+                return mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=served_model.__file__,
+                    artifacts=artifacts,
+                    code_paths=[str(code)],
+                    input_example=(example, {"features": False}),
+                    registered_model_name=registered_model,
+                    pip_requirements=requirements,
+                    metadata={"image_size": reference.image_size, "contract": service.CONTRACT},
+                )
         except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
             # MLflow uploads the files before it registers, so a failed upload leaves no version.
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

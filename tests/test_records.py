@@ -154,3 +154,22 @@ def test_predict_records_its_answers_under_the_checkpoints_md5(
     md5 = hashlib.md5(checkpoint.read_bytes()).hexdigest()
     assert stored["model"] == [f"md5:{md5}"] * 2 and stored["source"] == ["predict"] * 2
     assert sorted(stored["digit"]) == sorted(a["label"] for a in answers)
+
+
+def test_registering_a_model_records_nothing(
+    mlflow_workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow answers the input example when train logs the model: no client asked that."""
+    import mlflow
+
+    from pipeline import registration, tracking
+
+    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path / "store"))
+    tracking.configure()
+    mlflow.set_experiment("records")
+    train, _ = synthetic_digits(100, seed=0)
+    reference = fit_reference(torch.from_numpy(train), torch.from_numpy(train))
+    with mlflow.start_run():
+        registration.log_model(train_tiny(28), "cross_entropy", reference, "mnist-mlp")
+    assert not list((tmp_path / "store").rglob("*.parquet"))
+    assert os.environ[records.RECORDS_ENV] == str(tmp_path / "store"), "restored after"
