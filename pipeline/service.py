@@ -160,8 +160,8 @@ class Answerer:
         recorder. numpy turns the batch into Python values in a few calls; only the dicts are
         built row by row."""
         probs, vectors = self.graph(rows)
+        digits = probs.numpy().argmax(1)  # before rounding, which could tie two digits
         table = probs.numpy().astype(np.float64).round(DIGITS)
-        digits = table.argmax(1)
         top = table[np.arange(len(table)), digits].tolist()
         if self.reference:
             flagged, _, reasons = flag_rows(rows.numpy(), self.reference)
