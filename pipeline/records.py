@@ -85,7 +85,9 @@ class Recorder:
 
     @property
     def is_local(self) -> bool:
-        return type(self.filesystem).__name__ == "LocalFileSystem"
+        from pyarrow import fs
+
+        return isinstance(self.filesystem, fs.LocalFileSystem)
 
 
 def store(root: str | None = None) -> tuple[Any, str] | None:
