@@ -306,18 +306,11 @@ def read_predictions(path: Path = PREDICTIONS_FILE) -> pd.DataFrame:
     return _table(path, "evaluate", PREDICTION_COLUMNS)
 
 
-# ---- evaluate: models/ood_reference.json (pipeline/ood.py gives it meaning) ----------------
+# ---- train: models/ood_reference.json (pipeline/ood.py gives it meaning and reads it) -------
 
 
 def write_ood_reference(reference: dict[str, Any], path: Path = OOD_REFERENCE_FILE) -> None:
     atomic.write_json(path, reference)
-
-
-def read_ood_reference(path: Path = OOD_REFERENCE_FILE) -> dict[str, Any] | None:
-    """None when there is none: predict still uses a model evaluate has not seen, unchecked."""
-    if not Path(path).is_file():
-        return None
-    return _json_object(path, "evaluate", ("features", "mean", "std", "threshold", "quantile"))
 
 
 # ---- promote: reports/promotion.json --------------------------------------------------------

@@ -3,8 +3,7 @@
 The loss is the one the checkpoint was trained with (its "loss" key), computed by the function
 train scores its validation with (pipeline/scoring.py), so test_loss and valid_loss compare
 directly with the training curves. Beyond accuracy it measures calibration, per-digit accuracy
-and robustness (pipeline/quality.py), and fits the off-distribution reference that predict
-checks inputs against (pipeline/ood.py).
+and robustness (pipeline/quality.py).
 """
 
 from __future__ import annotations
