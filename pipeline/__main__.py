@@ -1,4 +1,4 @@
-"""`python -m pipeline <stage>`, `predict PATH...`, `upstream` and `gitref`: one subcommand each.
+"""`python -m pipeline <stage>`, `predict PATH...`, `monitor`, `upstream`, `gitref`: one each.
 
 A stage loads params.yaml once, runs, and reports bad input as one `error:` line (exit 1).
 """
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     )
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
     commands = main.add_subparsers(
-        dest="command", required=True, metavar="{stage,predict,upstream,gitref}"
+        dest="command", required=True, metavar="{stage,predict,monitor,upstream,gitref}"
     )
     stages = {
         stage: commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
@@ -103,6 +103,21 @@ def parser() -> argparse.ArgumentParser:
         "MLflow run with it (pipeline/gitref.py)",
     )
     gitref.add_argument("--remote", required=True, help="the git remote to push to, e.g. origin")
+    monitor = commands.add_parser(
+        "monitor",
+        parents=[params],
+        help="judge a window of the records of what the models were asked against their "
+        "references (pipeline/monitor.py); exit 3 on drift",
+    )
+    monitor.add_argument(
+        "--days",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="the window: records of the last DAYS days (default: monitor.days in params.yaml)",
+    )
+    monitor.add_argument(
+        "--last", type=int, default=argparse.SUPPRESS, help="the window: the last N records"
+    )
     predict = commands.add_parser(
         "predict",
         parents=[params],
@@ -138,14 +153,14 @@ def run_stage(
     try:
         params = load_params(params_file)
         pin_kernels(params, restart)
-        importlib.import_module(f"pipeline.{stage}").main(params, **(options or {}))
+        status = importlib.import_module(f"pipeline.{stage}").main(params, **(options or {}))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; run the stage again to finish", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0  # monitor's verdict; stages return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     # (identity tests: --member 0 is set, though 0 == False).
     options = {
         name: value
-        for name in ("allow_contract_change", "run", "member", "committee", "remote")
+        for name in (
+            "allow_contract_change",
+            "run",
+            "member",
+            "committee",
+            "remote",
+            "days",
+            "last",
+        )
         if (value := getattr(args, name, None)) is not None and value is not False
     }
     # Only a command-line process may restart itself; a caller in Python (a test) keeps its own.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import artifacts, lineage, model_card, ood, registration, tracking
+from pipeline import artifacts, lineage, model_card, registration, service, tracking
 from pipeline.config import Params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
@@ -69,8 +69,8 @@ def main(params: Params) -> None:
     payload.update(epoch=0, valid_loss=valid.loss, valid_accuracy=valid.accuracy)
     save_payload(COMMITTEE.model, payload)
     train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, len(data.train_labels)))
-    reference = ood.fit_reference(data.train_images[train_idx], valid_images)
-    artifacts.write_ood_reference(reference.to_dict(), COMMITTEE.ood_reference)
+    references = service.fit_references(committee, LOSS, data.train_images[train_idx], valid_images)
+    references.save(COMMITTEE)
 
     checksums = artifacts.read_checksums()
     dataset_md5 = {name: entry["md5"] for name, entry in checksums["files"].items()}
@@ -85,7 +85,7 @@ def main(params: Params) -> None:
         params.mlflow.experiment, params.flat(), tags, None, description
     ) as run:
         mlflow.log_metrics({"valid_loss": valid.loss, "valid_acc": valid.accuracy})
-        registration.log_and_register(committee, LOSS, reference, params, valid.accuracy)
+        registration.log_and_register(committee, LOSS, references, params, valid.accuracy)
         artifacts.write_run_reference(run.info.run_id, run.info.experiment_id, COMMITTEE.run)
     log(
         f"committee of {len(seeds)} members: valid loss {valid.loss:.4f}, accuracy "

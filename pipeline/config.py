@@ -155,6 +155,13 @@ class PromoteParams(Section):
     from_experiments: bool = False
 
 
+class MonitorParams(Section):
+    days: float = Field(default=7.0, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    min_records: int = Field(default=100, ge=10)
+    experiment: Annotated[str, Field(min_length=1)] = "monitoring"
+
+
 class NumericsParams(Section):
     portable: bool = True
 
@@ -172,6 +179,7 @@ class Params(Section):
     report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
+    monitor: MonitorParams = MonitorParams()
 
     def flat(self) -> dict[str, Any]:
         """`section.key -> value`, the form MLflow params and DVC's `-S` use."""

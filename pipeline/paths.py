@@ -20,6 +20,8 @@ MODEL_FILE = MODELS_DIR / "model.pt"
 LAST_CHECKPOINT_FILE = MODELS_DIR / "last.pt"
 MLFLOW_RUN_FILE = MODELS_DIR / "mlflow_run.json"
 OOD_REFERENCE_FILE = MODELS_DIR / "ood_reference.json"  # beside the checkpoint predict reads
+# The validation split as the model answers it: what `monitor` compares records with (drift.py)
+MONITOR_REFERENCE_FILE = MODELS_DIR / "monitor_reference.npz"
 
 REPORTS_DIR = Path("reports")
 DATA_VALIDATION_FILE = REPORTS_DIR / "data_validation.json"
@@ -33,6 +35,8 @@ FIGURES_DIR = REPORTS_DIR / "figures"
 REPORT_HTML_FILE = REPORTS_DIR / "report.html"
 REPORT_MD_FILE = REPORTS_DIR / "report.md"
 PROMOTION_FILE = REPORTS_DIR / "promotion.json"
+MONITORING_FILE = REPORTS_DIR / "monitoring.json"  # `python -m pipeline monitor`, not a stage
+MONITORING_HTML_FILE = REPORTS_DIR / "monitoring.html"
 
 COMMITTEE_DIR = Path("committee")  # committee/dvc.yaml: the committee preset's own pipeline
 
@@ -61,6 +65,10 @@ class Layout:
     @property
     def ood_reference(self) -> Path:
         return self.models / OOD_REFERENCE_FILE.name
+
+    @property
+    def monitor_reference(self) -> Path:
+        return self.models / MONITOR_REFERENCE_FILE.name
 
     @property
     def history(self) -> Path:

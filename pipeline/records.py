@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -114,3 +114,68 @@ def recorder(model: str, source: str) -> Recorder | None:
         return None
     filesystem, root = found
     return Recorder(filesystem, root, model, source, os.environ.get(PIXELS_ENV) == "1")
+
+
+def read_window(days: float | None, last: int | None, now: datetime | None = None) -> Any:
+    """The records of the last `days` days, or the last `last` records (both: the last `last`
+    of those days), oldest first, as a pandas DataFrame; empty when there are none. A file that
+    is not a readable record file stops the read with its path (it is left in place)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from pyarrow import ArrowException, fs
+
+    found = store()
+    if found is None:
+        raise PipelineError(
+            f"${RECORDS_ENV} is {OFF!r}, so there are no records to monitor; point it at the "
+            "store the service writes to"
+        )
+    filesystem, root = found
+    now = now or datetime.now(timezone.utc)
+    since = now - timedelta(days=days) if days is not None else None
+    try:
+        folders = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except (OSError, ArrowException) as exc:
+        raise PipelineError(
+            f"cannot list the record store {root} ({exc}); check ${RECORDS_ENV}"
+        ) from None
+    days_kept = sorted(
+        info.path
+        for info in folders
+        if info.type == fs.FileType.Directory
+        and info.base_name.startswith("date=")
+        and (since is None or info.base_name.removeprefix("date=") >= f"{since:%Y-%m-%d}")
+    )
+    tables = []
+    for folder in reversed(days_kept):  # newest day first: --last stops early
+        files = filesystem.get_file_info(fs.FileSelector(folder))
+        paths = sorted(
+            info.path
+            for info in files
+            if info.base_name.endswith(".parquet") and not info.base_name.startswith(".")
+        )
+        for path in paths:
+            try:
+                table = pq.read_table(path, filesystem=filesystem).to_pandas()
+            except (OSError, ArrowException) as exc:
+                raise PipelineError(
+                    f"{path} is not a readable record file ({exc}); move it out of {root} "
+                    "(nothing else is changed) and run monitor again"
+                ) from None
+            missing = {"time", "model", "digit", "probability", "ood", "features"} - set(table)
+            if missing:
+                raise PipelineError(
+                    f"{path} lacks the columns {sorted(missing)}, so it is not a record file; "
+                    f"move it out of {root} and run monitor again"
+                )
+            tables.append(table)
+        if last is not None and sum(map(len, tables)) >= last:
+            break
+    if not tables:
+        return pd.DataFrame(columns=["time", "model", "digit", "probability", "ood", "features"])
+    window = pd.concat(tables, ignore_index=True).sort_values("time", kind="stable")
+    if since is not None:
+        window = window[window["time"] >= since]
+    if last is not None:
+        window = window.tail(last)
+    return window.reset_index(drop=True)

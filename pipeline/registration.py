@@ -20,7 +20,6 @@ from pipeline import model_card, records, service, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.model import Classifier
-from pipeline.ood import OodReference
 
 
 @contextmanager
@@ -42,14 +41,18 @@ SERVED_REQUIREMENTS = ("torch", "mlflow", "numpy", "pandas", "pillow", "pydantic
 
 
 def log_and_register(
-    model: Classifier, loss: str, reference: OodReference, params: Params, valid_accuracy: float
+    model: Classifier,
+    loss: str,
+    references: service.References,
+    params: Params,
+    valid_accuracy: float,
 ) -> None:
     """train and committee: log `model` into the active run as the served model
     (log_model), register it under the name of its input contract, describe the version."""
     import mlflow
 
     name = tracking.registered_name(params.mlflow.registered_model, params.data.image_size)
-    info = log_model(model, loss, reference, name)
+    info = log_model(model, loss, references, name)
     run = mlflow.active_run()
     assert run is not None, "the caller opens the run the model is logged into"
     client = mlflow.MlflowClient()
@@ -62,10 +65,13 @@ def log_and_register(
     )
 
 
-def log_model(model: Classifier, loss: str, reference: OodReference, registered_model: str) -> Any:
+def log_model(
+    model: Classifier, loss: str, references: service.References, registered_model: str
+) -> Any:
     """Log the served model and register it: pipeline/served_model.py as models-from-code, with
-    the pt2 graph and the off-distribution reference as artifacts and this package as code
-    (pipeline/service.py), so loading it unpickles nothing and it answers as predict does.
+    the pt2 graph and the off-distribution and monitoring references as artifacts and this
+    package as code (pipeline/service.py), so loading it unpickles nothing and it answers as
+    predict does.
 
     Its signature comes from the served model's type hints (rows in, labelled answers out), with
     the `features` param from the input example. Pip requirements are given, not inferred
@@ -85,10 +91,10 @@ def log_model(model: Classifier, loss: str, reference: OodReference, registered_
     pins = (package.parent / "requirements" / "base.txt").read_text()
     pinned = dict(re.findall(r"^([a-z0-9.-]+)==(\S+)$", pins, re.MULTILINE))
     requirements = [f"{name}=={pinned[name]}" for name in SERVED_REQUIREMENTS]
-    example = np.full((2, reference.image_size**2), 0.0, np.float32).tolist()
+    example = np.full((2, references.ood.image_size**2), 0.0, np.float32).tolist()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        artifacts = service.write_artifacts(model, loss, reference, folder)
+        artifacts = service.write_artifacts(model, loss, references, folder)
         code = folder / "code" / package.name
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__"))
         try:
@@ -102,7 +108,10 @@ def log_model(model: Classifier, loss: str, reference: OodReference, registered_
                     input_example=(example, {"features": False}),
                     registered_model_name=registered_model,
                     pip_requirements=requirements,
-                    metadata={"image_size": reference.image_size, "contract": service.CONTRACT},
+                    metadata={
+                        "image_size": references.ood.image_size,
+                        "contract": service.CONTRACT,
+                    },
                 )
         except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
             # MLflow uploads the files before it registers, so a failed upload leaves no version.

@@ -30,12 +30,15 @@ from torch import nn
 
 from pipeline import pictures
 from pipeline.data import resize
+from pipeline.drift import Reference as MonitorReference
+from pipeline.drift import build_reference
 from pipeline.errors import PipelineError
-from pipeline.ood import OodReference, flag_rows, read_reference
+from pipeline.ood import OodReference, as_rows, fit_reference, flag_rows, read_reference
 from pipeline.records import Recorder, recorder
 
 if TYPE_CHECKING:
     from pipeline.model import Classifier
+    from pipeline.paths import Layout
 
 # The served contract, a registered version's `contract` metadata: labelled answers to pixel rows
 # or pictures. Before it, versions were bare pt2 graphs answering 10 raw scores per row.
@@ -43,6 +46,7 @@ CONTRACT = "labelled-answers/1"
 MAX_ROWS = 1024  # per request (docs/operating.md); a proxy bounds the bytes, see there
 GRAPH_FILE = "graph.pt2"
 REFERENCE_FILE = "ood_reference.json"
+MONITOR_REFERENCE_FILE = "monitor_reference.npz"
 SHOWN_ROWS = 10  # a message names at most this many rows of each problem
 DIGITS = 6  # decimals of the probabilities answered
 
@@ -269,10 +273,42 @@ def answerer_from_artifacts(artifacts: dict[str, str]) -> Answerer:
     )
 
 
+@dataclass(frozen=True)
+class References:
+    """What the served model carries besides its graph, fitted by train and committee."""
+
+    ood: OodReference  # flags each input far from the training digits
+    monitor: MonitorReference  # what `python -m pipeline monitor` compares records with
+
+    def save(self, layout: Layout) -> None:
+        from pipeline import artifacts
+
+        artifacts.write_ood_reference(self.ood.to_dict(), layout.ood_reference)
+        self.monitor.save(layout.monitor_reference)
+
+
+@torch.no_grad()
+def fit_references(
+    model: Classifier, loss: str, train_images: torch.Tensor, valid_images: torch.Tensor
+) -> References:
+    """The validation split answered as the service answers: held out from training, so new
+    ordinary digits look like it."""
+    ood = fit_reference(train_images, valid_images)
+    probabilities, features = ServingGraph(model, loss).eval()(
+        torch.from_numpy(as_rows(valid_images))
+    )
+    return References(ood, build_reference(probabilities.numpy(), features.numpy(), ood.quantile))
+
+
 def write_artifacts(
-    model: Classifier, loss: str, reference: OodReference, folder: Path
+    model: Classifier, loss: str, references: References, folder: Path
 ) -> dict[str, str]:
-    """The served model's artifacts, written into `folder`: the graph and the reference."""
-    export_graph(model, loss, reference.image_size, folder / GRAPH_FILE)
-    (folder / REFERENCE_FILE).write_text(json.dumps(reference.to_dict(), indent=2) + "\n")
-    return {"graph": str(folder / GRAPH_FILE), "ood_reference": str(folder / REFERENCE_FILE)}
+    """The served model's artifacts, written into `folder`: the graph and the references."""
+    export_graph(model, loss, references.ood.image_size, folder / GRAPH_FILE)
+    (folder / REFERENCE_FILE).write_text(json.dumps(references.ood.to_dict(), indent=2) + "\n")
+    references.monitor.save(folder / MONITOR_REFERENCE_FILE)
+    return {
+        "graph": str(folder / GRAPH_FILE),
+        "ood_reference": str(folder / REFERENCE_FILE),
+        "monitor_reference": str(folder / MONITOR_REFERENCE_FILE),
+    }

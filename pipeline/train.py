@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import artifacts, distributed, lineage, model_card, ood, registration, tracking
+from pipeline import artifacts, distributed, lineage, model_card, registration, service, tracking
 from pipeline.augment import Augmentation
 from pipeline.config import Params
 from pipeline.data import load_dataset
@@ -272,10 +272,12 @@ def finish(
     )
     if register:
         # The served model carries it, so a registered version is complete when train ends.
-        reference = ood.fit_reference(inputs.train.images.cpu(), inputs.valid.images.cpu())
-        artifacts.write_ood_reference(reference.to_dict(), layout.ood_reference)
         loss = params.train.loss
-        registration.log_and_register(model, loss, reference, params, best.valid_accuracy)
+        references = service.fit_references(
+            model, loss, inputs.train.images.cpu(), inputs.valid.images.cpu()
+        )
+        references.save(layout)
+        registration.log_and_register(model, loss, references, params, best.valid_accuracy)
     run = mlflow.active_run()
     assert run is not None, "finish runs inside tracking_run, which has opened the run"
     lineage.log_data_validation(

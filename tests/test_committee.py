@@ -80,19 +80,21 @@ def test_logged_committee_is_served_with_the_single_models_contract(mlflow_workd
     import mlflow
 
     from pipeline import registration
-    from pipeline.ood import fit_reference
     from pipeline.predict import MLFLOW_ENVIRONMENT
+    from pipeline.service import fit_references
     from tests.helpers import synthetic_digits
 
     model = Committee(members(2))
     train_images, _ = synthetic_digits(300, seed=0)
     valid_images, _ = synthetic_digits(100, seed=1)
-    reference = fit_reference(torch.from_numpy(train_images), torch.from_numpy(valid_images))
+    references = fit_references(
+        model, "cross_entropy", torch.from_numpy(train_images), torch.from_numpy(valid_images)
+    )
     tracking.configure()
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run():
-        info = registration.log_model(model, "cross_entropy", reference, "mnist-mlp")
-        single = registration.log_model(model.mlps()[0], "cross_entropy", reference, "single")
+        info = registration.log_model(model, "cross_entropy", references, "mnist-mlp")
+        single = registration.log_model(model.mlps()[0], "cross_entropy", references, "single")
     assert str(info.signature) == str(single.signature)
     outputs = info.signature.outputs.to_dict()[0]["properties"]  # the model card's answer
     assert {"digit", "probability", "probabilities", "ood", "ood_reason", "features"} == set(

@@ -149,15 +149,18 @@ def test_log_model_logs_the_base_pins_as_the_models_requirements(
     """What loading and calling the served model imports, at requirements/base.txt's versions (no
     server: MLflow's log_model is replaced by a recorder)."""
     import mlflow.pyfunc
+    import torch
 
     from pipeline import registration
     from pipeline.model import MLP, Architecture
-    from pipeline.ood import OodReference
+    from pipeline.service import fit_references
 
     logged: dict = {}
     monkeypatch.setattr(mlflow.pyfunc, "log_model", lambda **kwargs: logged.update(kwargs))
-    reference = OodReference((0.0,) * 4, (1.0,) * 4, 3.0, 0.999, 4)
-    registration.log_model(MLP(Architecture(4, (3,)), 0.5, 0.2), "cross_entropy", reference, "m")
+    model = MLP(Architecture(4, (3,)), 0.5, 0.2)
+    images = torch.randint(0, 256, (20, 4, 4), dtype=torch.uint8, generator=torch.Generator())
+    references = fit_references(model, "cross_entropy", images, images)
+    registration.log_model(model, "cross_entropy", references, "m")
     base = read_pins(set_file("base"))
     expected = [f"{name}=={base[name]}" for name in registration.SERVED_REQUIREMENTS]
     assert logged["pip_requirements"] == expected

@@ -24,7 +24,7 @@ from pipeline.model import (
 )
 from pipeline.ood import fit_reference
 from pipeline.paths import OOD_REFERENCE_FILE
-from pipeline.service import CONTRACT
+from pipeline.service import CONTRACT, fit_references
 from tests.helpers import synthetic_digits, train_tiny, write_dataset
 
 
@@ -255,15 +255,19 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     tracking.configure()
     train, _ = synthetic_digits(300, seed=0)
     valid, _ = synthetic_digits(100, seed=1)
-    reference = fit_reference(
-        resize(torch.from_numpy(train), 16), resize(torch.from_numpy(valid), 16)
+    model = model_from_checkpoint(load_checkpoint(models[16]))
+    references = fit_references(
+        model,
+        "cross_entropy",
+        resize(torch.from_numpy(train), 16),
+        resize(torch.from_numpy(valid), 16),
     )
+    reference = references.ood
     # beside the checkpoint too, so predict checks the file's inputs as the registry's
     write_ood_reference(reference.to_dict(), models[16].with_name(OOD_REFERENCE_FILE.name))
     mlflow.set_experiment("mnist-mlp")
     with mlflow.start_run() as run:
-        model = model_from_checkpoint(load_checkpoint(models[16]))
-        info = registration.log_model(model, "cross_entropy", reference, "mnist-mlp")
+        info = registration.log_model(model, "cross_entropy", references, "mnist-mlp")
     mlflow.MlflowClient().set_registered_model_alias(
         "mnist-mlp", "champion", str(info.registered_model_version)
     )

@@ -17,7 +17,7 @@ import torch
 
 from pipeline import records
 from pipeline.ood import fit_reference
-from pipeline.service import Answerer, ServingGraph
+from pipeline.service import Answerer, ServingGraph, fit_references
 from tests.helpers import synthetic_digits, train_tiny
 
 
@@ -168,8 +168,11 @@ def test_registering_a_model_records_nothing(
     tracking.configure()
     mlflow.set_experiment("records")
     train, _ = synthetic_digits(100, seed=0)
-    reference = fit_reference(torch.from_numpy(train), torch.from_numpy(train))
+    model = train_tiny(28)
+    references = fit_references(
+        model, "cross_entropy", torch.from_numpy(train), torch.from_numpy(train)
+    )
     with mlflow.start_run():
-        registration.log_model(train_tiny(28), "cross_entropy", reference, "mnist-mlp")
+        registration.log_model(model, "cross_entropy", references, "mnist-mlp")
     assert not list((tmp_path / "store").rglob("*.parquet"))
     assert os.environ[records.RECORDS_ENV] == str(tmp_path / "store"), "restored after"

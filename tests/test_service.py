@@ -26,6 +26,7 @@ from pipeline.service import (
     RequestError,
     ServingGraph,
     export_graph,
+    fit_references,
     load_graph,
 )
 from tests.helpers import background_server, free_port, serve_command, synthetic_digits, train_tiny
@@ -182,12 +183,18 @@ def served(
     checkpoint = folder / "model.pt"
     save_checkpoint(checkpoint, model, {"loss": "cross_entropy", "epoch": 1})
     write_ood_reference(reference.to_dict(), folder / "ood_reference.json")
+    train, _ = synthetic_digits(600, seed=0)  # as the reference fixture's, so the same reference
+    valid, _ = synthetic_digits(200, seed=1)
+    references = fit_references(
+        model, "cross_entropy", torch.from_numpy(train), torch.from_numpy(valid)
+    )
+    assert references.ood == reference
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", store)
         tracking.configure()
         mlflow.set_experiment("service")
         with mlflow.start_run():
-            info = registration.log_model(model, "cross_entropy", reference, "mnist-mlp")
+            info = registration.log_model(model, "cross_entropy", references, "mnist-mlp")
         mlflow.MlflowClient().set_registered_model_alias(
             "mnist-mlp", "champion", str(info.registered_model_version)
         )
