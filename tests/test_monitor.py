@@ -75,7 +75,7 @@ def test_models_are_kept_apart(project: Path, capsys) -> None:
     record(second, 200, seed=21, shift=0.6)
     record(first, 10, seed=22)
     status, _ = run(capsys)
-    report = json.loads(MONITORING_FILE.read_text()).loads(MONITORING_FILE.read_text())
+    report = json.loads(MONITORING_FILE.read_text())
     by_model = {m["model"]: m for m in report["models"]}
     assert status == monitor.DRIFT_EXIT
     assert by_model[first]["records"] == 210 and not by_model[first]["drift"]
