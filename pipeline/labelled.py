@@ -68,7 +68,9 @@ def read_manifest(path: Path = LABELLED_MANIFEST) -> list[Batch]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise PipelineError(f"{path}: cannot read ({exc.strerror}); check its permissions") from None
+        raise PipelineError(
+            f"{path}: cannot read ({exc.strerror}); check its permissions"
+        ) from None
     if not text.strip():
         return []
     fix = f"restore it from git (git checkout -- {path})"
@@ -152,9 +154,7 @@ def load(
                 folder / batch.images, batch.images_md5, batch.name, manifest
             )
             pixels.append(parse_idx(image_bytes, str(folder / batch.images)))
-    image_array = (
-        np.concatenate(pixels) if images else np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8)
-    )
+    image_array = np.concatenate(pixels) if images else np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8)
     return image_array, np.concatenate(labels)
 
 

@@ -1,8 +1,9 @@
 """Stage `split`: a deterministic train/valid split of the official training set.
 
 Labelled batches (pipeline/labelled.py) join the train split only, after the official images: the
-validation images stay the same official ones for every dataset version. Only the labels are read. The draw uses its own np.random.Generator seeded by split.seed, never
-numpy's global state, so the same params give byte-identical index files on any machine.
+validation images stay the same official ones for every dataset version. Only the labels are read.
+The draw uses its own np.random.Generator seeded by split.seed, never numpy's global state, so the
+same params give byte-identical index files on any machine.
 """
 
 from __future__ import annotations
@@ -54,9 +55,7 @@ def split_indices(labels: np.ndarray, cfg: SplitParams) -> tuple[np.ndarray, np.
     return np.flatnonzero(~in_valid).astype(np.int64), np.flatnonzero(in_valid).astype(np.int64)
 
 
-def with_labelled(
-    train: np.ndarray, official: int, labelled_count: int
-) -> np.ndarray:
+def with_labelled(train: np.ndarray, official: int, labelled_count: int) -> np.ndarray:
     """The train indices followed by the labelled images', which come after the official ones."""
     return np.concatenate([train, np.arange(official, official + labelled_count, dtype=np.int64)])
 

@@ -104,8 +104,11 @@ def test_a_known_batch_name_with_other_files_is_refused(project):
     before = written(project)
     manifest = paths.LABELLED_MANIFEST.read_bytes()
     write_batch(inbox, "b1", seed=2)
-    with pytest.raises(PipelineError, match="batch 'b1' is already in data/labelled.json with "
-                       "other files .* give the new files a new batch name"):
+    with pytest.raises(
+        PipelineError,
+        match="batch 'b1' is already in data/labelled.json with "
+        "other files .* give the new files a new batch name",
+    ):
         labelled.add(inbox)
     assert written(project) == before and paths.LABELLED_MANIFEST.read_bytes() == manifest
 
@@ -237,9 +240,7 @@ def test_a_bad_batch_name_is_refused(project):
         labelled.add(inbox)
 
 
-def test_a_run_killed_before_the_manifest_leaves_no_partial_file_and_reruns(
-    project, monkeypatch
-):
+def test_a_run_killed_before_the_manifest_leaves_no_partial_file_and_reruns(project, monkeypatch):
     """The files are written aside and renamed, the manifest last: a kill at any point leaves
     whole files or none, and a manifest that names only whole ones."""
     inbox = project.parent / "inbox"
@@ -424,4 +425,6 @@ def test_the_jobs_sequence_is_the_main_line_and_an_uncommitted_batch_a_trial(rep
     git("add", "data/labelled.json", "data/labelled.dvc")
     git("commit", "-q", "-m", "data: labelled batch b1")
     head = git("rev-parse", "--short=7", "HEAD")
-    assert mainline.judge("main", False, {}) == mainline.Line(True, f"clean commit {head} of 'main'")
+    assert mainline.judge("main", False, {}) == mainline.Line(
+        True, f"clean commit {head} of 'main'"
+    )
