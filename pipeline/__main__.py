@@ -1,4 +1,5 @@
-"""`python -m pipeline <stage>`, `predict PATH...`, `monitor`, `upstream`, `gitref`: one each.
+"""`python -m pipeline <stage>`, `predict PATH...`, `monitor`, `upstream`, `gitref` and
+`labelled add`: one subcommand each.
 
 A stage loads params.yaml once, runs, and reports bad input as one `error:` line (exit 1).
 """
@@ -46,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     )
     main = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, parents=[params])
     commands = main.add_subparsers(
-        dest="command", required=True, metavar="{stage,predict,monitor,upstream,gitref}"
+        dest="command", required=True, metavar="{stage,predict,monitor,upstream,gitref,labelled}"
     )
     stages = {
         stage: commands.add_parser(stage, parents=[params], help=f"run the {stage} stage")
@@ -118,6 +119,20 @@ def parser() -> argparse.ArgumentParser:
     monitor.add_argument(
         "--last", type=int, default=argparse.SUPPRESS, help="the window: the last N records"
     )
+    labelled = commands.add_parser(
+        "labelled",
+        parents=[params],
+        help="add new labelled batches as a new dataset version (pipeline/labelled.py)",
+        description="Add each batch subfolder of FOLDER that data/labelled.json lacks. Exit 0 when "
+        "a batch was added, 3 when there was nothing new, 1 on bad input (nothing written).",
+    )
+    labelled.add_argument("action", choices=["add"], help="add the inbox's new batches")
+    labelled.add_argument(
+        "folder",
+        nargs="?",
+        type=Path,
+        help="the inbox: one subfolder per batch (default: $MNIST_LABELLED)",
+    )
     predict = commands.add_parser(
         "predict",
         parents=[params],
@@ -176,6 +191,18 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
+    if args.command == "labelled":
+        from pipeline import labelled  # numpy only; no params, no kernels to pin
+
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # temp files go, the manifest stays
+        try:
+            return labelled.add(args.folder)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return labelled.FAILED
+        except KeyboardInterrupt:
+            print("error: interrupted; run labelled add again to finish", file=sys.stderr)
+            return 130
     # A stage's own flags, given only when set, so each main() sees only the keywords it takes
     # (identity tests: --member 0 is set, though 0 == False).
     options = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import artifacts, lineage, model_card, registration, service, tracking
+from pipeline import artifacts, labelled, lineage, model_card, registration, service, tracking
 from pipeline.config import Params
 from pipeline.data import load_dataset
 from pipeline.errors import PipelineError
@@ -55,7 +55,7 @@ def main(params: Params) -> None:
     seeds = params.committee.seeds
     payload = committee_payload(seeds)
     committee = classifier_from_checkpoint(payload)
-    data = load_dataset(RAW_DIR, committee.image_size)
+    data = load_dataset(RAW_DIR, committee.image_size, labelled.load())  # train.npy names them too
     valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, len(data.train_labels)))
     valid_images = data.train_images[valid_idx]
     valid = score(
@@ -74,6 +74,7 @@ def main(params: Params) -> None:
 
     checksums = artifacts.read_checksums()
     dataset_md5 = {name: entry["md5"] for name, entry in checksums["files"].items()}
+    dataset_md5 |= labelled.md5s(labelled.read_manifest())
     digest = lineage.data_digest(checksums, params.data.image_size)
     member_runs = [artifacts.read_run_reference(member_layout(s).run)["run_id"] for s in seeds]
     tags = tracking.run_tags(dataset_md5, digest, {"committee_member_runs": ",".join(member_runs)})

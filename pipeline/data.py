@@ -54,8 +54,20 @@ def _pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def load_dataset(raw_dir: Path, image_size: int) -> Dataset:
+def load_dataset(
+    raw_dir: Path, image_size: int, extra: tuple[np.ndarray, np.ndarray] | None = None
+) -> Dataset:
+    """The official files; `extra` (labelled batches, pipeline/labelled.py) follows the official
+    training images, so their indices start at the official count."""
     train_images, train_labels = _pair(raw_dir / TRAIN_IMAGES, raw_dir / TRAIN_LABELS)
+    if extra is not None:
+        if extra[0].shape[1:] != train_images.shape[1:]:
+            raise PipelineError(
+                f"labelled images are {list(extra[0].shape[1:])} but {raw_dir / TRAIN_IMAGES} "
+                f"holds {list(train_images.shape[1:])}; labelled batches must match the dataset"
+            )
+        train_images = np.concatenate([train_images, extra[0]])
+        train_labels = np.concatenate([train_labels, extra[1]])
     test_images, test_labels = _pair(raw_dir / TEST_IMAGES, raw_dir / TEST_LABELS)
     return Dataset(
         train_images=resize(torch.from_numpy(train_images), image_size),

@@ -14,6 +14,10 @@ SPLIT_DIR = Path("data/split")
 TRAIN_INDEX_FILE = SPLIT_DIR / "train.npy"
 VALID_INDEX_FILE = SPLIT_DIR / "valid.npy"
 SPLIT_SUMMARY_FILE = SPLIT_DIR / "summary.json"
+# Labelled batches (pipeline/labelled.py): the files, DVC-tracked by data/labelled.dvc once a batch
+# exists, and the manifest git keeps, which the stages that read the batches depend on.
+LABELLED_DIR = Path("data/labelled")
+LABELLED_MANIFEST = Path("data/labelled.json")
 
 MODELS_DIR = Path("models")
 MODEL_FILE = MODELS_DIR / "model.pt"

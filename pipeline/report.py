@@ -32,7 +32,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import confusion_matrix
 from threadpoolctl import threadpool_limits
 
-from pipeline import artifacts, atomic, ood, plotting, tracking
+from pipeline import artifacts, atomic, labelled, ood, plotting, tracking
 from pipeline.augment import Augmentation, augment
 from pipeline.calibration import reliability_bins
 from pipeline.config import Params
@@ -155,7 +155,7 @@ def read_members(payload: dict[str, Any], metrics: dict[str, Any], path: Path) -
 def load_inputs(layout: Layout) -> Inputs:
     payload = load_checkpoint(layout.model)
     model = classifier_from_checkpoint(payload)
-    data = load_dataset(RAW_DIR, model.image_size)
+    data = load_dataset(RAW_DIR, model.image_size, labelled.load())  # train.npy names them too
     predictions = artifacts.read_predictions(layout.predictions)
     if len(predictions) != len(data.test_labels):
         raise PipelineError(

@@ -1,14 +1,16 @@
 """Stage `split`: a deterministic train/valid split of the official training set.
 
-Only the labels are read. The draw uses its own np.random.Generator seeded by split.seed, never
-numpy's global state, so the same params give byte-identical index files on any machine.
+Labelled batches (pipeline/labelled.py) join the train split only, after the official images: the
+validation images stay the same official ones for every dataset version. Only the labels are read.
+The draw uses its own np.random.Generator seeded by split.seed, never numpy's global state, so the
+same params give byte-identical index files on any machine.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline import artifacts
+from pipeline import artifacts, labelled
 from pipeline.config import Params, SplitParams
 from pipeline.datasets import TRAIN_LABELS
 from pipeline.errors import PipelineError
@@ -53,6 +55,11 @@ def split_indices(labels: np.ndarray, cfg: SplitParams) -> tuple[np.ndarray, np.
     return np.flatnonzero(~in_valid).astype(np.int64), np.flatnonzero(in_valid).astype(np.int64)
 
 
+def with_labelled(train: np.ndarray, official: int, labelled_count: int) -> np.ndarray:
+    """The train indices followed by the labelled images', which come after the official ones."""
+    return np.concatenate([train, np.arange(official, official + labelled_count, dtype=np.int64)])
+
+
 def summary(labels: np.ndarray, train: np.ndarray, valid: np.ndarray, params: Params) -> dict:
     classes = np.unique(labels)
 
@@ -80,10 +87,15 @@ def main(params: Params) -> None:
         )
     cfg = params.split
     train, valid = split_indices(labels, cfg)
+    extra = labelled.load(images=False)
+    if extra is not None:
+        train = with_labelled(train, len(labels), len(extra[1]))
+        labels = np.concatenate([labels, extra[1]])
     artifacts.write_index(TRAIN_INDEX_FILE, train)
     artifacts.write_index(VALID_INDEX_FILE, valid)
     artifacts.write_split_summary(summary(labels, train, valid, params))
+    added = 0 if extra is None else len(extra[1])
     log(
-        f"split: {len(train):,} train / {len(valid):,} valid "
+        f"split: {len(train):,} train ({added:,} of them labelled) / {len(valid):,} valid "
         f"(seed {cfg.seed}, stratify {str(cfg.stratify).lower()})"
     )

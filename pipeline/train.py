@@ -14,7 +14,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline import artifacts, distributed, lineage, model_card, registration, service, tracking
+from pipeline import (
+    artifacts,
+    distributed,
+    labelled,
+    lineage,
+    model_card,
+    registration,
+    service,
+    tracking,
+)
 from pipeline.augment import Augmentation
 from pipeline.config import Params
 from pipeline.data import load_dataset
@@ -65,7 +74,10 @@ def load_inputs(params: Params, device: torch.device) -> Inputs:
     mean, std = read_stats(size)
     checksums = artifacts.read_checksums()
     dataset_md5 = {name: entry["md5"] for name, entry in checksums["files"].items()}
-    data = load_dataset(RAW_DIR, size)
+    # The labelled batches' files too (none without batches): the run's dataset.md5.* tags, which
+    # promote compares with the champion's, and the resume fingerprint.
+    dataset_md5 |= labelled.md5s(labelled.read_manifest())
+    data = load_dataset(RAW_DIR, size, labelled.load())
     limit = len(data.train_labels)
     train_idx = torch.from_numpy(artifacts.read_index(TRAIN_INDEX_FILE, limit))
     valid_idx = torch.from_numpy(artifacts.read_index(VALID_INDEX_FILE, limit))

@@ -136,6 +136,8 @@ WRITTEN_BY = {
     "MODEL_FILE": "train",
     "LAST_CHECKPOINT_FILE": None,  # resume state, deliberately not an out (dvc.yaml, train stage)
     "UPSTREAM_FILE": None,  # written by `python -m pipeline upstream` (no stage), a dep of download
+    "LABELLED_DIR": None,  # written by `python -m pipeline labelled add` (no stage); DVC-tracked
+    "LABELLED_MANIFEST": None,  # ...with it; a dep of the stages that read the labelled batches
     "MLFLOW_RUN_FILE": "train",
     "REPORTS_DIR": None,
     "DATA_VALIDATION_FILE": "validate",
