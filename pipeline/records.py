@@ -94,7 +94,7 @@ def store(root: str | None = None) -> tuple[Any, str] | None:
     """(filesystem, root path) of the record store $MNIST_RECORDS names; None when it is off."""
     from pyarrow import fs
 
-    root = root if root is not None else os.environ.get(RECORDS_ENV, DEFAULT_ROOT)
+    root = root if root is not None else os.environ.get(RECORDS_ENV) or DEFAULT_ROOT
     if root.strip().lower() == OFF:
         return None
     if root.startswith("s3://"):

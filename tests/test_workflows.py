@@ -118,6 +118,10 @@ def test_retrain_runs_on_schedule_and_by_hand_through_one_script() -> None:
     pipeline = [step for step in runs if "retrain.sh" in step["run"]]
     assert len(pipeline) == 1 and pipeline[0]["run"].strip() == "scripts/retrain.sh"
     assert pipeline[0]["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
+    # the monitor reads the service's records; labelled add reads the synced inbox
+    assert pipeline[0]["env"]["MNIST_RECORDS"] == "${{ vars.MNIST_RECORDS }}"
+    assert "labelled-inbox" in pipeline[0]["env"]["MNIST_LABELLED"]
+    assert pipeline[0]["env"]["GIT_AUTHOR_NAME"], "retrain.sh commits a new dataset version"
     assert not any("dvc " in step["run"] for step in runs if step is not pipeline[0])
     upload = [
         step
