@@ -80,16 +80,17 @@ def window_of(records_of_one_model: Any) -> drift.Window:
     )
 
 
-def verdict_line(report: dict[str, Any]) -> str:
+def summary(report: dict[str, Any]) -> str:
+    """The verdict in one line, naming each drifted model and its tests."""
     if report["verdict"] != "drift":
-        return f"monitor: {report['verdict']}: {report['reason']}"
+        return f"{report['verdict']}: {report['reason']}"
     named = [
         f"{model['model']}: {', '.join(t['name'] for t in model['tests'] if t['drift'])} "
         f"(adjusted p {min(t['adjusted_p'] for t in model['tests']):.2g})"
         for model in report["models"]
         if model.get("drift")
     ]
-    return f"monitor: DRIFT in {report['records']} records: {'; '.join(named)}"
+    return f"DRIFT in {report['records']} records ({report['window']}): {'; '.join(named)}"
 
 
 def build_report(table: Any, params: Params, window: str) -> tuple[dict[str, Any], list]:
@@ -190,11 +191,12 @@ def main(params: Params, days: float | None = None, last: int | None = None) -> 
         if part
     )
     report, details = build_report(table, params, window)
+    report["summary"] = summary(report)
     atomic.write_json(MONITORING_FILE, report)
     from pipeline import monitor_page
 
     atomic.write_text(MONITORING_HTML_FILE, monitor_page.render(report, details))
-    log(verdict_line(report))
+    log(f"monitor: {report['summary']}")
     log_run(report, params)
     log(f"monitor: wrote {MONITORING_FILE} and {MONITORING_HTML_FILE}")
     return DRIFT_EXIT if report["verdict"] == "drift" else 0

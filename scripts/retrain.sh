@@ -57,7 +57,7 @@ echo "== monitor (python -m pipeline monitor)"
 monitor_status=0
 python -m pipeline monitor || monitor_status=$?
 [ "$monitor_status" -eq 0 ] || [ "$monitor_status" -eq 3 ] || exit "$monitor_status"
-verdict="$(python -c 'import json; r = json.load(open("reports/monitoring.json")); print(r["verdict"] + ": " + r["reason"])')"
+verdict="$(python -c 'import json; r = json.load(open("reports/monitoring.json")); print(r["summary"])')"
 
 new_data=""
 if [ -n "${MNIST_LABELLED:-}" ]; then

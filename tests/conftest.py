@@ -209,7 +209,13 @@ def dvc_project(tmp_path: Path, synthetic_mirror: Path, monkeypatch: pytest.Monk
         shutil.copytree(
             source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "data/upstream.json"):
+    for name in (
+        "dvc.yaml",
+        ".dvcignore",
+        ".gitignore",
+        "data/upstream.json",
+        "data/labelled.json",
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / name, root / name)
     params = yaml.safe_load((source / "params.yaml").read_text())
