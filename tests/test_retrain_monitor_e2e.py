@@ -91,6 +91,17 @@ def test_drift_fails_the_job_and_labelled_data_retrains_on_the_main_line(
     assert json.loads(MONITORING_FILE.read_text())["verdict"] == "drift"
     assert champion(dvc_project) == 1 and "Running stage 'train'" not in drifted.stdout
     assert sorted(records_in_a_scratch_store.rglob("*.parquet")) == sorted(stored)
+    # Each job's monitor is a run of the `monitoring` experiment: the UI charts drift over time.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{dvc_project / 'mlflow.db'}")
+    monitoring = client.get_experiment_by_name("monitoring")
+    runs = client.search_runs([monitoring.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [(r.data.tags["verdict"], r.data.metrics["drift"]) for r in runs] == [
+        ("no records", 0),
+        ("drift", 1),
+    ]
+    assert runs[1].data.metrics["p_ood_rate"] < 0.01
 
     inbox = tmp_path / "inbox"
     labelled_batch(inbox, "batch-1", 120)

@@ -366,8 +366,32 @@ def test_two_machines_share_the_registry_and_the_dvc_remote(
             f"http://127.0.0.1:{port}/invocations", {"inputs": [digit.ravel().tolist()]}
         )
         assert status == 400 and answer["message"].endswith("divide 0-255 values by 255")
+        status, _ = post_json(  # a window of one picture asked 120 times: drift
+            f"http://127.0.0.1:{port}/invocations", {"inputs": [rows[1]] * 120}
+        )
+        assert status == 200
     recorded = bucket_keys(stack, "mlflow", f"records-{model}/")
-    assert len(recorded) == 1 and recorded[0].endswith(".parquet") and "/date=" in recorded[0]
+    assert len(recorded) == 2 and all(".parquet" in key and "/date=" in key for key in recorded)
+
+    # The monitor on another machine: records from S3, the reference through the server.
+    judged = subprocess.run(
+        [sys.executable, "-m", "pipeline", "monitor"],
+        cwd=c,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "MNIST_RECORDS": f"s3://mlflow/records-{model}",
+            "AWS_ENDPOINT_URL": stack["STACK_S3_ENDPOINT"],
+        },
+    )
+    assert judged.returncode == 3, judged.stdout + judged.stderr
+    report = json.loads((c / "reports/monitoring.json").read_text())
+    served = rest(url, "runs/get", run_id=first["run_id"])["run"]["outputs"]["model_outputs"]
+    assert [(m["model"], m["records"], m["judged"]) for m in report["models"]] == [
+        (served[0]["model_id"], 122, True)
+    ]
 
     # The DVC remote holds what A's dvc.lock names (the model's content address among them).
     model_md5 = next(
