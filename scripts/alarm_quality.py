@@ -92,6 +92,18 @@ def invert(images: torch.Tensor) -> torch.Tensor:
     return 255 - images
 
 
+def uci_digits() -> torch.Tensor:
+    """Another dataset of handwritten digits that is on this machine: scikit-learn's copy of the
+    UCI optical digits (1,797 images, 8x8, values 0-16), drawn as MNIST draws its digits: scaled
+    into a 20x20 box, centred in a 28x28 black frame."""
+    from sklearn.datasets import load_digits
+
+    from pipeline.data import resize
+
+    small = torch.from_numpy((load_digits().images * 255 / 16).round().astype(np.uint8))
+    return F.pad(resize(small, 20), (4, 4, 4, 4))
+
+
 @torch.no_grad()
 def answer(answerer: Any, images: torch.Tensor) -> Answers:
     """All images answered once, as Answerer.answer computes each record's fields; windows then
@@ -227,6 +239,11 @@ def study(
         for shift in ("rotation 20 deg", "dilation 3x3")
     }
     bilinear = run(answered["rotation 2 deg, bilinear"], "bilinear 2")
+    other = answer(answerer, uci_digits())  # its own draws: 500 of its 1,797 images each
+    other_draws = draw_windows(np.random.default_rng(SEED), len(other), WINDOW, n_shift)
+    conditions["another dataset: UCI optical digits"] = judge_windows(
+        [window(other, other, ix) for ix in other_draws], reference, alpha, "UCI digits"
+    )
 
     halves = contiguous_windows(len(images), WINDOW)
     contiguous = judge_windows(
