@@ -46,13 +46,14 @@ import numerics_cost  # noqa: E402
 import serving  # noqa: E402
 from train_throughput import seed_loop, torchvision_root  # noqa: E402
 
-import pipeline.trainer  # noqa: E402
+import pipeline.learner.trainer  # noqa: E402
 from pipeline import atomic  # noqa: E402
 from pipeline.__main__ import STAGES  # noqa: E402
-from pipeline.augment import Augmentation  # noqa: E402
 from pipeline.config import Params, load_params, parse_params  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.model import MLP, Architecture  # noqa: E402
+from pipeline.data.loading import load_dataset  # noqa: E402
+from pipeline.learner.augment import Augmentation  # noqa: E402
+from pipeline.learner.model import MLP, Architecture  # noqa: E402
+from pipeline.learner.trainer import Split, Trainer  # noqa: E402
 from pipeline.paths import (  # noqa: E402
     LAST_CHECKPOINT_FILE,
     METRICS_FILE,
@@ -61,7 +62,6 @@ from pipeline.paths import (  # noqa: E402
     TRAIN_INDEX_FILE,
     VALID_INDEX_FILE,
 )
-from pipeline.trainer import Split, Trainer  # noqa: E402
 
 TARGET_ACCURACY = 0.98
 SEED_BATCHES_PER_EPOCH = 938  # 60,000 torchvision training images at batch 64
@@ -391,7 +391,7 @@ PHASES = ("data_augmentation", "forward_backward", "optimizer")
 
 def epoch_breakdown(data: Split, params: Params, mean: float, std: float) -> dict[str, float]:
     """One Trainer.train_epoch with timers around its parts: data_augmentation (each chunk's
-    pipeline.augment.augment call), forward_backward (model, loss, backward), optimizer
+    pipeline.learner.augment.augment call), forward_backward (model, loss, backward), optimizer
     (zero_grad, step, lr schedule); other: indexing, gradient norms, bookkeeping, the loop."""
     phases = dict.fromkeys(PHASES, 0.0)
 
@@ -424,9 +424,9 @@ def epoch_breakdown(data: Split, params: Params, mean: float, std: float) -> dic
     ):
         if owner is not None:
             setattr(owner, name, timed("optimizer", getattr(owner, name)))
-    backward, augment = torch.Tensor.backward, pipeline.trainer.augment
+    backward, augment = torch.Tensor.backward, pipeline.learner.trainer.augment
     torch.Tensor.backward = timed("forward_backward", backward)
-    pipeline.trainer.augment = timed("data_augmentation", augment)
+    pipeline.learner.trainer.augment = timed("data_augmentation", augment)
     try:
         with warnings.catch_warnings():  # the scheduler notices that optimizer.step is wrapped
             warnings.simplefilter("ignore", UserWarning)
@@ -434,7 +434,7 @@ def epoch_breakdown(data: Split, params: Params, mean: float, std: float) -> dic
             trainer.train_epoch(data, 1)
             total = time.perf_counter() - started
     finally:
-        torch.Tensor.backward, pipeline.trainer.augment = backward, augment
+        torch.Tensor.backward, pipeline.learner.trainer.augment = backward, augment
     return {**phases, "other": total - sum(phases.values()), "total": total}
 
 

@@ -8,17 +8,17 @@ Columns, all on this machine in one run, servers and the forward pass on one thr
 - limit: the exported graph's forward pass in process, on rows already in memory;
 - ours in process: what the champion adds to a request, without HTTP: the request's rows checked
   and converted (pictures decoded and preprocessed), the forward pass, the off-distribution
-  check and the labelled answer (pipeline/service.py);
+  check and the labelled answer (pipeline/serving/service.py);
 - floor: a served no-op with the champion's signature (benchmarks/serving_floor.py): MLflow's HTTP,
   JSON parsing and answer writing alone;
 - MLflow's default floor: the same no-op without type hints (benchmarks/serving_floor_untyped.py),
   so MLflow turns the rows into an array its own way, as for a model that leaves parsing to it;
-- champion: the model as train registers it (pipeline/registration.py), in a scratch MLflow store,
-  not recording; beside it the same model recording every answer into a scratch folder, for what
-  recording costs (pipeline/records.py).
-The four servers run side by side and are timed in alternating rounds, so load from other
-processes hits both alike. The load test is locust (benchmarks/locustfile.py): concurrent users
-posting one-image requests, with one picture request in ten.
+- champion: the model as train registers it (pipeline/serving/registration.py), in a scratch MLflow
+  store, not recording; beside it the same model recording every answer into a scratch folder, for
+  what recording costs (pipeline/serving/records.py). The four servers run side by side and are
+  timed in alternating rounds, so load from other processes hits both alike. The load test is locust
+  (benchmarks/locustfile.py): concurrent users posting one-image requests, with one picture request
+  in ten.
 
 Writes reports/benchmarks-serving.json (-quick.json with --quick) and, in a full run, the table
 between the serving markers in docs/benchmarks.md and the `serving` key of reports/benchmarks.json.
@@ -51,11 +51,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline import atomic, numerics  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.model import classifier_from_checkpoint, load_checkpoint  # noqa: E402
-from pipeline.ood import read_reference  # noqa: E402
+from pipeline.data.loading import load_dataset  # noqa: E402
+from pipeline.learner.model import classifier_from_checkpoint, load_checkpoint  # noqa: E402
 from pipeline.paths import MODEL_FILE, OOD_REFERENCE_FILE, RAW_DIR  # noqa: E402
-from pipeline.service import Answerer, export_graph, load_graph  # noqa: E402
+from pipeline.serving.ood import read_reference  # noqa: E402
+from pipeline.serving.service import Answerer, export_graph, load_graph  # noqa: E402
 
 TABLE_START = "<!-- serving:start (written by benchmarks/serving.py) -->"
 TABLE_END = "<!-- serving:end -->"
@@ -94,7 +94,7 @@ def serve_env(store: str, records: str) -> dict[str, str]:
         **ONE_THREAD,
         "MLFLOW_TRACKING_URI": store,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-        "MNIST_RECORDS": records,  # pipeline/records.py: a folder, or off
+        "MNIST_RECORDS": records,  # pipeline/serving/records.py: a folder, or off
     }
 
 
@@ -179,7 +179,8 @@ def register(store: str, model: Any, loss: str, reference: Any, scratch: Path) -
     """The champion as train registers it, and the floor beside it, in a scratch store."""
     import mlflow
 
-    from pipeline import registration, tracking
+    from pipeline.registry import tracking
+    from pipeline.serving import registration
 
     os.environ["MLFLOW_TRACKING_URI"] = store
     tracking.configure()
@@ -262,7 +263,8 @@ def measure(quick: bool) -> dict[str, Any]:
             name: stack.enter_context(served(uri, store, scratch / f"{name}.log"))
             for name, uri in uris.items()
         }
-        # the champion again, recording every answer as it does by default (pipeline/records.py)
+        # the champion again, recording every answer as it does by default
+        # (pipeline/serving/records.py)
         ports["recording"] = stack.enter_context(
             served(uris["champion"], store, scratch / "recording.log", str(scratch / "records"))
         )
@@ -336,8 +338,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        "The champion above does not record; recording each answer (pipeline/records.py, to a "
-        f"local folder) changes the p50 by {', '.join(cost)}.",
+        "The champion above does not record; recording each answer "
+        "(pipeline/serving/records.py, to a local folder) "
+        f"changes the p50 by {', '.join(cost)}.",
         "",
         f"Load test (locust, {load['users']} users for {load['seconds']} s, one-image requests "
         f"with one picture request in ten, one server worker, recording): {load['requests']:,} "

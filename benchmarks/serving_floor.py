@@ -10,8 +10,8 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
-from pipeline.served_model import Row
-from pipeline.service import Answer
+from pipeline.serving.served_model import Row
+from pipeline.serving.service import Answer
 
 FIXED = {
     "digit": 7,

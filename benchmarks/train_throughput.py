@@ -1,4 +1,5 @@
-"""Training throughput: the reference notebook's loop against pipeline.trainer, in one process.
+"""Training throughput: the reference notebook's loop against pipeline.learner.trainer, in one
+process.
 
 The reference loop is torchvision MNIST with RandomRotation(5, fill=(0,)), RandomCrop(28,
 padding=2), ToTensor and Normalize, a shuffling DataLoader at batch 64, and the same MLP and
@@ -27,13 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.augment import Augmentation
 from pipeline.config import parse_params
-from pipeline.data import load_dataset
-from pipeline.datasets import FILES
-from pipeline.model import MLP, Architecture
+from pipeline.data.datasets import FILES
+from pipeline.data.loading import load_dataset
+from pipeline.learner.augment import Augmentation
+from pipeline.learner.model import MLP, Architecture
+from pipeline.learner.trainer import Split, Trainer
 from pipeline.paths import RAW_DIR
-from pipeline.trainer import Split, Trainer
 
 
 def torchvision_root(raw_dir: Path, root: Path) -> Path:

@@ -31,6 +31,14 @@ STAGES = (
 )
 
 
+# The commands that are not stages, and the modules whose main() runs them
+COMMANDS = {
+    "monitor": "pipeline.serving.monitor",
+    "upstream": "pipeline.data.upstream",
+    "gitref": "pipeline.registry.gitref",
+}
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # Raising SystemExit runs the `finally` blocks that remove temp files.
     raise SystemExit(128 + signum)
@@ -95,20 +103,20 @@ def parser() -> argparse.ArgumentParser:
         "upstream",
         parents=[params],
         help="fingerprint a custom dataset's sources into data/upstream.json "
-        "(pipeline/upstream.py)",
+        "(pipeline/data/upstream.py)",
     )
     gitref = commands.add_parser(
         "gitref",
         parents=[params],
         help="commit the retrained working tree as a branch retrain/..., push it and tag the "
-        "MLflow run with it (pipeline/gitref.py)",
+        "MLflow run with it (pipeline/registry/gitref.py)",
     )
     gitref.add_argument("--remote", required=True, help="the git remote to push to, e.g. origin")
     monitor = commands.add_parser(
         "monitor",
         parents=[params],
         help="judge a window of the records of what the models were asked against their "
-        "references (pipeline/monitor.py); exit 3 on drift",
+        "references (pipeline/serving/monitor.py); exit 3 on drift",
     )
     monitor.add_argument(
         "--days",
@@ -122,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     labelled = commands.add_parser(
         "labelled",
         parents=[params],
-        help="add new labelled batches as a new dataset version (pipeline/labelled.py)",
+        help="add new labelled batches as a new dataset version (pipeline/data/labelled.py)",
         description="Add each batch subfolder of FOLDER that data/labelled.json lacks. Exit 0 when "
         "a batch was added, 3 when there was nothing new, 1 on bad input (nothing written).",
     )
@@ -136,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         parents=[params],
-        help="the digit in each picture or IDX image (pipeline/predict.py)",
+        help="the digit in each picture or IDX image (pipeline/serving/predict.py)",
         description="Predict the digit in each image (PNG, JPEG, ...) or in each image of an "
         "IDX file.",
     )
@@ -168,7 +176,8 @@ def run_stage(
     try:
         params = load_params(params_file)
         pin_kernels(params, restart)
-        status = importlib.import_module(f"pipeline.{stage}").main(params, **(options or {}))
+        module = COMMANDS.get(stage, f"pipeline.stages.{stage}")
+        status = importlib.import_module(module).main(params, **(options or {}))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -188,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         pin_kernels(params, restart=argv is None)
-        from pipeline import predict  # torch and Pillow load only for this command
+        from pipeline.serving import predict  # torch and Pillow load only for this command
 
         return predict.run(args.paths, args.model, args.json)
     if args.command == "labelled":
-        from pipeline import labelled  # numpy only; no params, no kernels to pin
+        from pipeline.data import labelled  # numpy only; no params, no kernels to pin
 
         signal.signal(signal.SIGTERM, _exit_on_sigterm)  # temp files go, the manifest stays
         try:

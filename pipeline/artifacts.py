@@ -306,7 +306,8 @@ def read_predictions(path: Path = PREDICTIONS_FILE) -> pd.DataFrame:
     return _table(path, "evaluate", PREDICTION_COLUMNS)
 
 
-# ---- train: models/ood_reference.json (pipeline/ood.py gives it meaning and reads it) -------
+# ---- train: models/ood_reference.json (pipeline/serving/ood.py gives it meaning and reads it)
+# -------
 
 
 def write_ood_reference(reference: dict[str, Any], path: Path = OOD_REFERENCE_FILE) -> None:

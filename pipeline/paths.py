@@ -8,14 +8,14 @@ from pathlib import Path
 
 RAW_DIR = Path("data/raw")
 CHECKSUMS_FILE = RAW_DIR / "checksums.json"
-UPSTREAM_FILE = Path("data/upstream.json")  # git-tracked: see pipeline/upstream.py
+UPSTREAM_FILE = Path("data/upstream.json")  # git-tracked: see pipeline/data/upstream.py
 STATS_FILE = Path("data/stats.json")
 SPLIT_DIR = Path("data/split")
 TRAIN_INDEX_FILE = SPLIT_DIR / "train.npy"
 VALID_INDEX_FILE = SPLIT_DIR / "valid.npy"
 SPLIT_SUMMARY_FILE = SPLIT_DIR / "summary.json"
-# Labelled batches (pipeline/labelled.py): the files, DVC-tracked by data/labelled.dvc once a batch
-# exists, and the manifest git keeps, which the stages that read the batches depend on.
+# Labelled batches (pipeline/data/labelled.py): the files, DVC-tracked by data/labelled.dvc once a
+# batch exists, and the manifest git keeps, which the stages that read the batches depend on.
 LABELLED_DIR = Path("data/labelled")
 LABELLED_MANIFEST = Path("data/labelled.json")
 

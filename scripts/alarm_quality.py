@@ -1,11 +1,11 @@
-"""How good is the drift alarm (pipeline/drift.py)? False alarms on ordinary digits, detection of
-shifted ones, measured on the champion and its monitoring reference.
+"""How good is the drift alarm (pipeline/serving/drift.py)? False alarms on ordinary digits,
+detection of shifted ones, measured on the champion and its monitoring reference.
 
     python scripts/alarm_quality.py                       # about 8 min on 2 cores
     python scripts/alarm_quality.py --windows-scale 0.1 --output /tmp/aq.json   # a smoke run
 
 Every condition answers all 10,000 MNIST test images once (the champion never trained on them),
-exactly as `Answerer.answer` does (pipeline/service.py): digit, top probability rounded to 6
+exactly as `Answerer.answer` does (pipeline/serving/service.py): digit, top probability rounded to 6
 decimals, off-distribution flag, last hidden layer's features. A window is then 500 rows drawn
 without replacement from those 10,000; windows are independent draws, so they overlap (10,000
 images make only 20 disjoint windows, too few to measure a 5% rate). Each condition draws its
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pipeline import drift  # noqa: E402
+from pipeline.serving import drift  # noqa: E402
 
 SEED = 0  # the window draws; SEED + 1 picks which rows of a mixed window are shifted
 WINDOW = 500  # rows per window: what the issue asks for
@@ -98,7 +98,7 @@ def uci_digits() -> torch.Tensor:
     into a 20x20 box, centred in a 28x28 black frame."""
     from sklearn.datasets import load_digits
 
-    from pipeline.data import resize
+    from pipeline.data.loading import resize
 
     small = torch.from_numpy((load_digits().images * 255 / 16).round().astype(np.uint8))
     return F.pad(resize(small, 20), (4, 4, 4, 4))
@@ -108,7 +108,7 @@ def uci_digits() -> torch.Tensor:
 def answer(answerer: Any, images: torch.Tensor) -> Answers:
     """All images answered once, as Answerer.answer computes each record's fields; windows then
     reuse these rows, so thousands of windows cost one forward pass per condition."""
-    from pipeline.ood import flag_rows
+    from pipeline.serving.ood import flag_rows
 
     rows = answerer.rows_from_images(images.numpy())  # uint8 / 255, float32 [N, 784]
     probs, features = answerer.graph(rows)
@@ -324,9 +324,9 @@ def main() -> int:
 
     from pipeline import atomic, numerics
     from pipeline.config import load_params
-    from pipeline.data import load_dataset
+    from pipeline.data.loading import load_dataset
     from pipeline.paths import RAW_DIR
-    from pipeline.predict import load_answerer
+    from pipeline.serving.predict import load_answerer
 
     started = time.perf_counter()
     alpha = load_params().monitor.alpha

@@ -37,20 +37,20 @@ def measure(seed: int, overrides: list[str]) -> dict:
     import yaml
 
     sys.path.insert(0, str(REPO))
-    from pipeline import ood
-    from pipeline.augment import Augmentation
     from pipeline.config import parse_params
-    from pipeline.data import load_dataset, resize
-    from pipeline.losses import probabilities
-    from pipeline.model import MLP, Architecture, model_outputs
-    from pipeline.quality import (
+    from pipeline.data.loading import load_dataset, resize
+    from pipeline.learner.augment import Augmentation
+    from pipeline.learner.losses import probabilities
+    from pipeline.learner.model import MLP, Architecture, model_outputs
+    from pipeline.learner.trainer import Split, Trainer
+    from pipeline.quality.measures import (
         calibration_metrics,
         off_distribution_examples,
         perturbed_predictions,
         robustness_metrics,
     )
-    from pipeline.stats import pixel_stats
-    from pipeline.trainer import Split, Trainer
+    from pipeline.serving import ood
+    from pipeline.stages.stats import pixel_stats
 
     torch.set_num_threads(1)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

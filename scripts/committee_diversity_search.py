@@ -31,11 +31,12 @@ from typing import Any
 
 import torch
 
-from pipeline import artifacts, train
+from pipeline import artifacts
 from pipeline.config import Params, load_params, parse_params
-from pipeline.data import load_dataset
-from pipeline.model import load_checkpoint, model_from_checkpoint, one_thread
+from pipeline.data.loading import load_dataset
+from pipeline.learner.model import load_checkpoint, model_from_checkpoint, one_thread
 from pipeline.paths import RAW_DIR, VALID_INDEX_FILE, member_layout
+from pipeline.stages import train
 
 MIN_GAIN = 3
 SEED_ONLY = [1, 2, 3, 4, 5]

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from pipeline import artifacts
 from pipeline.config import load_params
-from pipeline.data import load_dataset
-from pipeline.model import MLP, load_checkpoint, model_from_checkpoint, one_thread
+from pipeline.data.loading import load_dataset
+from pipeline.learner.model import MLP, load_checkpoint, model_from_checkpoint, one_thread
 from pipeline.paths import RAW_DIR, VALID_INDEX_FILE, member_layout
 
 MIN_GAIN = 3

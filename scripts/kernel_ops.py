@@ -45,9 +45,9 @@ def child(portable: bool, steps: int, hash_ops: bool) -> None:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from pipeline.augment import Augmentation
-    from pipeline.model import MLP, Architecture
-    from pipeline.trainer import Split, Trainer
+    from pipeline.learner.augment import Augmentation
+    from pipeline.learner.model import MLP, Architecture
+    from pipeline.learner.trainer import Split, Trainer
 
     calls: list[str] = []
 

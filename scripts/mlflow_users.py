@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.server import get_app_client
 
 from pipeline.config import PARAMS_FILE, load_params
-from pipeline.tracking import registered_name
+from pipeline.registry.tracking import registered_name
 
 GRANTS = {"ci": "EDIT", "viewer": "READ"}
 

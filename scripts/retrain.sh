@@ -19,7 +19,7 @@
 # inputs changed. The gate still scores on the unchanged MNIST test set.
 # The promote stage decides against the registry at $MLFLOW_TRACKING_URI (else the repository's
 # mlflow.db) and reports/promotion.json says why. It moves @champion only when this is the main
-# line, a clean commit at the tip of promote.main_branch (pipeline/mainline.py); the
+# line, a clean commit at the tip of promote.main_branch (pipeline/registry/mainline.py); the
 # data/upstream.json this script refreshes does not count as a change. Elsewhere it says
 # `would promote` or `would keep`.
 #

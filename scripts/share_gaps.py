@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import SplitParams
-from pipeline.datasets import TRAIN_LABELS
-from pipeline.idx import read_idx
+from pipeline.data.datasets import TRAIN_LABELS
+from pipeline.data.idx import read_idx
 from pipeline.paths import RAW_DIR
-from pipeline.split import split_indices
+from pipeline.stages.split import split_indices
 
 
 def largest_gap(labels: np.ndarray, fraction: float, seed: int) -> float:

@@ -20,8 +20,8 @@ torch.set_num_threads(1)
 def records_in_a_scratch_store(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """predict and the served model record every answer (pipeline/records.py), by default under
-    ./records; a test's go to a store of its own, and servers it starts inherit it."""
+    """predict and the served model record every answer (pipeline/serving/records.py), by default
+    under ./records; a test's go to a store of its own, and servers it starts inherit it."""
     store = tmp_path_factory.mktemp("records")
     monkeypatch.setenv("MNIST_RECORDS", str(store))
     monkeypatch.delenv("MNIST_RECORDS_PIXELS", raising=False)
@@ -42,7 +42,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     # Not inside any git checkout, whatever pytest's base temp lies in: promote's main-line rule
-    # (pipeline/mainline.py) treats such a folder as the main line.
+    # (pipeline/registry/mainline.py) treats such a folder as the main line.
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
@@ -61,13 +61,15 @@ def trained_workdir(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     """
     import mlflow
 
-    from pipeline import artifacts, download, paths, tracking
+    from pipeline import artifacts, paths
     from pipeline.config import parse_params
-    from pipeline.data import load_dataset
-    from pipeline.losses import loss_fn
-    from pipeline.model import MLP, Architecture, save_checkpoint
+    from pipeline.data import fetch
+    from pipeline.data.loading import load_dataset
+    from pipeline.learner.losses import loss_fn
+    from pipeline.learner.model import MLP, Architecture, save_checkpoint
+    from pipeline.registry import tracking
 
-    download.download(
+    fetch.download(
         parse_params({"data": {"name": "custom"}}),
         paths.RAW_DIR,
         {"MNIST_MIRROR": str(synthetic_mirror)},

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasets import FILES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from pipeline.idx import encode_idx
+from pipeline.data.datasets import FILES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.data.idx import encode_idx
 
 # Small enough for seconds per stage on synthetic data; stratified so that 60 validation images
 # keep the class shares the validate stage checks.
@@ -318,8 +318,8 @@ def train_tiny(size: int, seed: int = 0) -> Any:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.data import resize
-    from pipeline.model import MLP, Architecture
+    from pipeline.data.loading import resize
+    from pipeline.learner.model import MLP, Architecture
 
     images, labels = synthetic_digits(600, seed)
     pixels = resize(torch.from_numpy(images), size).float() / 255

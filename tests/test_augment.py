@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import (
+from pipeline.learner.augment import (
     Augmentation,
     affine_matrices,
     augment,

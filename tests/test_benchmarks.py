@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import parse_params
-from pipeline.model import Architecture
+from pipeline.learner.model import Architecture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def test_seconds_to_accuracy_counts_until_the_first_epoch_at_target():
 
 def test_epoch_times_come_from_last_pt(tmp_path: Path):
     """reports/train_history.csv holds no wall time (dvc.lock hashes it); last.pt keeps it."""
-    from pipeline import resume
+    from pipeline.learner import resume
     from pipeline.paths import LAST_CHECKPOINT_FILE
 
     rows = [{"epoch": 1, "seconds": 2.5, "valid_acc": 0.97}, {"epoch": 2, "seconds": 1.5}]
@@ -164,7 +164,7 @@ def test_run_measured_reports_the_last_error_line(tmp_path: Path):
 def test_epoch_breakdown_times_every_part_and_leaves_training_unchanged():
     import torch
 
-    from pipeline.trainer import Split
+    from pipeline.learner.trainer import Split
     from tests.helpers import synthetic_digits
 
     x, y = synthetic_digits(300, seed=3)

@@ -1,4 +1,5 @@
-"""pipeline/calibration.py and the confidence pipeline/losses.py defines for both losses."""
+"""pipeline/quality/calibration.py and the confidence pipeline/learner/losses.py defines for both
+losses."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.calibration import (
+from pipeline.learner.losses import probabilities
+from pipeline.quality.calibration import (
     expected_calibration_error,
     negative_log_likelihood,
     per_class_accuracy,
     reliability_bins,
 )
-from pipeline.losses import probabilities
 
 
 def test_ece_is_the_count_weighted_gap_per_bin() -> None:

@@ -86,7 +86,7 @@ def test_stale_dependencies_are_code_params_and_pins_only():
         "train": [
             {
                 "changed deps": {
-                    "pipeline/train.py": "modified",
+                    "pipeline/stages/train.py": "modified",
                     "data/raw": "deleted",  # not in git: a fresh clone has no data yet
                     "params.yaml": {"train.lr": "modified"},
                 }
@@ -95,7 +95,7 @@ def test_stale_dependencies_are_code_params_and_pins_only():
         ],
         "download": ["always changed"],
     }
-    assert module.stale_dependencies(status, {"pipeline/train.py"}) == [
-        "train: pipeline/train.py (modified)",
+    assert module.stale_dependencies(status, {"pipeline/stages/train.py"}) == [
+        "train: pipeline/stages/train.py (modified)",
         "train: param train.lr (modified)",
     ]

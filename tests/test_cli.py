@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import FILES
+from pipeline.data.datasets import FILES
 
 
 def cli(*args: str, mirror: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,7 +60,7 @@ def test_predict_takes_params_before_the_subcommand_like_every_stage(workdir):
     import torch
     from PIL import Image
 
-    from pipeline.model import MLP, Architecture, save_checkpoint
+    from pipeline.learner.model import MLP, Architecture, save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(

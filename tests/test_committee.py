@@ -1,4 +1,4 @@
-"""The committee: members' mean softmax as one model (pipeline/model.py's Committee), its
+"""The committee: members' mean softmax as one model (pipeline/learner/model.py's Committee), its
 checkpoint and pt2 export, and the member, committee, evaluate --committee and report --committee
 stages."""
 
@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import committee, evaluate, promote, report, tracking, train
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
-from pipeline.model import (
+from pipeline.learner.model import (
     COMMITTEE_FORMAT,
     MLP,
     Architecture,
@@ -27,6 +26,8 @@ from pipeline.model import (
     save_payload,
 )
 from pipeline.paths import COMMITTEE, member_layout
+from pipeline.registry import tracking
+from pipeline.stages import committee, evaluate, promote, report, train
 from tests.helpers import TINY_PIPELINE, load_script
 
 tta_search = load_script("committee_tta_search")
@@ -79,9 +80,9 @@ def test_logged_committee_is_served_with_the_single_models_contract(mlflow_workd
     vector their features side by side."""
     import mlflow
 
-    from pipeline import registration
-    from pipeline.predict import MLFLOW_ENVIRONMENT
-    from pipeline.service import fit_references
+    from pipeline.serving import registration
+    from pipeline.serving.predict import MLFLOW_ENVIRONMENT
+    from pipeline.serving.service import fit_references
     from tests.helpers import synthetic_digits
 
     model = Committee(members(2))
@@ -123,7 +124,7 @@ def test_members_committee_and_its_evaluation(
     synthetic data."""
     import mlflow
 
-    from pipeline.predict import load_answerer
+    from pipeline.serving.predict import load_answerer
 
     params = run_stages("download", "stats", "split", "validate")
     params = parse_params({**TINY_PIPELINE, "committee": {"seeds": [3, 7]}})

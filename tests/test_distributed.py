@@ -18,14 +18,15 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from pipeline import distributed, tracking
-from pipeline.augment import Augmentation
 from pipeline.config import parse_params
-from pipeline.distributed import World
 from pipeline.errors import PipelineError
-from pipeline.model import MLP, Architecture, load_checkpoint
+from pipeline.learner import distributed
+from pipeline.learner.augment import Augmentation
+from pipeline.learner.distributed import World
+from pipeline.learner.model import MLP, Architecture, load_checkpoint
+from pipeline.learner.trainer import Split, Trainer
 from pipeline.paths import LAST_CHECKPOINT_FILE, MLFLOW_RUN_FILE, MODEL_FILE, TRAIN_HISTORY_FILE
-from pipeline.trainer import Split, Trainer
+from pipeline.registry import tracking
 from tests.helpers import TINY_PIPELINE, free_port, read_history, synthetic_digits
 
 # Adam on two-process gradients summed in another order: measured differences are ~1e-7.

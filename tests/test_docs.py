@@ -67,7 +67,7 @@ def test_mkdocs_builds_strict_and_offline(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     index = (site / "index.html").read_text()
-    assert "pipeline/download.py" in index, (
+    assert "pipeline/stages/download.py" in index, (
         "the README's stage table did not make it into the home page"
     )
     for page in site.glob("*.html"):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import download
 from pipeline.config import parse_params
-from pipeline.datasets import DATASETS, FILES, TRAIN_IMAGES
+from pipeline.data import fetch
+from pipeline.data.datasets import DATASETS, FILES, TRAIN_IMAGES
 from pipeline.errors import PipelineError
 from tests.helpers import MIRROR_USER, MirrorServer, free_port, write_dataset
 
@@ -47,13 +47,13 @@ def server(source: Path) -> Iterator[MirrorServer]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Backoff pauses are recorded instead of slept."""
     recorded: list[float] = []
-    monkeypatch.setattr(download.time, "sleep", recorded.append)
+    monkeypatch.setattr(fetch.time, "sleep", recorded.append)
     return recorded
 
 
 def run(workdir: Path, env: dict[str, str] | None = None, **data: object) -> dict:
     params = parse_params({"data": {"timeout_s": 0.5, "retries": 0, **data}})
-    return download.download(params, RAW, env or {})
+    return fetch.download(params, RAW, env or {})
 
 
 def custom(mirrors: list[str], md5: dict[str, str] | None = None, **data: object) -> dict:
@@ -126,7 +126,7 @@ def test_unknown_checksums_still_require_an_idx_file(workdir, server, sleeps):
 def test_server_error_is_retried_with_backoff(workdir, server, md5s, sleeps):
     result = run(workdir, **custom([server.url("flaky")], md5s, retries=2))
     assert all(server.hits["flaky", f] == 2 for f in FILES)
-    assert sleeps == [download.BACKOFF_S] * 4
+    assert sleeps == [fetch.BACKOFF_S] * 4
     assert {entry["source"] for entry in result["files"].values()} == {
         server.url("flaky") + f for f in FILES
     }
@@ -136,7 +136,7 @@ def test_retries_back_off_exponentially_then_give_up(workdir, server, md5s, slee
     with pytest.raises(PipelineError, match=r"500/: HTTP 500 Internal Server Error \(3 tries\)"):
         run(workdir, **custom([server.url("500")], md5s, retries=2))
     assert server.hits["500", TRAIN_IMAGES] == 3
-    assert sleeps == [download.BACKOFF_S, 2 * download.BACKOFF_S]
+    assert sleeps == [fetch.BACKOFF_S, 2 * fetch.BACKOFF_S]
 
 
 def test_not_found_is_not_retried(workdir, server, md5s, sleeps):
@@ -249,8 +249,8 @@ def test_a_file_url_may_hold_any_character(workdir, tmp_path, source, md5s):
 
 
 def test_redacting_credentials_keeps_host_and_port_as_written():
-    assert download.redact("http://u:p@[::1]:8080/m/") == "http://[::1]:8080/m/"
-    assert download.redact("https://u@Mirror.example/m/") == "https://Mirror.example/m/"
+    assert fetch.redact("http://u:p@[::1]:8080/m/") == "http://[::1]:8080/m/"
+    assert fetch.redact("https://u@Mirror.example/m/") == "https://Mirror.example/m/"
 
 
 def test_custom_needs_a_source(workdir):
@@ -291,11 +291,11 @@ def test_mnist_mirror_env_is_tried_first(workdir, server, source, md5s):
 
 def test_mnist_mirror_env_goes_first_and_duplicates_are_dropped():
     params = parse_params({"data": {"name": "kmnist"}})
-    assert download.sources_for(params, {"MNIST_MIRROR": " /m "}) == [
+    assert fetch.sources_for(params, {"MNIST_MIRROR": " /m "}) == [
         "/m",
         *DATASETS["kmnist"].mirrors,
     ]
-    assert download.sources_for(params, {"MNIST_MIRROR": DATASETS["kmnist"].mirrors[0]}) == list(
+    assert fetch.sources_for(params, {"MNIST_MIRROR": DATASETS["kmnist"].mirrors[0]}) == list(
         DATASETS["kmnist"].mirrors
     )
 
@@ -305,7 +305,7 @@ def test_unreachable_source_is_not_retried_for_later_files(workdir, server, md5s
         workdir,
         **custom([f"http://127.0.0.1:{free_port()}/mnist/", server.url("ok")], md5s, retries=2),
     )
-    assert sleeps == [download.BACKOFF_S, 2 * download.BACKOFF_S]  # first file only
+    assert sleeps == [fetch.BACKOFF_S, 2 * fetch.BACKOFF_S]  # first file only
     assert raw_listing() == COMPLETE and result["dataset"] == "custom"
 
 
@@ -398,7 +398,7 @@ class RecordingBar:
 
 def test_progress_bar_counts_bytes(workdir, server, source, md5s, monkeypatch):
     bars: list[RecordingBar] = []
-    monkeypatch.setattr(download, "bar", lambda **kw: bars.append(RecordingBar(**kw)) or bars[-1])
+    monkeypatch.setattr(fetch, "bar", lambda **kw: bars.append(RecordingBar(**kw)) or bars[-1])
     run(workdir, **custom([server.url("ok")], md5s))
     assert [b.kwargs["desc"] for b in bars] == list(FILES)
     for b, fname in zip(bars, FILES, strict=True):
@@ -413,7 +413,7 @@ def test_interrupt_mid_download_leaves_no_temp_file(workdir, server, md5s, monke
         seen.append(raw_listing())
         return RecordingBar(fail_after=0, **kwargs)
 
-    monkeypatch.setattr(download, "bar", interrupting_bar)
+    monkeypatch.setattr(fetch, "bar", interrupting_bar)
     with pytest.raises(KeyboardInterrupt):
         run(workdir, **custom([server.url("ok")], md5s))
     assert seen[0][0].startswith(f".{TRAIN_IMAGES}.") and seen[0][0].endswith(".tmp")

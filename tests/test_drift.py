@@ -1,5 +1,5 @@
-"""pipeline/drift.py: each test sees the shift it is for, the combined verdict keeps its false
-alarm rate, and the reference the served model carries loads without pickle."""
+"""pipeline/serving/drift.py: each test sees the shift it is for, the combined verdict keeps its
+false alarm rate, and the reference the served model carries loads without pickle."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import drift
 from pipeline.errors import PipelineError
+from pipeline.serving import drift
 
 
 def answers(n: int, seed: int, shift: float = 0.0, priors: np.ndarray | None = None):

@@ -208,7 +208,7 @@ def test_committee_outputs_are_declared():
 
 
 def test_report_params_are_the_sections_it_prints():
-    from pipeline.report import COMMITTEE_PARAM_SECTIONS, PARAM_SECTIONS
+    from pipeline.stages.report import COMMITTEE_PARAM_SECTIONS, PARAM_SECTIONS
 
     for dvc_file, sections in (
         ("dvc.yaml", PARAM_SECTIONS),

@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import artifacts, evaluate, paths
+from pipeline import artifacts, paths
 from pipeline.config import parse_params
-from pipeline.data import load_dataset
+from pipeline.data.loading import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.model import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.learner.model import load_checkpoint, model_from_checkpoint, save_checkpoint
+from pipeline.stages import evaluate
 
 N_TEST = 200  # tests.helpers.write_dataset default
 
@@ -72,7 +73,7 @@ def test_writes_consistent_outputs(trained_workdir: Path) -> None:
 def test_scores_on_one_torch_thread_then_restores_the_count(
     trained_workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two threads took 4x the CPU time on the shared 2-core machine (pipeline/model.py)."""
+    """Two threads took 4x the CPU time on the shared 2-core machine (pipeline/learner/model.py)."""
     threads: list[int] = []
     score = evaluate.score
 
@@ -92,9 +93,9 @@ def test_scores_on_one_torch_thread_then_restores_the_count(
 
 
 def test_calibration_per_digit_and_robustness_metrics(trained_workdir: Path) -> None:
-    from pipeline.calibration import expected_calibration_error
-    from pipeline.model import model_outputs
-    from pipeline.perturb import perturbations, shift
+    from pipeline.learner.model import model_outputs
+    from pipeline.quality.calibration import expected_calibration_error
+    from pipeline.quality.perturb import perturbations, shift
 
     evaluate.main(parse_params({}))
     metrics = json.loads(paths.METRICS_FILE.read_text())

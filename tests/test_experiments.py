@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tracking import tracking_uri
+from pipeline.registry.tracking import tracking_uri
 
 QUEUE_TIMEOUT_S = 1500
 

@@ -48,12 +48,15 @@ import pytest
 import torch
 import yaml
 
-from pipeline import download, paths, tracking, train
+from pipeline import paths
 from pipeline.__main__ import main as cli_main
 from pipeline.config import parse_params
-from pipeline.datasets import FILES, DatasetSpec
+from pipeline.data import fetch
+from pipeline.data.datasets import FILES, DatasetSpec
 from pipeline.errors import PipelineError
-from pipeline.model import MLP, Architecture, load_checkpoint, save_checkpoint
+from pipeline.learner.model import MLP, Architecture, load_checkpoint, save_checkpoint
+from pipeline.registry import tracking
+from pipeline.stages import train
 from tests.helpers import (
     MIRROR_USER,
     TINY_PIPELINE,
@@ -380,12 +383,12 @@ def test_a_file_matching_md5_but_not_sha256_is_refused(
     md5 = {f: hashlib.md5((synthetic_mirror / f).read_bytes()).hexdigest() for f in FILES}
     forged = {f: "0" * 64 for f in FILES}  # as if someone forged an MD5 collision
     monkeypatch.setitem(
-        download.DATASETS,
+        fetch.DATASETS,
         "mnist",
         DatasetSpec((str(synthetic_mirror),), md5, train_rows=600, test_rows=200, sha256=forged),
     )
     with pytest.raises(PipelineError, match=r"wrong bytes: SHA-256 [0-9a-f]{64} != expected 0{64}"):
-        download.download(parse_params({}), paths.RAW_DIR, {})
+        fetch.download(parse_params({}), paths.RAW_DIR, {})
     assert os.listdir(paths.RAW_DIR) == []
 
 

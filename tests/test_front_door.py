@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import artifacts, lineage, model_card, paths, tracking
+from pipeline import artifacts, paths
 from pipeline.config import parse_params
+from pipeline.registry import lineage, model_card, tracking
 from tests.helpers import TINY_PIPELINE
 
 # --- run names ------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def test_dirty_paths_skip_pipeline_outputs_including_folders() -> None:
         [
             " M dvc.lock",
             " M reports/figures/x.png",
-            "M  pipeline/train.py",
+            "M  pipeline/stages/train.py",
             "R  new.py",
             "old.py",
             " M reports/metrics.json.bak",
@@ -84,7 +85,7 @@ def test_dirty_paths_skip_pipeline_outputs_including_folders() -> None:
     )
     written = ["dvc.lock", "reports/figures", "reports/metrics.json"]
     assert tracking.dirty_paths(status, written) == [
-        "pipeline/train.py",
+        "pipeline/stages/train.py",
         "new.py",
         "reports/metrics.json.bak",
     ]
@@ -240,7 +241,7 @@ def test_training_run_shows_datasets_checks_system_metrics_and_a_described_versi
 def test_system_metrics_param_off_logs_none(run_stages, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    from pipeline import train
+    from pipeline.stages import train
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     run_stages("download", "stats", "split")

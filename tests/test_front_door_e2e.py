@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import resize
-from pipeline.datasets import TEST_IMAGES
+from pipeline.data.datasets import TEST_IMAGES
+from pipeline.data.loading import resize
 from pipeline.paths import RAW_DIR
-from pipeline.predict import read_input
+from pipeline.serving.predict import read_input
 from tests.helpers import background_server, free_port, mlflow_service, serve_command
 
 # Debian's chromium (.ci/run installs it); $CHROMIUM names another Chromium-based browser.

@@ -1,4 +1,5 @@
-"""pipeline/gate.py: every promotion gate, on crafted metrics and crafted per-image answers."""
+"""pipeline/quality/gate.py: every promotion gate, on crafted metrics and crafted per-image
+answers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.gate import ALLOW_FLAG, Evidence, Settings, compare_classes, decide, mcnemar_one_sided
+from pipeline.quality.gate import (
+    ALLOW_FLAG,
+    Evidence,
+    Settings,
+    compare_classes,
+    decide,
+    mcnemar_one_sided,
+)
 
 SIG_28 = "inputs [Tensor('float32', (-1, 784))] -> outputs [Tensor('float32', (-1, 10))]"
 SIG_16 = "inputs [Tensor('float32', (-1, 256))] -> outputs [Tensor('float32', (-1, 10))]"

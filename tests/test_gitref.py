@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, gitref
+from pipeline import artifacts
+from pipeline.registry import gitref
 
 NOW = datetime(2026, 11, 30, 17, 5, 9, tzinfo=timezone.utc)
 

@@ -10,8 +10,8 @@ import struct
 import numpy as np
 import pytest
 
+from pipeline.data.idx import encode_idx, is_idx, parse_idx, read_idx
 from pipeline.errors import PipelineError
-from pipeline.idx import encode_idx, is_idx, parse_idx, read_idx
 
 ARRAYS = {
     "uint8": np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),

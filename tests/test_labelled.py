@@ -1,4 +1,4 @@
-"""pipeline/labelled.py: `labelled add` (add, skip, refuse, every bad input's one line, nothing
+"""pipeline/data/labelled.py: `labelled add` (add, skip, refuse, every bad input's one line, nothing
 half written), and the dataset version it makes: the train split grows, validation, test and the
 statistics stay official, validate counts the new version, and every read checks the MD5s."""
 
@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import artifacts, atomic, labelled, mainline, paths, split, stats, train, validate
+from pipeline import artifacts, atomic, paths
 from pipeline.__main__ import main as cli
 from pipeline.config import parse_params
-from pipeline.data import load_dataset
-from pipeline.datasets import TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.data import labelled
+from pipeline.data.datasets import TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.data.idx import encode_idx
+from pipeline.data.loading import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.idx import encode_idx
+from pipeline.registry import mainline
+from pipeline.stages import split, stats, train, validate
 from tests.helpers import synthetic_digits
 
 PLAIN_IMAGES = TRAIN_IMAGES.removesuffix(".gz")
@@ -303,9 +306,9 @@ PARAMS = parse_params({"data": {"name": "custom"}, "split": {"stratify": True}})
 
 
 def prepare(mirror: Path) -> None:
-    from pipeline import download
+    from pipeline.data import fetch
 
-    download.download(PARAMS, paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
+    fetch.download(PARAMS, paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
     stats.main(PARAMS)
     split.main(PARAMS)
 

@@ -1,4 +1,4 @@
-"""pipeline/mainline.py: which runs may move `@champion` by themselves, judged in real git
+"""pipeline/registry/mainline.py: which runs may move `@champion` by themselves, judged in real git
 repositories (a commit takes milliseconds)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import mainline
+from pipeline.registry import mainline
 
 EXPERIMENT = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "lr-trial"}
 
@@ -32,7 +32,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
     files = {
         "params.yaml": "train:\n  lr: 0.001\n",
-        "pipeline/train.py": "print('train')\n",
+        "pipeline/stages/train.py": "print('train')\n",
         "dvc.yaml": "stages:\n  evaluate:\n    metrics:\n      - reports/metrics.json:\n"
         "          cache: false\n",
         "dvc.lock": "schema: '2.0'\n",
@@ -89,7 +89,7 @@ def test_what_a_committee_repro_writes_leaves_a_clean_commit_the_main_line(repo:
     assert judge().reason.startswith("committee/dvc.yaml differs from commit ")
 
 
-@pytest.mark.parametrize("changed", ["params.yaml", "pipeline/train.py", "dvc.yaml"])
+@pytest.mark.parametrize("changed", ["params.yaml", "pipeline/stages/train.py", "dvc.yaml"])
 def test_an_uncommitted_change_makes_a_repro_a_trial(repo: Path, changed: str) -> None:
     Path(changed).write_text(Path(changed).read_text() + "# edited\n")
     line = judge()

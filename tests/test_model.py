@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.augment import Augmentation
 from pipeline.config import parse_params
-from pipeline.data import resize
-from pipeline.model import (
+from pipeline.data.loading import resize
+from pipeline.learner.augment import Augmentation
+from pipeline.learner.model import (
     MLP,
     Architecture,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from pipeline.trainer import Split, Trainer
+from pipeline.learner.trainer import Split, Trainer
 from tests.helpers import synthetic_digits
 
 

@@ -1,4 +1,4 @@
-"""The run description and model card that evaluate completes (pipeline/model_card.py)."""
+"""The run description and model card that evaluate completes (pipeline/registry/model_card.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import model_card
+from pipeline.registry import model_card
 
 METRICS = {"test_accuracy": 0.9953, "valid_accuracy": 0.9961, "macro_f1": 0.9952}
 PER_CLASS = pd.DataFrame(

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import drift, monitor, records
 from pipeline.__main__ import main as cli
 from pipeline.paths import COMMITTEE, MONITORING_FILE, MONITORING_HTML_FILE, Layout
+from pipeline.serving import drift, monitor, records
 from tests.test_drift import answers
 
 

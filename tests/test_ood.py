@@ -1,5 +1,5 @@
-"""pipeline/ood.py: off-distribution pictures are flagged with a reason; digits like the training
-ones are not."""
+"""pipeline/serving/ood.py: off-distribution pictures are flagged with a reason; digits like the
+training ones are not."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pipeline.ood import FEATURES, OodReference, check, fit_reference, pixel_features
+from pipeline.serving.ood import FEATURES, OodReference, check, fit_reference, pixel_features
 from tests.helpers import synthetic_digits
 
 
@@ -68,9 +68,9 @@ def test_float_rows_are_judged_as_the_uint8_images_they_came_from(reference: Ood
 
 
 def test_a_16x16_reference_has_a_frame_in_proportion_and_refuses_28x28_rows() -> None:
-    from pipeline.data import resize
+    from pipeline.data.loading import resize
     from pipeline.errors import PipelineError
-    from pipeline.ood import border_weights
+    from pipeline.serving.ood import border_weights
 
     assert int((border_weights(28) > 0).sum()) == 28 * 28 - 22 * 22  # 3 pixels wide
     assert int((border_weights(16) > 0).sum()) == 16 * 16 - 12 * 12  # 2 pixels wide

@@ -1,11 +1,12 @@
-"""pipeline/perturb.py: each perturbation does what its name says, batched and deterministically."""
+"""pipeline/quality/perturb.py: each perturbation does what its name says, batched and
+deterministically."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline import perturb
+from pipeline.quality import perturb
 
 
 def dot_image(row: int, col: int, size: int = 28) -> torch.Tensor:

@@ -151,9 +151,9 @@ def test_log_model_logs_the_base_pins_as_the_models_requirements(
     import mlflow.pyfunc
     import torch
 
-    from pipeline import registration
-    from pipeline.model import MLP, Architecture
-    from pipeline.service import fit_references
+    from pipeline.learner.model import MLP, Architecture
+    from pipeline.serving import registration
+    from pipeline.serving.service import fit_references
 
     logged: dict = {}
     monkeypatch.setattr(mlflow.pyfunc, "log_model", lambda **kwargs: logged.update(kwargs))

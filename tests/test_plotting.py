@@ -1,11 +1,12 @@
-"""What the report's figures say and how they scale (pipeline/plotting.py), read off the Figures."""
+"""What the report's figures say and how they scale (pipeline/quality/plotting.py), read off the
+Figures."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline import plotting
+from pipeline.quality import plotting
 
 
 @pytest.mark.parametrize(

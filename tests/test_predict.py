@@ -10,21 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import pictures, predict
 from pipeline.__main__ import main as pipeline_main
 from pipeline.artifacts import write_ood_reference
-from pipeline.data import resize
-from pipeline.datasets import TEST_IMAGES, TEST_LABELS
-from pipeline.evaluate import evaluate
-from pipeline.idx import encode_idx, read_idx
-from pipeline.model import (
+from pipeline.data.datasets import TEST_IMAGES, TEST_LABELS
+from pipeline.data.idx import encode_idx, read_idx
+from pipeline.data.loading import resize
+from pipeline.learner.model import (
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from pipeline.ood import fit_reference
 from pipeline.paths import OOD_REFERENCE_FILE
-from pipeline.service import CONTRACT, fit_references
+from pipeline.serving import pictures, predict
+from pipeline.serving.ood import fit_reference
+from pipeline.serving.service import CONTRACT, fit_references
+from pipeline.stages.evaluate import evaluate
 from tests.helpers import synthetic_digits, train_tiny, write_dataset
 
 
@@ -250,7 +250,8 @@ def registry(mlflow_workdir: Path, models: dict[int, Path]) -> str:
     """A registered version of the 16-pixel model, logged as train logs it, with alias champion."""
     import mlflow
 
-    from pipeline import registration, tracking
+    from pipeline.registry import tracking
+    from pipeline.serving import registration
 
     tracking.configure()
     train, _ = synthetic_digits(300, seed=0)

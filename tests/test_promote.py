@@ -1,5 +1,5 @@
 """Stage promote: the champion alias moves only to a version that passes every gate
-(pipeline/gate.py).
+(pipeline/quality/gate.py).
 
 The gate's logic is tested on crafted numbers in test_gate.py; here the stage reads the champion's
 evidence from the registry (metrics, signature, per-image answers) and acts on the verdict.
@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, promote, tracking
+from pipeline import artifacts
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.paths import METRICS_FILE, PREDICTIONS_FILE, PROMOTION_FILE
+from pipeline.registry import tracking
+from pipeline.stages import promote
 from tests.helpers import answer_table, log_promotion_evidence, permission_denied
 
 NAME = "mnist-mlp"
@@ -512,7 +514,7 @@ def test_a_refused_alias_move_is_one_line_and_releases_the_lock(
 ) -> None:
     from mlflow import MlflowClient
 
-    from pipeline import registry_lock
+    from pipeline.registry import registry_lock
 
     better = better_run_as_viewer(monkeypatch)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", permission_denied)

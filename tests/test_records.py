@@ -1,4 +1,4 @@
-"""pipeline/records.py: every answer of predict and the served model is recorded, one whole
+"""pipeline/serving/records.py: every answer of predict and the served model is recorded, one whole
 Parquet file per request, partitioned by day; concurrent writers lose and interleave nothing."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from pipeline import records
-from pipeline.ood import fit_reference
-from pipeline.service import Answerer, ServingGraph, fit_references
+from pipeline.serving import records
+from pipeline.serving.ood import fit_reference
+from pipeline.serving.service import Answerer, ServingGraph, fit_references
 from tests.helpers import synthetic_digits, train_tiny
 
 
@@ -123,7 +123,7 @@ def test_predict_records_its_answers_under_the_checkpoints_md5(
 
     from PIL import Image
 
-    from pipeline.model import save_checkpoint
+    from pipeline.learner.model import save_checkpoint
 
     checkpoint = tmp_path / "model.pt"
     save_checkpoint(checkpoint, train_tiny(28), {"loss": "cross_entropy", "epoch": 1})
@@ -162,7 +162,8 @@ def test_registering_a_model_records_nothing(
     """MLflow answers the input example when train logs the model: no client asked that."""
     import mlflow
 
-    from pipeline import registration, tracking
+    from pipeline.registry import tracking
+    from pipeline.serving import registration
 
     monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path / "store"))
     tracking.configure()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import registry_lock
 from pipeline.errors import PipelineError
+from pipeline.registry import registry_lock
 from tests.helpers import permission_denied
 
 MODEL = "mnist-mlp"
@@ -22,7 +22,7 @@ LOCK = registry_lock.lock_name(MODEL)
 def client(mlflow_workdir: Path):
     from mlflow import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.registry import tracking
 
     return MlflowClient(tracking.tracking_uri())
 

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import artifacts, evaluate, paths, report
+from pipeline import artifacts, paths
 from pipeline.config import parse_params
 from pipeline.errors import PipelineError
+from pipeline.stages import evaluate, report
 from tests.helpers import read_rows
 
 FIGURES = [

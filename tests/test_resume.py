@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import resume
+from pipeline.learner import resume
 
 
 def last_pt() -> dict:
@@ -73,7 +73,7 @@ def test_fresh_state_has_the_same_keys() -> None:
 
 def test_two_saves_of_the_same_state_are_byte_identical(tmp_path: Path) -> None:
     """Whatever the file's name or its temp name: torch.save to a path would write them into the
-    archive (pipeline/model.py's torch_bytes)."""
+    archive (pipeline/learner/model.py's torch_bytes)."""
     state = resume.TrainState.from_dict(last_pt())
     resume.save_state(tmp_path / "last.pt", state)
     resume.save_state(tmp_path / "members" / "7" / "other.pt", state)

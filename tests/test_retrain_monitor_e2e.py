@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.idx import encode_idx
+from pipeline.data.idx import encode_idx
 from pipeline.paths import DATA_VALIDATION_FILE, MONITORING_FILE, PROMOTION_FILE
 from tests.helpers import background_server, free_port, serve_command, synthetic_digits
 

@@ -1,4 +1,4 @@
-"""pipeline/scoring.py: train's validation and the evaluate stage score a model with one
+"""pipeline/learner/scoring.py: train's validation and the evaluate stage score a model with one
 function."""
 
 from __future__ import annotations
@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import evaluate, trainer
-from pipeline.augment import Augmentation
 from pipeline.config import parse_params
-from pipeline.losses import loss_fn
-from pipeline.model import MLP, Architecture
-from pipeline.scoring import score
+from pipeline.learner import trainer
+from pipeline.learner.augment import Augmentation
+from pipeline.learner.losses import loss_fn
+from pipeline.learner.model import MLP, Architecture
+from pipeline.learner.scoring import score
+from pipeline.stages import evaluate
 from tests.helpers import synthetic_digits
 
 

@@ -1,6 +1,7 @@
-"""The champion as a service (pipeline/service.py, pipeline/served_model.py): labelled answers to
-pixel rows and pictures, the same as predict's, and a 400 naming the rows and the fix for every
-kind of bad request, checked in process and through the real `mlflow models serve`."""
+"""The champion as a service (pipeline/serving/service.py, pipeline/serving/served_model.py):
+labelled answers to pixel rows and pictures, the same as predict's, and a 400 naming the rows and
+the fix for every kind of bad request, checked in process and through the real `mlflow models
+serve`."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.ood import OodReference, fit_reference
-from pipeline.service import (
+from pipeline.serving.ood import OodReference, fit_reference
+from pipeline.serving.service import (
     MAX_ROWS,
     Answerer,
     RequestError,
@@ -172,9 +173,10 @@ def served(
 
     import mlflow
 
-    from pipeline import registration, tracking
     from pipeline.artifacts import write_ood_reference
-    from pipeline.model import save_checkpoint
+    from pipeline.learner.model import save_checkpoint
+    from pipeline.registry import tracking
+    from pipeline.serving import registration
 
     folder = tmp_path_factory.mktemp("served")
     shutil.copy(migrated_mlflow_db, folder / "mlflow.db")

@@ -9,10 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import download, paths, split
+from pipeline import paths
 from pipeline.config import SplitParams, parse_params
+from pipeline.data import fetch
+from pipeline.data.idx import encode_idx
 from pipeline.errors import PipelineError
-from pipeline.idx import encode_idx
+from pipeline.stages import split
 from tests.helpers import load_script, write_dataset
 
 share_gaps = load_script("share_gaps")
@@ -136,7 +138,7 @@ def test_valid_count_matches_the_documented_formula():
 
 
 def run_stage(workdir, mirror, **split_params):
-    download.download(
+    fetch.download(
         parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)}
     )
     split.main(parse_params({"split": split_params}))
@@ -163,7 +165,7 @@ def test_stage_pins_the_generator_stream(workdir, tmp_path):
     (mirror / "train-labels-idx1-ubyte.gz").write_bytes(
         encode_idx((np.arange(60000) % 10).astype(np.uint8))
     )
-    download.download(
+    fetch.download(
         parse_params({"data": {"name": "custom"}}), paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)}
     )
     split.main(parse_params({}))

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import download, paths, stats
+from pipeline import paths
 from pipeline.config import parse_params
-from pipeline.data import load_dataset
+from pipeline.data import fetch
+from pipeline.data.loading import load_dataset
 from pipeline.errors import PipelineError
+from pipeline.stages import stats
 
 
 def reference(images: torch.Tensor) -> tuple[float, float]:
@@ -49,7 +51,7 @@ def test_pixel_stats_reject_bad_input():
 
 @pytest.mark.parametrize("size", [28, 16])
 def test_stage_writes_stats_of_images_as_the_model_sees_them(workdir, synthetic_mirror, size):
-    download.download(
+    fetch.download(
         parse_params({"data": {"name": "custom"}}),
         paths.RAW_DIR,
         {"MNIST_MIRROR": str(synthetic_mirror)},
@@ -76,9 +78,7 @@ def test_real_mnist_statistics(tmp_path, monkeypatch):
     if not mirror:
         pytest.skip("set MNIST_MIRROR to a folder with the official MNIST files")
     monkeypatch.chdir(tmp_path)
-    download.download(
-        parse_params({}), paths.RAW_DIR, {"MNIST_MIRROR": mirror}
-    )  # MD5-verified MNIST
+    fetch.download(parse_params({}), paths.RAW_DIR, {"MNIST_MIRROR": mirror})  # MD5-verified MNIST
     stats.main(parse_params({}))
     written = json.loads(paths.STATS_FILE.read_text())
     assert written["count"] == 60000 and written["image_size"] == 28

@@ -33,7 +33,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import registry_lock
+from pipeline.registry import registry_lock
 from tests.helpers import (
     TINY_PIPELINE,
     answer_table,
@@ -426,7 +426,9 @@ def finished_run(client, experiment_id: str, model: str, accuracy: float) -> str
 
 def promote_run(client, model: str, run_id: str, accuracy: float) -> dict:
     """promote's decision for a run whose only difference from the champion is its accuracy."""
-    from pipeline import gate, mainline, promote
+    from pipeline.quality import gate
+    from pipeline.registry import mainline
+    from pipeline.stages import promote
 
     metrics = {"test_accuracy": accuracy, "test_ece": 0.003}
     line = mainline.Line(True, "both promoters retrain the main line")
@@ -505,7 +507,7 @@ def test_object_storage_outage_during_log_model_registers_nothing_and_a_rerun_su
     from mlflow import MlflowClient
 
     from pipeline import __main__ as cli
-    from pipeline.model import load_checkpoint
+    from pipeline.learner.model import load_checkpoint
     from pipeline.paths import METRICS_FILE, MLFLOW_RUN_FILE, MODEL_FILE, PROMOTION_FILE
 
     url = use_stack(monkeypatch, stack)
@@ -575,7 +577,7 @@ def test_a_champion_is_restored_from_the_git_branch_its_run_names(
     its models/model.pt is the file the champion's run trained, by SHA-256."""
     from mlflow import MlflowClient
 
-    from pipeline import gitref, lineage
+    from pipeline.registry import gitref, lineage
 
     client = MlflowClient(use_stack(monkeypatch, stack))
     model = f"gitref-{uuid.uuid4().hex[:8]}"

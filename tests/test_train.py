@@ -13,13 +13,15 @@ import pytest
 import torch
 import yaml
 
-from pipeline import artifacts, download, paths, train
-from pipeline.augment import Augmentation
+from pipeline import artifacts, paths
 from pipeline.config import Params, parse_params
-from pipeline.data import load_dataset
+from pipeline.data import fetch
+from pipeline.data.loading import load_dataset
 from pipeline.errors import PipelineError
-from pipeline.model import MLP, Architecture, load_checkpoint, model_from_checkpoint
-from pipeline.trainer import Split, Trainer
+from pipeline.learner.augment import Augmentation
+from pipeline.learner.model import MLP, Architecture, load_checkpoint, model_from_checkpoint
+from pipeline.learner.trainer import Split, Trainer
+from pipeline.stages import train
 from tests.helpers import read_history, read_rows, synthetic_digits
 
 SMALL = {
@@ -43,7 +45,7 @@ def small_params(**sections: dict):
 def inputs(mlflow_workdir: Path, synthetic_mirror: Path) -> Path:
     """mlflow_workdir with data/raw (real download stage), data/stats.json and data/split as the
     contracts say."""
-    download.download(
+    fetch.download(
         parse_params({"data": {"name": "custom"}}),
         paths.RAW_DIR,
         {"MNIST_MIRROR": str(synthetic_mirror)},
@@ -343,7 +345,7 @@ def test_a_deleted_experiment_fails_before_training_saying_how_to_restore_it(
 ) -> None:
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.registry import tracking
 
     params = small_params()
     tracking.configure()
@@ -439,7 +441,7 @@ def test_cuda_request_without_cuda_is_refused(inputs: Path) -> None:
 
 
 def test_weight_average_moves_each_weight_a_share_towards_the_trained_one() -> None:
-    from pipeline.ema import WeightAverage
+    from pipeline.learner.ema import WeightAverage
 
     torch.manual_seed(0)
     model = MLP(Architecture(28, (8,)), 0.1, 0.3)
@@ -507,8 +509,8 @@ def test_ema_validates_the_average() -> None:
     averaged = trainer.ema.model.output.weight
     assert not torch.equal(averaged, initial)  # updated during the epoch
     assert not torch.equal(averaged, trainer.model.output.weight)
-    from pipeline.losses import loss_fn
-    from pipeline.scoring import score
+    from pipeline.learner.losses import loss_fn
+    from pipeline.learner.scoring import score
 
     def loss_of(model: MLP) -> float:
         return score(model, data.images, data.labels, loss_fn("cross_entropy"), 4096).loss
@@ -518,7 +520,7 @@ def test_ema_validates_the_average() -> None:
 
 
 def test_label_smoothing_is_the_training_objective_and_validation_stays_plain() -> None:
-    from pipeline.losses import LOSSES, loss_fn
+    from pipeline.learner.losses import LOSSES, loss_fn
 
     outputs, labels = torch.randn(6, 10), torch.arange(6)
     target = torch.full((6, 10), 0.01).scatter_(1, labels[:, None], 0.91)

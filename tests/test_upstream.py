@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import artifacts, download, upstream
+from pipeline import artifacts
 from pipeline.config import parse_params
-from pipeline.datasets import FILES, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.data import fetch, upstream
+from pipeline.data.datasets import FILES, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 from pipeline.paths import PROMOTION_FILE, RAW_DIR, UPSTREAM_FILE
 from tests.helpers import write_dataset
 
@@ -66,19 +67,19 @@ def test_an_unchanged_http_mirror_costs_heads_only_and_a_changed_file_is_refetch
     manifest = UPSTREAM_FILE.read_bytes()
     assert set(json.loads(manifest)["files"][TRAIN_IMAGES]) == {"last_modified", "bytes"}
     assert gets == {}, "fingerprinting must not download"
-    download.download(CUSTOM, RAW_DIR, env, artifacts.read_upstream())
+    fetch.download(CUSTOM, RAW_DIR, env, artifacts.read_upstream())
     assert gets == {name: 1 for name in FILES}
 
     assert upstream.refresh(CUSTOM, env) == []
     assert UPSTREAM_FILE.read_bytes() == manifest, (
         "an unchanged mirror leaves the manifest byte-identical"
     )
-    download.download(CUSTOM, RAW_DIR, env, artifacts.read_upstream())
+    fetch.download(CUSTOM, RAW_DIR, env, artifacts.read_upstream())
     assert gets == {name: 1 for name in FILES}, "nothing fetched twice"
 
     bigger(folder, tmp_path)
     assert upstream.refresh(CUSTOM, env) == [TRAIN_IMAGES, TRAIN_LABELS]
-    record = download.download(CUSTOM, RAW_DIR, env, artifacts.read_upstream())
+    record = fetch.download(CUSTOM, RAW_DIR, env, artifacts.read_upstream())
     assert gets == {TRAIN_IMAGES: 2, TRAIN_LABELS: 2, **{n: 1 for n in FILES if "train" not in n}}
     assert (RAW_DIR / TRAIN_IMAGES).read_bytes() == (folder / TRAIN_IMAGES).read_bytes()
     assert record["files"][TRAIN_IMAGES]["bytes"] == (folder / TRAIN_IMAGES).stat().st_size

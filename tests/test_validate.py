@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import artifacts, download, paths, split, stats, validate
+from pipeline import artifacts, paths
 from pipeline.config import SplitParams, parse_params
-from pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.data import fetch
+from pipeline.data.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from pipeline.data.idx import encode_idx, read_idx
 from pipeline.errors import PipelineError
-from pipeline.idx import encode_idx, read_idx
+from pipeline.stages import split, stats, validate
 from tests.helpers import VALIDATION_ENTRY, synthetic_digits
 
 PARAMS = parse_params({"split": {"stratify": True}})
@@ -262,7 +264,7 @@ def test_checks_hold_for_other_ten_class_datasets(clean):
 
 def prepare(workdir: Path, mirror: Path) -> None:
     params = parse_params({"data": {"name": "custom"}, "split": {"stratify": True}})
-    download.download(params, paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
+    fetch.download(params, paths.RAW_DIR, {"MNIST_MIRROR": str(mirror)})
     stats.main(params)
     split.main(params)
 
@@ -404,7 +406,7 @@ def test_stage_refuses_custom_images_and_labels_that_disagree(workdir, synthetic
 
 
 def test_stage_reports_missing_inputs_with_the_fix(workdir, synthetic_mirror):
-    download.download(
+    fetch.download(
         parse_params({"data": {"name": "custom"}}),
         paths.RAW_DIR,
         {"MNIST_MIRROR": str(synthetic_mirror)},

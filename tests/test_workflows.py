@@ -133,8 +133,9 @@ def test_retrain_runs_on_schedule_and_by_hand_through_one_script() -> None:
 
 
 def test_only_the_branch_push_sees_the_write_token_and_it_runs_after_the_retrain() -> None:
-    """contents: write is for pushing the branch retrain/... (pipeline/gitref.py); the training
-    step and every other one run without the token, and the push step prints nothing of it."""
+    """contents: write is for pushing the branch retrain/... (pipeline/registry/gitref.py); the
+    training step and every other one run without the token, and the push step prints nothing of
+    it."""
     job = load("retrain.yml")["jobs"]["retrain"]
     holders = [
         i

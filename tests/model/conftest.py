@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import load_dataset, resize
-from pipeline.model import MLP, load_checkpoint, model_from_checkpoint, model_outputs
-from pipeline.ood import OodReference, read_reference
+from pipeline.data.loading import load_dataset, resize
+from pipeline.learner.model import MLP, load_checkpoint, model_from_checkpoint, model_outputs
+from pipeline.serving.ood import OodReference, read_reference
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 2000

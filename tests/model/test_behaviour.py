@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from pipeline.__main__ import main as cli
-from pipeline.calibration import expected_calibration_error
-from pipeline.data import resize
-from pipeline.losses import probabilities
-from pipeline.model import model_outputs
-from pipeline.ood import check
-from pipeline.perturb import DIRECTIONS, shift
-from pipeline.quality import perturbed_predictions
+from pipeline.data.loading import resize
+from pipeline.learner.losses import probabilities
+from pipeline.learner.model import model_outputs
+from pipeline.quality.calibration import expected_calibration_error
+from pipeline.quality.measures import perturbed_predictions
+from pipeline.quality.perturb import DIRECTIONS, shift
+from pipeline.serving.ood import check
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 

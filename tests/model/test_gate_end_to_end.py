@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import parse_params
-from pipeline.datasets import FILES, TRAIN_LABELS
-from pipeline.idx import encode_idx, read_idx
+from pipeline.data.datasets import FILES, TRAIN_LABELS
+from pipeline.data.idx import encode_idx, read_idx
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 

@@ -1,0 +1,1 @@
+"""Data formats and datasets: IDX files, the dataset catalogue, fetching, labelled batches."""
