@@ -205,7 +205,7 @@ def startup_seconds(
     for _ in range(repeats):
         before, started = os.times(), time.perf_counter()
         subprocess.run(
-            [sys.executable, "-c", f"import pipeline.config, pipeline.{stage}"],
+            [sys.executable, "-c", f"import pipeline.config, pipeline.stages.{stage}"],
             cwd=folder,
             env=env,
             check=True,

@@ -63,7 +63,7 @@ def read_stages(dvc_yaml: dict[str, Any]) -> list[Stage]:
         modules = tuple(d for d in deps if d.startswith("pipeline/") and d.endswith(".py"))
         reads = tuple(dict.fromkeys(artifact(d) for d in deps if d not in modules))
         writes = tuple(p for key in ("outs", "metrics", "plots") for p in _paths(spec.get(key)))
-        stages.append(Stage(name, f"pipeline/{name}.py", modules, reads, writes))
+        stages.append(Stage(name, f"pipeline/stages/{name}.py", modules, reads, writes))
     return stages
 
 

@@ -188,7 +188,7 @@ def run_stages(mlflow_workdir: Path, synthetic_mirror: Path, monkeypatch: pytest
 
     def run(*stages: str):
         for stage in stages:
-            importlib.import_module(f"pipeline.{stage}").main(params)
+            importlib.import_module(f"pipeline.stages.{stage}").main(params)
         return params
 
     return run

@@ -21,26 +21,37 @@ CMD = re.compile(r"python -m pipeline (\w+)(?: --[\w-]+(?: \$\{item\})?)*")
 DVC_FILES = ("dvc.yaml", "committee/dvc.yaml")
 
 
+def module_file(name: str, package: Path) -> Path | None:
+    """pipeline/<a>/<b>.py for the dotted module name "a.b" inside `package`, if it exists."""
+    path = package / f"{name.replace('.', '/')}.py"
+    return path if path.is_file() else None
+
+
 def direct_imports(path: Path, package: Path) -> set[str]:
-    """Modules of `package` that `path` imports: import pipeline.x / from pipeline import x /
-    from pipeline.x import y."""
+    """Dotted names, inside `package`, of the modules `path` imports: import pipeline.a.b /
+    from pipeline.a import b / from pipeline.a.b import c. Subpackages' __init__.py files hold
+    only their docstring (test_subpackage_inits_hold_only_a_docstring), so they are not deps."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {
-                a.name.split(".")[1] for a in node.names if a.name.startswith(f"{package.name}.")
+                a.name.removeprefix(f"{package.name}.")
+                for a in node.names
+                if a.name.startswith(f"{package.name}.")
             }
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative import inside the package
-                module = node.module or ""
-            elif node.module == package.name or (node.module or "").startswith(f"{package.name}."):
-                module = node.module.removeprefix(package.name).lstrip(".")
-            else:
+            assert not node.level, f"{path}: use absolute imports"
+            if node.module != package.name and not (node.module or "").startswith(
+                f"{package.name}."
+            ):
                 continue
-            if module:
-                found.add(module.split(".")[0])
-            else:  # from pipeline import x: x is a module, or a name defined in __init__.py
-                found |= {a.name for a in node.names if (package / f"{a.name}.py").exists()}
+            base = (node.module or "").removeprefix(package.name).lstrip(".")
+            for alias in node.names:  # from pipeline.a import b: b is a module, or a name in a
+                inner = f"{base}.{alias.name}" if base else alias.name
+                if module_file(inner, package):
+                    found.add(inner)
+                elif base:  # a name defined in module a (or in a subpackage's __init__.py)
+                    found.add(base)
     return found
 
 
@@ -51,10 +62,9 @@ def closure(module: str, package: Path) -> set[str]:
         name = todo.pop()
         if name in seen:
             continue
-        path = package / f"{name}.py"
-        assert path.is_file(), f"{package.name}.{name} is imported but {path} does not exist"
+        assert module_file(name, package), f"{package.name}.{name} is imported but has no file"
         seen.add(name)
-        todo.extend(direct_imports(path, package))
+        todo.extend(direct_imports(module_file(name, package), package))  # type: ignore[arg-type]
     return seen
 
 
@@ -67,8 +77,16 @@ def entry_imports(package: Path) -> set[str]:
         if module == package.name:  # from pipeline import x
             found |= {a.name for a in node.names}
         elif module.startswith(f"{package.name}."):  # from pipeline.x import y
-            found.add(module.split(".")[1])
+            inner = module.removeprefix(f"{package.name}.")
+            found |= {
+                f"{inner}.{a.name}" if module_file(f"{inner}.{a.name}", package) else inner
+                for a in node.names
+            }
     return set().union(*(closure(name, package) for name in found))
+
+
+def dep_path(module: str) -> str:
+    return f"pipeline/{module.replace('.', '/')}.py"
 
 
 def pipeline_stages() -> dict[str, tuple[str, list[str]]]:
@@ -101,9 +119,9 @@ def test_dvc_yaml_has_pipeline_stages():
 @pytest.mark.parametrize("stage", sorted(pipeline_stages()))
 def test_stage_deps_are_exactly_its_imports(stage):
     module, deps = pipeline_stages()[stage]
-    listed = {d for d in deps if re.fullmatch(r"pipeline/[^/]+\.py", d)}
+    listed = {d for d in deps if re.fullmatch(r"pipeline/.+\.py", d)}
     package = REPO / "pipeline"
-    needed = {f"pipeline/{m}.py" for m in closure(module, package) | entry_imports(package)}
+    needed = {dep_path(m) for m in closure(f"stages.{module}", package) | entry_imports(package)}
     missing, extra = sorted(needed - listed), sorted(listed - needed)
     assert not missing and not extra, (
         f"dvc.yaml stage {stage!r}: deps missing {missing or 'nothing'}, "
@@ -111,16 +129,34 @@ def test_stage_deps_are_exactly_its_imports(stage):
     )
 
 
-def test_no_stage_imports_another_stage():
-    """Shared code lives in its own modules; a stage (or the predict command) is only an entry."""
+def test_only_the_cli_imports_a_stage():
+    """Shared code lives in the subpackages; a stage is only an entry (import-linter checks the
+    same in .ci/run, with the layers of pyproject.toml)."""
+    package = REPO / "pipeline"
+    importers = {
+        str(path.relative_to(package)): sorted(
+            name for name in direct_imports(path, package) if name.startswith("stages.")
+        )
+        for path in package.rglob("*.py")
+        if path.name != "__main__.py"
+    }
+    assert {path: found for path, found in importers.items() if found} == {}
+
+
+def test_the_stages_folder_holds_exactly_the_stages_the_dvc_files_run():
     from pipeline.__main__ import STAGES
 
-    package = REPO / "pipeline"
-    commands = {*STAGES, "predict", "monitor"}
-    offenders = {
-        name: sorted(closure(name, package) & commands - {name}) for name in sorted(commands)
-    }
-    assert {name: found for name, found in offenders.items() if found} == {}
+    run = {module for module, _ in pipeline_stages().values()}
+    folder = {p.stem for p in (REPO / "pipeline" / "stages").glob("*.py")} - {"__init__"}
+    assert folder == run == set(STAGES)
+
+
+def test_subpackage_inits_hold_only_a_docstring():
+    """So importing a subpackage runs no code, and dvc.yaml's deps need not name them."""
+    for init in (REPO / "pipeline").glob("*/__init__.py"):
+        body = ast.parse(init.read_text()).body
+        assert len(body) == 1 and isinstance(body[0].value, ast.Constant), init  # type: ignore[attr-defined]
+        assert len(init.read_text().splitlines()) == 1, f"{init}: one line says what lives there"
 
 
 # Which stage writes each path of pipeline/paths.py; None for a folder that only holds others.
@@ -220,21 +256,23 @@ def test_report_params_are_the_sections_it_prints():
 
 def test_import_scanner_sees_every_form(tmp_path):
     package = tmp_path / "pipeline"
-    package.mkdir()
-    for name in ("a", "b", "c", "d", "e", "f", "g", "unused"):
+    (package / "sub").mkdir(parents=True)
+    for name in ("a", "b", "c", "f", "g", "unused", "sub/d", "sub/e"):
         (package / f"{name}.py").write_text("")
     (package / "__init__.py").write_text("VERSION = 1\n")
+    (package / "sub" / "__init__.py").write_text('"""Sub."""\n')
     (package / "stage.py").write_text(
         "import os\nimport pipeline.a\nfrom pipeline import b, VERSION\n"
         "from pipeline.c import thing\n"
-        "from . import d\nfrom .e import other\n"
+        "from pipeline.sub import d\nfrom pipeline.sub.e import other\n"
         "def lazy():\n    import pipeline.f as f\n"
     )
     (package / "a.py").write_text(
         "from pipeline.g import x\nfrom pipeline.stage import y  # a cycle\n"
     )
-    assert direct_imports(package / "stage.py", package) == {"a", "b", "c", "d", "e", "f"}
-    assert closure("stage", package) == {"stage", "a", "b", "c", "d", "e", "f", "g"}
+    found = direct_imports(package / "stage.py", package)
+    assert found == {"a", "b", "c", "sub.d", "sub.e", "f"}
+    assert closure("stage", package) == {"stage", "a", "b", "c", "sub.d", "sub.e", "f", "g"}
     (package / "b.py").write_text("import pipeline.missing\n")
     with pytest.raises(AssertionError, match="pipeline.missing is imported but"):
         closure("stage", package)

@@ -329,7 +329,7 @@ def test_pickled_checkpoint_is_refused_and_never_run(
 def test_pipeline_never_unpickles_what_it_reads() -> None:
     """User-supplied files are read with weights_only=True / allow_pickle=False / safe YAML only."""
     problems = []
-    for path in sorted((ROOT / "pipeline").glob("*.py")):
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
         text = path.read_text()
         for pattern in (
             r"weights_only\s*=\s*False",
@@ -344,7 +344,7 @@ def test_pipeline_never_unpickles_what_it_reads() -> None:
                 problems.append(f"{path.name}: {call.group(0)}")
     assert problems == []
     loads = sum(
-        len(re.findall(r"torch\.load\(", p.read_text())) for p in (ROOT / "pipeline").glob("*.py")
+        len(re.findall(r"torch\.load\(", p.read_text())) for p in (ROOT / "pipeline").rglob("*.py")
     )
     assert loads >= 2  # model.load_checkpoint and train's resume state: the scan does see them
 

@@ -77,7 +77,7 @@ def test_the_challenger_after_the_reference_leaves_the_champion_endpoint_working
 
     challenger = parse_params(merged(TINY_PIPELINE, CHALLENGER))
     for stage in ("stats", "train", "evaluate", "promote"):
-        importlib.import_module(f"pipeline.{stage}").main(challenger)
+        importlib.import_module(f"pipeline.stages.{stage}").main(challenger)
     record = json.loads(Path("reports/promotion.json").read_text())
     assert (record["registered_model"], record["decision"]) == ("mnist-mlp-16x16", "promoted")
     status, text = answer(

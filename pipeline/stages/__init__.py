@@ -1,2 +1,1 @@
-"""The DVC stages: one module per `python -m pipeline <stage>` of dvc.yaml and
-committee/dvc.yaml."""
+"""The DVC stages: one module per `python -m pipeline <stage>` that dvc.yaml files run."""

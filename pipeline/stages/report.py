@@ -510,8 +510,8 @@ def robustness_figure(d: FigureData) -> Figure:
             "robustness.png",
             "Robustness to small perturbations",
             "Test accuracy after each deterministic change (pipeline/quality/perturb.py: "
-            "whole-pixel shifts, rotations, Gaussian pixel noise, thicker strokes); a bar far left of the "
-            "dashed unperturbed accuracy is an invariance the model has not learned.",
+            "whole-pixel shifts, rotations, Gaussian pixel noise, thicker strokes); a bar far left "
+            "of the dashed unperturbed accuracy is an invariance the model has not learned.",
         ),
         plotting.robustness(robust, float(metrics["test_accuracy"])),
     )

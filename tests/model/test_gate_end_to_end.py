@@ -39,7 +39,7 @@ def run_pipeline(project: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MNIST_MIRROR", str(mirror))
     params = parse_params(PARAMS)
     for stage in ("download", "stats", "split", "train", "evaluate", "promote"):
-        importlib.import_module(f"pipeline.{stage}").main(params)
+        importlib.import_module(f"pipeline.stages.{stage}").main(params)
     return json.loads(Path("reports/promotion.json").read_text())
 
 
