@@ -56,8 +56,14 @@ VALIDATION_ENTRY = {
 
 
 def load_script(name: str) -> ModuleType:
-    """scripts/<name>.py as a module (scripts/ is not a package)."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    """<name>.py of scripts/ (operations), studies/ or docs/gen/ (doc generators) as a module
+    (none of them is a package)."""
+    repo = Path(__file__).resolve().parent.parent
+    path = next(
+        folder / f"{name}.py"
+        for folder in (repo / "scripts", repo / "studies", repo / "docs" / "gen")
+        if (folder / f"{name}.py").exists()
+    )
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there

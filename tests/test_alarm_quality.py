@@ -1,4 +1,4 @@
-"""The alarm-quality study (scripts/alarm_quality.py): its committed result meets the issue's rates
+"""The alarm-quality study (studies/alarm_quality.py): its committed result meets the issue's rates
 and holds what docs/monitoring.md cites, and its window draws and shifts do what they say."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def test_each_required_shift_is_detected_in_95_percent_of_windows(result: dict, 
 
 def test_the_result_holds_what_the_doc_cites(result: dict) -> None:
     assert result["window_size"] == 500
-    assert result["command"].startswith("python scripts/alarm_quality.py")
+    assert result["command"].startswith("python studies/alarm_quality.py")
     for key in ("machine", "date", "model_md5", "alpha", "windows_drawn", "run_seconds"):
         assert result[key], key
     assert {"cpu_type", "torch"} <= result["machine"].keys()
@@ -69,7 +69,7 @@ def test_the_doc_quotes_the_committed_numbers(result: dict) -> None:
     clean = result["conditions"]["clean"]
     assert f"{clean['alarms']}/{clean['windows']}" in doc
     assert result["model_md5"][:8] in doc
-    assert "reports/alarm_quality.json" in doc and "scripts/alarm_quality.py" in doc
+    assert "reports/alarm_quality.json" in doc and "studies/alarm_quality.py" in doc
 
 
 def test_windows_are_draws_without_replacement_that_overlap() -> None:

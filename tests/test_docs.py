@@ -20,6 +20,7 @@ SNIPPET = re.compile(r'^--8<-- "README\.md:(\w+)"$', re.MULTILINE)
 
 gen_params_doc = load_script("gen_params_doc")
 gen_architecture = load_script("gen_architecture")
+gen_cli_doc = load_script("gen_cli_doc")
 
 
 def test_readme_is_an_entry_page_of_at_most_12_kib() -> None:
@@ -38,10 +39,20 @@ def test_readme_links_resolve_and_reach_every_docs_page() -> None:
     assert unlinked == [], f"README.md's Documentation table lacks {unlinked}"
 
 
-def test_every_page_is_in_the_nav() -> None:
+def nav_pages(entries: list) -> list[str]:
+    """The pages of mkdocs.yml's nav, its sections (a title over a list of entries) opened."""
+    pages: list[str] = []
+    for entry in entries:
+        for value in entry.values():
+            pages += nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+def test_every_page_is_in_the_nav_in_its_section() -> None:
     nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
-    listed = sorted(page for entry in nav for page in entry.values())
-    assert listed == sorted(p.name for p in DOCS.glob("*.md"))
+    assert sorted(nav_pages(nav)) == sorted(p.name for p in DOCS.glob("*.md"))
+    sections = [next(iter(entry)) for entry in nav[1:]]
+    assert sections == ["Tutorial", "How-to guides", "Reference", "Explanation", "Results"]
 
 
 def test_readme_sections_included_by_the_docs_exist() -> None:
@@ -80,7 +91,7 @@ def test_parameters_page_is_generated_from_params_yaml_and_config() -> None:
     params_text = (ROOT / "params.yaml").read_text()
     assert gen_params_doc.undocumented(params_text) == []
     assert gen_params_doc.PAGE.read_text() == gen_params_doc.render(params_text), (
-        "docs/parameters.md is stale: run python scripts/gen_params_doc.py"
+        "docs/parameters.md is stale: run python docs/gen/gen_params_doc.py"
     )
 
 
@@ -108,7 +119,7 @@ def test_architecture_svg_is_current_and_names_every_stage_and_module() -> None:
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     svg = gen_architecture.SVG.read_text()
     assert svg == gen_architecture.render(gen_architecture.read_stages(dvc_yaml)), (
-        "docs/architecture.svg is stale: run python scripts/gen_architecture.py"
+        "docs/architecture.svg is stale: run python docs/gen/gen_architecture.py"
     )
     for name, stage in dvc_yaml["stages"].items():
         assert f">{name}</text>" in svg
@@ -144,3 +155,12 @@ def test_ci_builds_the_docs() -> None:
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pr.yml").read_text())
     runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
     assert any("mkdocs build --strict" in run.splitlines() for run in runs)
+
+
+def test_cli_page_is_generated_from_the_parser() -> None:
+    assert gen_cli_doc.PAGE.read_text() == gen_cli_doc.render(), (
+        "docs/cli.md is stale: run python docs/gen/gen_cli_doc.py"
+    )
+    assert (
+        "## monitor" in gen_cli_doc.PAGE.read_text() and "`--last`" in gen_cli_doc.PAGE.read_text()
+    )

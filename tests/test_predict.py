@@ -297,6 +297,21 @@ def test_registered_champion_predicts_like_the_checkpoint(
     ]
 
 
+def test_a_logged_model_answers_with_the_code_it_was_logged_with(registry: str) -> None:
+    """The model's own copy of the package, as `mlflow models serve` runs it: a champion logged
+    before a module moved still loads, and this process keeps its own package afterwards."""
+    import sys
+
+    import pipeline
+    from pipeline.serving.predict import load_logged
+
+    answerer = load_logged("models:/mnist-mlp@champion")
+    loaded_from = Path(type(answerer).request_rows.__code__.co_filename)
+    assert "artifacts" in loaded_from.parts and "code" in loaded_from.parts, loaded_from
+    assert Path(pipeline.__file__).parent not in loaded_from.parents
+    assert sys.modules["pipeline"] is pipeline
+
+
 def test_unknown_alias_and_pickled_logged_models_are_refused(
     registry: str, models: dict[int, Path], test_set: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

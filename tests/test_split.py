@@ -97,7 +97,7 @@ def test_stratified_shares_stray_by_less_than_one_over_the_split_size(n):
 
 
 def test_share_gaps_script_measures_the_split_the_stage_draws(tmp_path, capsys):
-    """scripts/share_gaps.py is where validate.class_share_tolerance's figures come from
+    """studies/share_gaps.py is where validate.class_share_tolerance's figures come from
     (params.yaml); a change to split_indices must not leave it broken unnoticed."""
     labels = mnist_like_labels(n=600)
     train, valid = split.split_indices(labels, SplitParams(valid_fraction=0.1, seed=3))

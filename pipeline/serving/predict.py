@@ -15,10 +15,12 @@ MLflow models are loaded as `mlflow models serve` loads them, with pickles refus
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,6 +77,26 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def its_own_code() -> Iterator[None]:
+    """A logged model carries the pipeline package it was logged with, which MLflow puts first on
+    sys.path as `mlflow models serve` does; in this process the package is already imported and
+    would shadow that copy (a model logged before a module moved would not even load). While the
+    model loads, its copy is `pipeline`; then this process's is restored, and the model keeps the
+    modules it loaded, so predict answers with the served code."""
+    ours = {name: sys.modules.pop(name) for name in list(sys.modules) if _in_package(name)}
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if _in_package(name)]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+
+def _in_package(module: str) -> bool:
+    return module == "pipeline" or module.startswith("pipeline.")
+
+
 def load_logged(uri: str) -> Answerer:
     """The served model from the MLflow registry or a run, loaded as `mlflow models serve` loads
     it; MLflow is set to refuse anything pickled in it."""
@@ -96,14 +118,16 @@ def load_logged(uri: str) -> Answerer:
             f"{CONTRACT}); pick a version registered since, or retrain (dvc repro train)"
         )
     try:
-        served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        with its_own_code():
+            served = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     except (MlflowException, OSError, PipelineError) as exc:
         raise PipelineError(
             f"cannot load {uri} ({first_line(exc)}); only models logged by this pipeline's train "
             "stage load"
         ) from None
     answerer = served.answerer
-    if answerer.recorder:  # the same model's records, marked as predict's
+    if getattr(answerer, "recorder", None):  # the same model's records, marked as predict's
+        # (a model logged before records existed has no recorder)
         answerer = replace(answerer, recorder=replace(answerer.recorder, source="predict"))
     return answerer
 

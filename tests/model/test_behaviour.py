@@ -2,7 +2,7 @@
 
 Thresholds are ones the default model meets across training seeds, each with its margin noted:
 14 seeds (train.seed 1-13 and 12345, everything else params.yaml's defaults) measured with
-scripts/behaviour_seeds.py; the ranges are in docs (model quality).
+studies/behaviour_seeds.py; the ranges are in docs (model quality).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The source of the numbers behind validate.class_share_tolerance's default (params.yaml):
 
-    python scripts/share_gaps.py                # data/raw/ from `dvc repro download`
-    python scripts/share_gaps.py --seeds 3000 --fraction 0.1
+    python studies/share_gaps.py                # data/raw/ from `dvc repro download`
+    python studies/share_gaps.py --seeds 3000 --fraction 0.1
 
 A gap is the largest |share of class c in a split - share of c in the training set| over classes
 and both splits, for the split the `split` stage draws with that seed.

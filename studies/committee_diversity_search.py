@@ -16,8 +16,8 @@ It also records each member's errors, the mean errors of every pair with one new
 every seed-only pair, and the committee of all seven, none of which decides.
 
 In a repository where `make committee` has run (params.yaml holds its params):
-    python scripts/committee_diversity_search.py train 6      # then 7; resumes from last.pt
-    python scripts/committee_diversity_search.py score results/committee-diversity-search.json
+    python studies/committee_diversity_search.py train 6      # then 7; resumes from last.pt
+    python studies/committee_diversity_search.py score results/committee-diversity-search.json
 """
 
 from __future__ import annotations

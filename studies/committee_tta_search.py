@@ -13,7 +13,7 @@ It also records, for the image alone, the mean validation errors of every commit
 members (k = 1 .. all), which shows how much one more seed-only member is worth.
 
 Run from a repository whose committee members are trained (make committee):
-    python scripts/committee_tta_search.py results/committee-tta-search.json
+    python studies/committee_tta_search.py results/committee-tta-search.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Measure across training seeds what the behaviour tier (tests/model/) and the promotion gate
 check.
 
-    python scripts/behaviour_seeds.py --seeds 1-13,12345 [-S section.key=value ...] [--jobs N]
+    python studies/behaviour_seeds.py --seeds 1-13,12345 [-S section.key=value ...] [--jobs N]
 
 Each seed trains params.yaml's model (with the -S overrides, as `dvc exp run -S` takes them) the
 way the train stage does, without MLflow, on data/raw and data/split from a finished `dvc repro`,

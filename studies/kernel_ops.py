@@ -1,7 +1,7 @@
 """Which torch ops give other bytes at other kernel levels: the study behind pipeline/numerics.py.
 
-    python scripts/kernel_ops.py            # a table of the ops that differ, per forced setting
-    python scripts/kernel_ops.py --child on|off STEPS [--ops]   # one run: its fingerprint
+    python studies/kernel_ops.py            # a table of the ops that differ, per forced setting
+    python studies/kernel_ops.py --child on|off STEPS [--ops]   # one run: its fingerprint
 
 It trains 8 steps of the defaults (augmentation, MLP, loss, fused Adam, cosine schedule) on
 synthetic digits, once per setting below, each in its own process, and hashes every ATen op's

@@ -1,7 +1,7 @@
 """Draw docs/architecture.svg from dvc.yaml: stages, the artifacts they write and read, modules.
 
-    python scripts/gen_architecture.py           # rewrite the SVG
-    python scripts/gen_architecture.py --check   # exit 1 if the committed SVG is stale
+    python docs/gen/gen_architecture.py           # rewrite the SVG
+    python docs/gen/gen_architecture.py --check   # exit 1 if the committed SVG is stale
 
 Plain SVG written by hand (no graphviz, no fonts or scripts to fetch), byte-identical for the same
 dvc.yaml, so it renders offline and tests/test_docs.py can insist that it is current. The facts all
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DVC_YAML = REPO / "dvc.yaml"
 SVG = REPO / "docs" / "architecture.svg"
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if not SVG.exists() or SVG.read_text() != svg:
             print(
-                f"error: {SVG.relative_to(REPO)} is stale; run python scripts/gen_architecture.py",
+                f"error: {SVG.relative_to(REPO)} is stale; run python docs/gen/gen_architecture.py",
                 file=sys.stderr,
             )
             return 1

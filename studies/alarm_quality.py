@@ -1,8 +1,8 @@
 """How good is the drift alarm (pipeline/serving/drift.py)? False alarms on ordinary digits,
 detection of shifted ones, measured on the champion and its monitoring reference.
 
-    python scripts/alarm_quality.py                       # about 8 min on 2 cores
-    python scripts/alarm_quality.py --windows-scale 0.1 --output /tmp/aq.json   # a smoke run
+    python studies/alarm_quality.py                       # about 8 min on 2 cores
+    python studies/alarm_quality.py --windows-scale 0.1 --output /tmp/aq.json   # a smoke run
 
 Every condition answers all 10,000 MNIST test images once (the champion never trained on them),
 exactly as `Answerer.answer` does (pipeline/serving/service.py): digit, top probability rounded to 6
