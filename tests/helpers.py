@@ -338,3 +338,10 @@ def train_tiny(size: int, seed: int = 0) -> Any:
         F.cross_entropy(model(pixels), targets).backward()
         optimizer.step()
     return model.eval()
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    """A git command's stripped stdout; raises when it fails."""
+    return subprocess.run(
+        ["git", *args], check=True, capture_output=True, text=True, cwd=cwd, timeout=60
+    ).stdout.strip()

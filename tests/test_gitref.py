@@ -13,14 +13,9 @@ import pytest
 from pipeline import __main__ as cli
 from pipeline import artifacts
 from pipeline.registry import gitref
+from tests.helpers import git
 
 NOW = datetime(2026, 11, 30, 17, 5, 9, tzinfo=timezone.utc)
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    return subprocess.run(
-        ["git", *args], check=True, capture_output=True, text=True, cwd=cwd, timeout=60
-    ).stdout.strip()
 
 
 @pytest.fixture

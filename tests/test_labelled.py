@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from pipeline.data.loading import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.registry import mainline
 from pipeline.stages import split, stats, train, validate
-from tests.helpers import synthetic_digits
+from tests.helpers import git, synthetic_digits
 
 PLAIN_IMAGES = TRAIN_IMAGES.removesuffix(".gz")
 PLAIN_LABELS = TRAIN_LABELS.removesuffix(".gz")
@@ -384,12 +383,6 @@ def test_expected_counts_of_a_version():
 
 
 # ---- the scheduled job's sequence is the main line ---------------------------------------------
-
-
-def git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], check=True, capture_output=True, text=True, timeout=30
-    ).stdout.strip()
 
 
 @pytest.fixture

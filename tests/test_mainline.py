@@ -3,20 +3,14 @@ repositories (a commit takes milliseconds)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.registry import mainline
+from tests.helpers import git
 
 EXPERIMENT = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "lr-trial"}
-
-
-def git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], check=True, capture_output=True, text=True, timeout=30
-    ).stdout.strip()
 
 
 @pytest.fixture
