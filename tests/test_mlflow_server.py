@@ -73,9 +73,10 @@ def test_a_pipeline_run_on_a_tracking_server_has_params_curves_figures_model_and
         f"logged-models/{model_id}/artifacts/directories",
         artifact_directory_path="artifacts",
     )
-    # the served model's files (pipeline/serving/registration.py): the graph and the reference
+    # the served model's files (pipeline/serving/registration.py): the graph and the references
     assert sorted(f["path"] for f in files["files"]) == [
         "artifacts/graph.pt2",
+        "artifacts/monitor_reference.npz",
         "artifacts/ood_reference.json",
     ]
 

@@ -14,7 +14,7 @@ import pytest
 from pipeline import numerics
 
 REPO = Path(__file__).resolve().parents[1]
-CHILD = REPO / "scripts" / "kernel_ops.py"  # --child: trains, then prints weight and numpy hashes
+CHILD = REPO / "studies" / "kernel_ops.py"  # --child: trains, then prints weight and numpy hashes
 STEPS = 32
 HAS_AVX512 = "avx512f" in numerics.cpu_info()["cpu_flags"].split()
 # What another CPU, or a user's shell, would choose: each library's kernel level forced.
