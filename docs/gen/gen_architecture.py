@@ -33,7 +33,7 @@ INK, MUTED, DATA, OWN, PAPER = "#1f2933", "#9aa5b1", "#0b7285", "#c2255c", "#fff
 @dataclass(frozen=True)
 class Stage:
     name: str
-    module: str  # pipeline/<name>.py, the stage's own module
+    module: str  # pipeline/stages/<name>.py, the stage's own module
     imports: tuple[str, ...]  # every pipeline module in deps
     reads: tuple[str, ...]  # artifacts (another stage's outs) in deps
     writes: tuple[str, ...]  # outs, metrics and plots
