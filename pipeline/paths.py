@@ -6,41 +6,41 @@ dvc.yaml names the same paths; keep the two in step.
 from dataclasses import dataclass
 from pathlib import Path
 
-RAW_DIR = Path("data/raw")
-CHECKSUMS_FILE = RAW_DIR / "checksums.json"
+RAW_DIR = Path("data/raw")  # the four IDX files, as downloaded and verified
+CHECKSUMS_FILE = RAW_DIR / "checksums.json"  # each raw file's MD5, SHA-256 and source
 UPSTREAM_FILE = Path("data/upstream.json")  # git-tracked: see pipeline/data/upstream.py
-STATS_FILE = Path("data/stats.json")
-SPLIT_DIR = Path("data/split")
-TRAIN_INDEX_FILE = SPLIT_DIR / "train.npy"
-VALID_INDEX_FILE = SPLIT_DIR / "valid.npy"
-SPLIT_SUMMARY_FILE = SPLIT_DIR / "summary.json"
+STATS_FILE = Path("data/stats.json")  # training pixels' mean and std, for normalisation
+SPLIT_DIR = Path("data/split")  # the train/valid split
+TRAIN_INDEX_FILE = SPLIT_DIR / "train.npy"  # indices of the training images that train on
+VALID_INDEX_FILE = SPLIT_DIR / "valid.npy"  # indices of the validation images
+SPLIT_SUMMARY_FILE = SPLIT_DIR / "summary.json"  # counts per split and class
 # Labelled batches (pipeline/data/labelled.py): the files, DVC-tracked by data/labelled.dvc once a
 # batch exists, and the manifest git keeps, which the stages that read the batches depend on.
-LABELLED_DIR = Path("data/labelled")
-LABELLED_MANIFEST = Path("data/labelled.json")
+LABELLED_DIR = Path("data/labelled")  # the batches' IDX files
+LABELLED_MANIFEST = Path("data/labelled.json")  # each batch's name, MD5s and counts
 
 MODELS_DIR = Path("models")
-MODEL_FILE = MODELS_DIR / "model.pt"
-LAST_CHECKPOINT_FILE = MODELS_DIR / "last.pt"
-MLFLOW_RUN_FILE = MODELS_DIR / "mlflow_run.json"
+MODEL_FILE = MODELS_DIR / "model.pt"  # the best epoch's weights, loaded without pickle
+LAST_CHECKPOINT_FILE = MODELS_DIR / "last.pt"  # resume state of an interrupted train
+MLFLOW_RUN_FILE = MODELS_DIR / "mlflow_run.json"  # the training run's id and experiment
 OOD_REFERENCE_FILE = MODELS_DIR / "ood_reference.json"  # beside the checkpoint predict reads
 # The validation split as the model answers it: what `monitor` compares records with (drift.py)
 MONITOR_REFERENCE_FILE = MODELS_DIR / "monitor_reference.npz"
 
 REPORTS_DIR = Path("reports")
-DATA_VALIDATION_FILE = REPORTS_DIR / "data_validation.json"
-DATA_DOCS_DIR = REPORTS_DIR / "data_docs"
-TRAIN_HISTORY_FILE = REPORTS_DIR / "train_history.csv"
-GRAD_NORMS_FILE = REPORTS_DIR / "grad_norms.csv"
-METRICS_FILE = REPORTS_DIR / "metrics.json"
-PER_CLASS_FILE = REPORTS_DIR / "per_class.csv"
-PREDICTIONS_FILE = REPORTS_DIR / "predictions.csv"
-FIGURES_DIR = REPORTS_DIR / "figures"
-REPORT_HTML_FILE = REPORTS_DIR / "report.html"
-REPORT_MD_FILE = REPORTS_DIR / "report.md"
-PROMOTION_FILE = REPORTS_DIR / "promotion.json"
+DATA_VALIDATION_FILE = REPORTS_DIR / "data_validation.json"  # every data check and its result
+DATA_DOCS_DIR = REPORTS_DIR / "data_docs"  # great-expectations' Data Docs, offline HTML
+TRAIN_HISTORY_FILE = REPORTS_DIR / "train_history.csv"  # loss, accuracy and lr per epoch
+GRAD_NORMS_FILE = REPORTS_DIR / "grad_norms.csv"  # gradient norm per layer per epoch
+METRICS_FILE = REPORTS_DIR / "metrics.json"  # test and validation metrics of the best epoch
+PER_CLASS_FILE = REPORTS_DIR / "per_class.csv"  # precision, recall and F1 per digit
+PREDICTIONS_FILE = REPORTS_DIR / "predictions.csv"  # each test image's label, digit, confidence
+FIGURES_DIR = REPORTS_DIR / "figures"  # the report's PNG figures
+REPORT_HTML_FILE = REPORTS_DIR / "report.html"  # the report, one self-contained page
+REPORT_MD_FILE = REPORTS_DIR / "report.md"  # the same report as Markdown
+PROMOTION_FILE = REPORTS_DIR / "promotion.json"  # the gate's decision and every reason
 MONITORING_FILE = REPORTS_DIR / "monitoring.json"  # `python -m pipeline monitor`, not a stage
-MONITORING_HTML_FILE = REPORTS_DIR / "monitoring.html"
+MONITORING_HTML_FILE = REPORTS_DIR / "monitoring.html"  # the monitor's page of figures
 
 COMMITTEE_DIR = Path("committee")  # committee/dvc.yaml: the committee preset's own pipeline
 

@@ -21,6 +21,7 @@ SNIPPET = re.compile(r'^--8<-- "README\.md:(\w+)"$', re.MULTILINE)
 gen_params_doc = load_script("gen_params_doc")
 gen_architecture = load_script("gen_architecture")
 gen_cli_doc = load_script("gen_cli_doc")
+gen_files_doc = load_script("gen_files_doc")
 
 
 def test_readme_is_an_entry_page_of_at_most_12_kib() -> None:
@@ -164,3 +165,10 @@ def test_cli_page_is_generated_from_the_parser() -> None:
     assert (
         "## monitor" in gen_cli_doc.PAGE.read_text() and "`--last`" in gen_cli_doc.PAGE.read_text()
     )
+
+
+def test_files_page_is_generated_from_paths_artifacts_and_dvc_yaml() -> None:
+    assert gen_files_doc.PAGE.read_text() == gen_files_doc.render(), (
+        "docs/files.md is stale: run python docs/gen/gen_files_doc.py"
+    )
+    assert "| `reports/metrics.json` | evaluate | report, promote |" in gen_files_doc.render()
