@@ -29,7 +29,7 @@
 #
 # RETRAIN_GIT_REMOTE=origin also records what was trained as a git branch retrain/<time>-<run>
 # pushed there, after `dvc push` (so the DVC remote has the data before a ref points at it), and
-# tags the MLflow run with it (python -m pipeline gitref; docs/operating.md); a new dataset
+# tags the MLflow run with it (python -m pipeline gitref; docs/retrain.md); a new dataset
 # version's commit is pushed to promote.main_branch there too. Unset: no git writes but the
 # local dataset-version commit.
 set -euo pipefail

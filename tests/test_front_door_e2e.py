@@ -44,7 +44,7 @@ def test_served_champion_labels_200_test_images_as_predict_does(
     run_stages, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     run_stages("download", "stats", "split", "train", "evaluate", "promote")
-    # The body as docs/operating.md builds it: predict's reading of the file, then [0, 1] pixels.
+    # The body as docs/serving.md builds it: predict's reading of the file, then [0, 1] pixels.
     _, images = read_input(str(RAW_DIR / TEST_IMAGES))
     assert len(images) == 200
     pixels = resize(torch.from_numpy(images), 28).float().div(255).flatten(1).tolist()

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # The served contract, a registered version's `contract` metadata: labelled answers to pixel rows
 # or pictures. Before it, versions were bare pt2 graphs answering 10 raw scores per row.
 CONTRACT = "labelled-answers/1"
-MAX_ROWS = 1024  # per request (docs/operating.md); a proxy bounds the bytes, see there
+MAX_ROWS = 1024  # per request (docs/serving.md); a proxy bounds the bytes, see there
 GRAPH_FILE = "graph.pt2"
 REFERENCE_FILE = "ood_reference.json"
 MONITOR_REFERENCE_FILE = "monitor_reference.npz"
