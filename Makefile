@@ -1,5 +1,6 @@
 # Shortcuts for commands documented in README.md and docs/
-.PHONY: bench bench-quick best committee
+.PHONY: bench bench-quick best committee alarm-quality share-gaps kernel-ops behaviour-seeds \
+	committee-tta-search
 
 # The `best` preset (docs/results.md): an MLP only, 784-1024-1024-1024-10 with dropout, trained
 # for 250 epochs on elastically distorted (Simard et al. 2003) and randomly rotated, scaled and
@@ -40,6 +41,29 @@ COMMITTEE_PARAMS = $(RECIPE) -S train.epochs=150
 committee:
 	python scripts/record_result.py committee committee/reports/metrics.json -- \
 		dvc exp run -f -n committee $(COMMITTEE_PARAMS) committee/dvc.yaml
+
+# The studies behind documented figures (studies/): each target reruns one and regenerates what
+# the docs cite. alarm-quality: reports/alarm_quality.json (docs/monitoring.md, about 6 min);
+# share-gaps: validate.class_share_tolerance's figures (params.yaml); kernel-ops: the table of
+# ops that differ by kernel level (docs/training.md); behaviour-seeds: the ranges the behaviour
+# tier allows (docs/quality.md, 14 processes); committee-tta-search:
+# results/committee-tta-search.json (docs/results.md, needs `make committee` first).
+# studies/committee_diversity_search.py trains two extra members over hours; its docstring has
+# its steps.
+alarm-quality:
+	python studies/alarm_quality.py
+
+share-gaps:
+	python studies/share_gaps.py
+
+kernel-ops:
+	python studies/kernel_ops.py
+
+behaviour-seeds:
+	python studies/behaviour_seeds.py --seeds 1-13,12345 --jobs 14
+
+committee-tta-search:
+	python studies/committee_tta_search.py results/committee-tta-search.json
 
 # The pins, requirements/<set>.txt for base, dev, docs, team and gpu: the exact version of
 # everything each `pip install` of that set installs (docs/team.md, "Pinned environment").

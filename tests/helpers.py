@@ -67,7 +67,11 @@ def load_script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))  # as `python <folder>/<name>.py` has it: its siblings
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 
@@ -345,3 +349,16 @@ def git(*args: str, cwd: Path | None = None) -> str:
     return subprocess.run(
         ["git", *args], check=True, capture_output=True, text=True, cwd=cwd, timeout=60
     ).stdout.strip()
+
+
+def empty_checkout(tmp_path: Path, monkeypatch: Any) -> Path:
+    """tmp_path/repo as cwd, for `git init`: git never looks above tmp_path, and commits have an
+    author."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+    return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -22,6 +23,7 @@ gen_params_doc = load_script("gen_params_doc")
 gen_architecture = load_script("gen_architecture")
 gen_cli_doc = load_script("gen_cli_doc")
 gen_files_doc = load_script("gen_files_doc")
+gen_rest_doc = load_script("gen_rest_doc")
 
 
 def test_readme_is_an_entry_page_of_at_most_12_kib() -> None:
@@ -172,3 +174,60 @@ def test_files_page_is_generated_from_paths_artifacts_and_dvc_yaml() -> None:
         "docs/files.md is stale: run python docs/gen/gen_files_doc.py"
     )
     assert "| `reports/metrics.json` | evaluate | report, promote |" in gen_files_doc.render()
+
+
+HISTORY_PAGES = {"results.md", "benchmarks.md"}  # figures and history live only there
+COMMIT_OR_DATE = re.compile(r"\bcommits? [0-9a-f]{7,40}\b|\b20\d\d-\d\d-\d\d\b")
+
+
+def prose(markdown: str) -> str:
+    """The text a reader reads as narrative: fenced blocks and inline code (examples of output,
+    commands, file names) left out."""
+    without_blocks = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", without_blocks)
+
+
+def test_no_page_outside_results_names_a_commit_or_a_date() -> None:
+    found = {
+        page.name: COMMIT_OR_DATE.findall(prose(page.read_text()))
+        for page in DOCS.glob("*.md")
+        if page.name not in HISTORY_PAGES
+    }
+    assert {name: hits for name, hits in found.items() if hits} == {}
+
+
+def test_rest_page_is_generated_from_the_service() -> None:
+    from pipeline.serving.service import Answer
+
+    assert set(gen_rest_doc.MEANINGS) == set(Answer.model_fields), "say what each field means"
+    assert gen_rest_doc.PAGE.read_text() == gen_rest_doc.render(), (
+        "docs/rest.md is stale: run python docs/gen/gen_rest_doc.py"
+    )
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith("|") and not line.startswith("| ---")
+    ][1:]
+
+
+def test_readme_headline_results_come_from_results_page() -> None:
+    """Each row of the README's table names the accuracy of the same configuration on the Results
+    page, the only place with measured figures and their history; the defaults row is also the
+    committed reports/metrics.json."""
+    readme = README.read_text()
+    headline = readme[readme.index("[start:results]") : readme.index("[end:results]")]
+    results = {
+        row[0].replace("*", "").split(":")[0]: row[1]
+        for row in table_rows((DOCS / "results.md").read_text())
+    }
+    percent = re.compile(r"\d+\.\d+%")
+    for row in table_rows(headline):
+        name = row[0].replace("*", "").split(":")[0]
+        assert name in results, f"README row {name!r} is not on the Results page"
+        assert percent.findall(row[1])[:1] == percent.findall(results[name])[:1], name
+    metrics = json.loads((ROOT / "reports" / "metrics.json").read_text())
+    defaults = next(row for row in table_rows(headline) if row[0].startswith("Defaults"))
+    assert defaults[1].startswith(f"{metrics['test_accuracy']:.2%}")

@@ -23,7 +23,7 @@ from pipeline.data.loading import load_dataset
 from pipeline.errors import PipelineError
 from pipeline.registry import mainline
 from pipeline.stages import split, stats, train, validate
-from tests.helpers import git, synthetic_digits
+from tests.helpers import empty_checkout, git, synthetic_digits
 
 PLAIN_IMAGES = TRAIN_IMAGES.removesuffix(".gz")
 PLAIN_LABELS = TRAIN_LABELS.removesuffix(".gz")
@@ -388,13 +388,7 @@ def test_expected_counts_of_a_version():
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A committed project on main with this repository's .gitignore and the empty manifest."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+    root = empty_checkout(tmp_path, monkeypatch)
     (root / ".gitignore").write_text(
         (Path(__file__).resolve().parents[1] / ".gitignore").read_text()
     )

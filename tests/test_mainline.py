@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.registry import mainline
-from tests.helpers import git
+from tests.helpers import empty_checkout, git
 
 EXPERIMENT = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "lr-trial"}
 
@@ -17,13 +17,7 @@ EXPERIMENT = {"DVC_EXP_BASELINE_REV": "0123456789abcdef", "DVC_EXP_NAME": "lr-tr
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A committed project on branch main: params, code, dvc.yaml with a git-kept metric, the
     lock and the upstream fingerprint."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+    root = empty_checkout(tmp_path, monkeypatch)
     files = {
         "params.yaml": "train:\n  lr: 0.001\n",
         "pipeline/stages/train.py": "print('train')\n",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from page import write_or_check
 
 REPO = Path(__file__).resolve().parents[2]
 DVC_YAML = REPO / "dvc.yaml"
@@ -188,20 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     svg = render(read_stages(yaml.safe_load(DVC_YAML.read_text())))
-    if args.check:
-        if not SVG.exists() or SVG.read_text() != svg:
-            print(
-                f"error: {SVG.relative_to(REPO)} is stale; run python docs/gen/gen_architecture.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    sys.path.insert(0, str(REPO))
-    from pipeline import atomic
-
-    atomic.write_text(SVG, svg)
-    print(f"wrote {SVG.relative_to(REPO)}", file=sys.stderr)
-    return 0
+    return write_or_check(SVG, svg, args.check, __file__)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from page import write_or_check
+
 from pipeline.__main__ import parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,15 +69,7 @@ def render() -> str:
 
 
 def main() -> int:
-    page = render()
-    if "--check" in sys.argv[1:]:
-        if PAGE.read_text() != page:
-            print(f"error: {PAGE.relative_to(REPO)} is stale; run python docs/gen/gen_cli_doc.py")
-            return 1
-        return 0
-    PAGE.write_text(page)
-    print(f"wrote {PAGE.relative_to(REPO)}")
-    return 0
+    return write_or_check(PAGE, render(), "--check" in sys.argv[1:], __file__)
 
 
 if __name__ == "__main__":

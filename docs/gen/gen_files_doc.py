@@ -14,6 +14,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import yaml
+from page import write_or_check
 
 from pipeline import artifacts, paths
 
@@ -105,15 +106,7 @@ def render() -> str:
 
 
 def main() -> int:
-    page = render()
-    if "--check" in sys.argv[1:]:
-        if PAGE.read_text() != page:
-            print(f"error: {PAGE.relative_to(REPO)} is stale; run python docs/gen/gen_files_doc.py")
-            return 1
-        return 0
-    PAGE.write_text(page)
-    print(f"wrote {PAGE.relative_to(REPO)}")
-    return 0
+    return write_or_check(PAGE, render(), "--check" in sys.argv[1:], __file__)
 
 
 if __name__ == "__main__":

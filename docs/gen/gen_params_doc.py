@@ -23,7 +23,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pipeline import atomic  # noqa: E402
+from page import write_or_check  # noqa: E402
+
 from pipeline.config import Params  # noqa: E402
 
 PARAMS_YAML = REPO / "params.yaml"
@@ -189,17 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     page = render(params_text)
-    if args.check:
-        if not PAGE.exists() or PAGE.read_text() != page:
-            print(
-                f"error: {PAGE.relative_to(REPO)} is stale; run python docs/gen/gen_params_doc.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    atomic.write_text(PAGE, page)
-    print(f"wrote {PAGE.relative_to(REPO)}", file=sys.stderr)
-    return 0
+    return write_or_check(PAGE, page, args.check, __file__)
 
 
 if __name__ == "__main__":
