@@ -135,6 +135,49 @@ def test_each_bad_request_is_refused_naming_rows_and_fix(
     assert expected in refusal(answerer, inputs)
 
 
+def packed(rows: np.ndarray, kind: str) -> list[str]:
+    """Rows as a client packs them: base64 of each row's pixels as uint8 or float32."""
+    values = (rows * 255).round().astype(np.uint8) if kind == "uint8" else rows.astype("<f4")
+    return [base64.b64encode(row.tobytes()).decode() for row in values]
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float32"])
+def test_packed_rows_are_read_as_the_same_pixels(answerer: Answerer, kind: str) -> None:
+    rows = digit_rows(6)  # k/255 values: uint8 carries them exactly
+    got = answerer.request_rows(packed(rows, kind), kind)
+    assert torch.equal(got, answerer.request_rows(rows.tolist()))
+    assert answerer.answer(got) == answerer.answer(answerer.request_rows(rows.tolist()))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kind", "expected"),
+    [
+        ([[0.5] * 784], "uint8", "row 0: not a base64 string; with packed rows send each image's"),
+        (["%%%"], "uint8", "row 0: not valid base64; send each image's 784 pixels as uint8"),
+        ([base64.b64encode(bytes(783)).decode()], "uint8", "row 0: 783 bytes, not 784; send"),
+        ([base64.b64encode(bytes(784)).decode()], "float32", "row 0: 784 bytes, not 3136"),
+        (
+            [base64.b64encode(np.full(784, 255, "<f4").tobytes()).decode()],
+            "float32",
+            "row 0: pixels outside [0, 1] (from 255 to 255); divide 0-255 values by 255",
+        ),
+        (
+            [base64.b64encode(np.full(784, np.nan, "<f4").tobytes()).decode()],
+            "float32",
+            "row 0: NaN or infinity",
+        ),
+        ([base64.b64encode(bytes(784)).decode()], "uint16", 'params "packed" is "uint16"; send'),
+    ],
+    ids=["a-list", "bad-base64", "short", "uint8-as-float32", "0-255", "nan", "unknown-type"],
+)
+def test_bad_packed_rows_are_refused_naming_rows_and_fix(
+    answerer: Answerer, inputs: Any, kind: str, expected: str
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        answerer.request_rows(inputs, kind)
+    assert expected in str(caught.value)
+
+
 def test_every_bad_row_is_named_at_once(answerer: Answerer) -> None:
     rows = [[0.5] * 784] * 30
     rows[3] = rows[17] = [2.0] * 784
@@ -303,6 +346,32 @@ def test_pixel_rows_and_features_through_the_service(served: tuple[str, Path]) -
 
 
 @pytest.mark.slow
+def test_packed_rows_through_the_service_answer_as_pixel_values(served: tuple[str, Path]) -> None:
+    url, _ = served
+    rows = digit_rows(4)
+    status, plain = post(url, {"inputs": rows.tolist()})
+    assert status == 200
+    for kind in ("uint8", "float32"):
+        status, answer = post(url, {"inputs": packed(rows, kind), "params": {"packed": kind}})
+        assert status == 200 and answer == plain, answer
+
+
+@pytest.mark.slow
+def test_the_serving_pages_packed_example_runs_as_written(served: tuple[str, Path]) -> None:
+    import re
+    import subprocess
+    import sys
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    section = page.split("### Many images at once: packed rows", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]  # type: ignore[index]
+    code = code.replace("http://127.0.0.1:5001/invocations", served[0])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"\[\d, \d\]\n", done.stdout), done.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "last_line_ends"),
     [
@@ -323,6 +392,11 @@ def test_pixel_rows_and_features_through_the_service(served: tuple[str, Path]) -
         ),
         ({"inputs": [base64.b64encode(b"%PDF-1.4").decode()]}, "use a PNG or JPEG of one digit"),
         ({"inputs": []}, "or a base64 PNG or JPEG"),
+        (
+            {"inputs": ["AAAA"], "params": {"packed": "uint8"}},
+            "row 0: 3 bytes, not 784; send each image's 784 pixels as uint8, row by row, "
+            "base64-encoded",
+        ),
         ({"inputs": [[0.0] * 784] * (MAX_ROWS + 1)}, f"requests of at most {MAX_ROWS} rows"),
     ],
     ids=[
@@ -334,6 +408,7 @@ def test_pixel_rows_and_features_through_the_service(served: tuple[str, Path]) -
         "bad-base64",
         "not-an-image",
         "empty",
+        "packed-short",
         "too-many",
     ],
 )

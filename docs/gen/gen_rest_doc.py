@@ -18,7 +18,15 @@ from typing import Any
 from page import write_or_check
 from PIL import Image
 
-from pipeline.serving.service import CONTRACT, MAX_ROWS, Answer, Answerer, RequestError
+from pipeline.serving.service import (
+    CONTRACT,
+    MAX_ROWS,
+    NOT_PACKED,
+    PACKED,
+    Answer,
+    Answerer,
+    RequestError,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "rest.md"
@@ -42,25 +50,29 @@ def _png(pixels: list[list[int]]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def bad_requests() -> list[tuple[str, Any]]:
-    """(what is wrong, the request's rows), one for each refusal the service words itself."""
+def bad_requests() -> list[tuple[str, Any, str]]:
+    """(what is wrong, the request's rows, its `packed` param), one for each refusal the service
+    words itself."""
     good = [0.0] * (SIZE * SIZE)
     return [
-        ("a row of the wrong length", [good, [0.0, 0.5, 1.0]]),
-        ("NaN or infinity", [good, [math.nan] * (SIZE * SIZE)]),
-        ("0-255 pixels", [[255.0] * (SIZE * SIZE), [0.0] * (SIZE * SIZE - 1) + [17.0]]),
-        ("bad base64", ["not base64!"]),
-        ("base64 that is not a picture", [base64.b64encode(b"plain text").decode()]),
-        ("a blank picture", [_png([[255] * 20 for _ in range(20)])]),
-        ("no rows", []),
-        (f"more than {MAX_ROWS:,} rows", [good] * (MAX_ROWS + 1)),
+        ("a row of the wrong length", [good, [0.0, 0.5, 1.0]], NOT_PACKED),
+        ("NaN or infinity", [good, [math.nan] * (SIZE * SIZE)], NOT_PACKED),
+        ("0-255 pixels", [[255.0] * (SIZE * SIZE), [0.0] * (SIZE * SIZE - 1) + [17.0]], NOT_PACKED),
+        ("bad base64", ["not base64!"], NOT_PACKED),
+        ("base64 that is not a picture", [base64.b64encode(b"plain text").decode()], NOT_PACKED),
+        ("a blank picture", [_png([[255] * 20 for _ in range(20)])], NOT_PACKED),
+        ("no rows", [], NOT_PACKED),
+        (f"more than {MAX_ROWS:,} rows", [good] * (MAX_ROWS + 1), NOT_PACKED),
+        ("packed uint8 rows of the wrong length", [base64.b64encode(bytes(28)).decode()], "uint8"),
+        ("packed rows that are not strings", [good], "uint8"),
+        ("an unknown packing", [base64.b64encode(bytes(SIZE * SIZE)).decode()], "int8"),
     ]
 
 
-def refusal(rows: Any) -> str:
+def refusal(rows: Any, packed: str) -> str:
     answerer = Answerer(graph=None, image_size=SIZE, reference=None)  # type: ignore[arg-type]
     try:
-        answerer.request_rows(rows)
+        answerer.request_rows(rows, packed)
     except RequestError as exc:
         return str(exc)
     raise AssertionError(f"the service accepted a bad request: {rows!r:.80}")
@@ -94,13 +106,24 @@ def render() -> str:
         "",
         "## Request",
         "",
-        '`POST /invocations` with `{"inputs": [row, ...]}`, and optionally '
-        '`"params": {"features": true}`. A row is either',
+        '`POST /invocations` with `{"inputs": [row, ...]}`, and optionally `"params"`. A row is '
+        "either",
         "",
         f"- the S*S pixel values of one image in [0, 1], row by row (S = {SIZE}: "
         f"{SIZE * SIZE} values; `mnist-mlp-16x16` takes 256), a light digit on a dark ground, or",
         "- a picture file (PNG, JPEG, anything Pillow reads) as a base64 string or a "
         "`data:image/...;base64,` URL, read as `predict` reads a file.",
+        "",
+        "The params:",
+        "",
+        "| param | default | effect |",
+        "| --- | --- | --- |",
+        "| `features` | `false` | `true` adds each row's `features` to its answer |",
+        f'| `packed` | `"{NOT_PACKED}"` | '
+        + " or ".join(f'`"{name}"`' for name in PACKED)
+        + ": every row is instead the base64 of its S*S pixels of that type, row by row "
+        "(uint8: 0-255; float32: little-endian, in [0, 1]). It carries the same pixels as "
+        "JSON numbers at a fraction of the parsing cost ([Benchmarks](benchmarks.md#serving)) |",
         "",
         f"At most {MAX_ROWS:,} rows per request.",
         "",
@@ -120,7 +143,7 @@ def render() -> str:
         "",
         "| request | the service's words |",
         "| --- | --- |",
-        *(f"| {what} | `{refusal(rows)}` |" for what, rows in bad_requests()),
+        *(f"| {what} | `{refusal(rows, packed)}` |" for what, rows, packed in bad_requests()),
         "",
     ]
     return "\n".join(lines)

@@ -74,7 +74,9 @@ def registered_model_description(name: str) -> str:
         "says which. A bad row refuses the request with HTTP 400 naming the row and the fix.\n\n"
         "Output: one answer per row: digit, probability, the 10 probabilities, ood (whether the "
         "input's pixel statistics lie far from the training digits') and ood_reason; with "
-        '{"params": {"features": true}} also the last hidden layer\'s activations. The '
+        '{"params": {"features": true}} also the last hidden layer\'s activations. With '
+        '{"params": {"packed": "uint8"}} (or "float32") each row is instead the base64 of its '
+        "S*S pixels. The "
         "`champion` alias marks the version the promote stage chose; each version's tags and "
         "model_card.md give its metrics. Versions without the `contract` metadata answer 10 raw "
         "scores per row."
@@ -173,7 +175,9 @@ valid accuracy {metrics["valid_accuracy"]:.4f}, macro-F1 {metrics["macro_f1"]:.4
 rows), each row {int(p.get("data.image_size", "28")) ** 2} pixel values in [0, 1] or a PNG or
 JPEG file as base64, with one answer per row: `digit`, `probability`, the 10 `probabilities`,
 `ood` and `ood_reason` (and the `features` with `{{"params": {{"features": true}}}}`), the
-signature's labelled-answers/1 contract. A bad row gets HTTP 400 naming it and the fix.
+signature's labelled-answers/1 contract. With `{{"params": {{"packed": "uint8"}}}}` (or
+`"float32"`) each row is instead the base64 of its pixels. A bad row gets HTTP 400 naming it and
+the fix.
 
 ## Limitations
 - Only the ten digits: every input gets one of them, a letter or a blank included.

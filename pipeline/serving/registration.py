@@ -76,9 +76,10 @@ def log_model(
     predict does.
 
     Its signature comes from the served model's type hints (rows in, labelled answers out), with
-    the `features` param from the input example. Pip requirements are given, not inferred
-    (inference reloads the model in a subprocess): what loading and calling it imports, at the
-    versions requirements/base.txt pins (`make lock`), so serving gets the pinned environment.
+    the `features` and `packed` params from the input example. Pip requirements are given, not
+    inferred (inference reloads the model in a subprocess): what loading and calling it imports,
+    at the versions requirements/base.txt pins (`make lock`), so serving gets the pinned
+    environment.
     """
     import re
     import shutil
@@ -107,7 +108,7 @@ def log_model(
                     python_model=served_model.__file__,
                     artifacts=artifacts,
                     code_paths=[str(code)],
-                    input_example=(example, {"features": False}),
+                    input_example=(example, {"features": False, "packed": service.NOT_PACKED}),
                     registered_model_name=registered_model,
                     pip_requirements=requirements,
                     metadata={

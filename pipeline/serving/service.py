@@ -8,8 +8,11 @@ off-distribution reference train fitted and this package are what MLflow stores;
 pickled.
 
 A request is a list of rows, each either S*S pixel values in [0, 1] or a picture file (PNG, JPEG)
-as a base64 string, which goes through predict's preprocessing (pipeline/serving/pictures.py). A bad
-request is refused whole, with one line naming the bad rows by index and the fix.
+as a base64 string, which goes through predict's preprocessing (pipeline/serving/pictures.py). With
+`packed` every row is instead the base64 of its S*S pixels as uint8 (0-255) or little-endian
+float32 (in [0, 1]): a 256-image request is then 256 short strings, not 200,000 JSON numbers that
+MLflow parses one by one and we convert one by one (docs/benchmarks.md#serving). A bad request is
+refused whole, with one line naming the bad rows by index and the fix.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ REFERENCE_FILE = "ood_reference.json"
 MONITOR_REFERENCE_FILE = "monitor_reference.npz"
 SHOWN_ROWS = 10  # a message names at most this many rows of each problem
 DIGITS = 6  # decimals of the probabilities answered
+# {"params": {"packed": ...}}: each row the base64 of its S*S pixels of this type, row by row
+PACKED: dict[str, np.dtype] = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
+NOT_PACKED = "none"  # the param's default: rows are pixel values or pictures
 
 
 class Answer(pydantic.BaseModel):
@@ -116,7 +122,7 @@ class Answerer:
         pixels = resize(torch.from_numpy(np.ascontiguousarray(images)), self.image_size)
         return pixels.flatten(1).float().div_(255)
 
-    def request_rows(self, inputs: Any) -> torch.Tensor:
+    def request_rows(self, inputs: Any, packed: str = NOT_PACKED) -> torch.Tensor:
         """A request's rows -> float32 [N, S*S]; RequestError naming every bad row."""
         if not isinstance(inputs, list) or not inputs:
             raise RequestError(
@@ -128,6 +134,8 @@ class Answerer:
                 f"the request holds {len(inputs)} rows, more than the limit of {MAX_ROWS}; "
                 f"split it into requests of at most {MAX_ROWS} rows"
             )
+        if packed != NOT_PACKED:
+            return self.packed_rows(inputs, packed)
         if not any(isinstance(row, str) for row in inputs):
             try:  # the common case, at numpy's speed: every row a list of numbers
                 rows = np.asarray(inputs, dtype=np.float32)
@@ -138,6 +146,38 @@ class Answerer:
                 return torch.from_numpy(rows)
         return self.mixed_rows(inputs)
 
+    def packed_rows(self, inputs: list[Any], packed: str) -> torch.Tensor:
+        """Rows sent as base64 of their S*S pixels (PACKED): decoded into one array at once."""
+        dtype = PACKED.get(packed)
+        if dtype is None:
+            choices = ", ".join(f'"{name}"' for name in PACKED)
+            raise RequestError(
+                f'params "packed" is "{packed}"; send {choices}, or leave it out for pixel '
+                "values and pictures"
+            )
+        size = self.row_length * dtype.itemsize
+        fix = f"send each image's {self.row_length} pixels as {packed}, row by row, base64-encoded"
+        problems: dict[str, list[int]] = {}
+        buffers = []
+        for index, row in enumerate(inputs):
+            try:
+                if not isinstance(row, str):
+                    raise RequestError(f"not a base64 string; with packed rows {fix}")
+                data = decode_base64(row, f"{fix}")
+                if len(data) != size:
+                    raise RequestError(f"{len(data)} bytes, not {size}; {fix}")
+                buffers.append(data)
+            except RequestError as exc:
+                problems.setdefault(str(exc), []).append(index)
+        if problems:
+            raise RequestError(describe(problems, len(inputs)))
+        pixels = np.frombuffer(b"".join(buffers), dtype).reshape(len(inputs), self.row_length)
+        if dtype == np.uint8:  # as training scales its images (rows_from_images)
+            return torch.from_numpy(pixels.astype(np.float32) / np.float32(255))
+        rows = pixels.astype(np.float32)  # native byte order, and writable
+        check_values(rows, range(len(rows)))
+        return torch.from_numpy(rows)
+
     def mixed_rows(self, inputs: list[Any]) -> torch.Tensor:
         """Row by row: pictures decoded, pixel rows checked; every problem named at once."""
         problems: dict[str, list[int]] = {}
@@ -146,7 +186,8 @@ class Answerer:
         for index, row in enumerate(inputs):
             try:
                 if isinstance(row, str):
-                    rows[index] = self.rows_from_images(pictures.to_mnist(decode_base64(row))[None])
+                    picture = decode_base64(row, "send the picture file's bytes base64-encoded")
+                    rows[index] = self.rows_from_images(pictures.to_mnist(picture)[None])
                     continue
                 rows[index] = pixel_row(row, self.row_length)
                 pixel_rows.append(index)
@@ -193,15 +234,13 @@ class Answerer:
         return answers
 
 
-def decode_base64(text: str) -> bytes:
-    """A picture's base64 text (a data: URL too) -> its bytes; RequestError if it is not base64."""
+def decode_base64(text: str, fix: str) -> bytes:
+    """Base64 text (a data: URL too) -> its bytes; RequestError with `fix` if it is not base64."""
     payload = text.split(",", 1)[1] if text.startswith("data:") else text
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError(
-            "not valid base64; send the picture file's bytes base64-encoded"
-        ) from None
+        raise RequestError(f"not valid base64; {fix}") from None
 
 
 def pixel_row(row: Any, length: int) -> np.ndarray:
