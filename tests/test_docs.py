@@ -24,6 +24,7 @@ gen_architecture = load_script("gen_architecture")
 gen_cli_doc = load_script("gen_cli_doc")
 gen_files_doc = load_script("gen_files_doc")
 gen_rest_doc = load_script("gen_rest_doc")
+gen_mlflow_doc = load_script("gen_mlflow_doc")
 
 
 def test_readme_is_an_entry_page_of_at_most_12_kib() -> None:
@@ -174,6 +175,29 @@ def test_files_page_is_generated_from_paths_artifacts_and_dvc_yaml() -> None:
         "docs/files.md is stale: run python docs/gen/gen_files_doc.py"
     )
     assert "| `reports/metrics.json` | evaluate | report, promote |" in gen_files_doc.render()
+
+
+def test_mlflow_names_page_is_generated_and_its_check_finds_an_undocumented_name(
+    migrated_mlflow_db: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import mlflow
+
+    assert gen_mlflow_doc.PAGE.read_text() == gen_mlflow_doc.render(), (
+        "docs/mlflow.md is stale: run python docs/gen/gen_mlflow_doc.py"
+    )
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+    experiment = client.create_experiment("mnist-mlp", (tmp_path / "mlruns").as_uri())
+    run = client.create_run(experiment).info.run_id
+    client.log_param(run, "train.lr", "0.001")
+    for name in ("lr", "grad_norm/hidden.0", "robust_shift_1px_n_accuracy", "made_up"):
+        client.log_metric(run, name, 1.0)
+    client.set_tag(run, "environment.torch", "2.14.1")
+    client.create_registered_model("mnist-mlp")
+    assert gen_mlflow_doc.undocumented(store) == ["Training runs: metrics: made_up"]
 
 
 HISTORY_PAGES = {"results.md", "benchmarks.md"}  # figures and history live only there
