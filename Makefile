@@ -1,6 +1,6 @@
 # Shortcuts for commands documented in README.md and docs/
 .PHONY: bench bench-quick best committee alarm-quality share-gaps kernel-ops behaviour-seeds \
-	committee-tta-search
+	committee-tta-search committee-diversity-search
 
 # The `best` preset (docs/results.md): an MLP only, 784-1024-1024-1024-10 with dropout, trained
 # for 250 epochs on elastically distorted (Simard et al. 2003) and randomly rotated, scaled and
@@ -47,9 +47,10 @@ committee:
 # share-gaps: validate.class_share_tolerance's figures (params.yaml); kernel-ops: the table of
 # ops that differ by kernel level (docs/training.md); behaviour-seeds: the ranges the behaviour
 # tier allows (docs/quality.md, 14 processes); committee-tta-search:
-# results/committee-tta-search.json (docs/results.md, needs `make committee` first).
-# studies/committee_diversity_search.py trains two extra members over hours; its docstring has
-# its steps.
+# results/committee-tta-search.json (docs/results.md, needs `make committee` first);
+# committee-diversity-search: results/committee-diversity-search.json (docs/results.md, needs
+# `make committee` first; it trains two more 150-epoch members, each as long as a committee member,
+# each resuming from its last.pt when interrupted).
 alarm-quality:
 	python studies/alarm_quality.py
 
@@ -64,6 +65,11 @@ behaviour-seeds:
 
 committee-tta-search:
 	python studies/committee_tta_search.py results/committee-tta-search.json
+
+committee-diversity-search:
+	python studies/committee_diversity_search.py train 6
+	python studies/committee_diversity_search.py train 7
+	python studies/committee_diversity_search.py score results/committee-diversity-search.json
 
 # The pins, requirements/<set>.txt for base, dev, docs, team and gpu: the exact version of
 # everything each `pip install` of that set installs (docs/team.md, "Pinned environment").

@@ -145,7 +145,11 @@ def undocumented(store: str) -> list[str]:
     found: dict[str, set[str]] = {title: set() for title in SECTIONS}
     kinds = {
         "mnist-mlp": ("Training runs: params", "Training runs: metrics", "Training runs: tags"),
-        "monitoring": ("Monitoring runs: params", "Monitoring runs: metrics", "Monitoring runs: tags"),
+        "monitoring": (
+            "Monitoring runs: params",
+            "Monitoring runs: metrics",
+            "Monitoring runs: tags",
+        ),
     }
     for experiment in client.search_experiments():
         if experiment.name == "Default":
