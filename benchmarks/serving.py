@@ -5,7 +5,9 @@ the bare forward pass, and a one-minute load test.
     python benchmarks/serving.py --quick    # fewer requests, a 10 s load test, docs untouched
 
 Columns, all on this machine in one run, servers and the forward pass on one thread each:
-- limit: the exported graph's forward pass in process, on rows already in memory;
+- limit: the exported graph's forward pass in process, on rows already in memory, in a tight loop
+  (the model's weights stay in the caches), and again with the caches emptied before each call,
+  as a server's JSON work between two requests empties them;
 - ours in process: what the champion adds to a request, without HTTP: the request's rows checked
   and converted (pictures decoded and preprocessed), the forward pass, the off-distribution
   check and the labelled answer (pipeline/serving/service.py);
@@ -172,9 +174,17 @@ def timed_requests(port: int, body: bytes, count: int) -> list[float]:
     return seconds
 
 
-def in_process(seconds_of: Any, repeats: int) -> list[float]:
+EVICT = np.ones(64 * 2**20 // 8)  # 64 MiB, more than the caches of these CPUs hold
+
+
+def in_process(seconds_of: Any, repeats: int, cold: bool = False) -> list[float]:
+    """Seconds of each call; `cold` reads EVICT before each one (untimed), so the model's weights
+    are out of the caches, as they are when a server has parsed and written JSON since its last
+    forward pass."""
     times = []
     for _ in range(repeats):
+        if cold:
+            EVICT.sum()
         start = time.perf_counter()
         seconds_of()
         times.append(time.perf_counter() - start)
@@ -303,6 +313,9 @@ def measure(quick: bool) -> dict[str, Any]:
             tensor = answerer.request_rows(inputs, packed)
             with torch.no_grad():
                 limit = in_process(lambda t=tensor: answerer.graph(t), rounds * per_round)
+                limit_cold = in_process(
+                    lambda t=tensor: answerer.graph(t), rounds * per_round, cold=True
+                )
             ours = in_process(
                 lambda i=inputs, p=packed: answerer.answer(answerer.request_rows(i, p)),
                 rounds * per_round,
@@ -319,6 +332,7 @@ def measure(quick: bool) -> dict[str, Any]:
             rows[kind] = {
                 "images": count,
                 "limit": summary(limit, count),
+                "limit_cold": summary(limit_cold, count),
                 "ours_in_process": summary(ours, count),
                 # of which: checking and converting the rows (pictures: decoding, framing)
                 "rows_in_process": summary(rows_only, count),
@@ -346,38 +360,49 @@ def measure(quick: bool) -> dict[str, Any]:
 TARGET = 2.0  # what the champion adds above the floor, in forward passes (docs/benchmarks.md)
 
 
-def above_floor(row: dict[str, Any]) -> float:
-    """What the served champion adds to the no-op floor, in forward passes (p50s)."""
-    return (row["champion"]["p50_ms"] - row["floor"]["p50_ms"]) / row["limit"]["p50_ms"]
+def above_floor(row: dict[str, Any], limit: str = "limit") -> float:
+    """What the served champion adds to the no-op floor, in forward passes (p50s): hot (`limit`)
+    or with cold caches (`limit_cold`)."""
+    return (row["champion"]["p50_ms"] - row["floor"]["p50_ms"]) / row[limit]["p50_ms"]
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    columns = ("limit", "ours_in_process", "rows_in_process", "floor", "untyped_floor", "champion")
+    columns = (
+        "limit",
+        "limit_cold",
+        "ours_in_process",
+        "rows_in_process",
+        "floor",
+        "untyped_floor",
+        "champion",
+    )
     lines = [
-        "| request | limit: forward pass | ours, in process | of which reading the rows | floor: "
-        "no-op served | MLflow's default floor | champion served | champion above floor | that ÷ "
-        "forward pass |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| request | limit: forward pass | forward pass, cold caches | ours, in process | of which "
+        "reading the rows | floor: no-op served | MLflow's default floor | champion served | "
+        "champion above floor | that ÷ forward pass | that ÷ cold forward pass |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, row in result["rows"].items():
         above = row["champion"]["p50_ms"] - row["floor"]["p50_ms"]
         cells = [f"{row[c]['p50_ms']:.2f}" for c in columns]
         lines.append(
-            f"| {kind}, p50 ms | {' | '.join(cells)} | {above:.2f} | {above_floor(row):.1f}× |"
+            f"| {kind}, p50 ms | {' | '.join(cells)} | {above:.2f} | {above_floor(row):.1f}× | "
+            f"{above_floor(row, 'limit_cold'):.1f}× |"
         )
         if row["images"] == 1:
-            cells = [f"{row[c]['p99_ms']:.2f}" for c in columns[3:]]
-            lines.append(f"| {kind}, p99 ms | | | | {' | '.join(cells)} | | |")
+            cells = [f"{row[c]['p99_ms']:.2f}" for c in columns[4:]]
+            lines.append(f"| {kind}, p99 ms | | | | | {' | '.join(cells)} | | | |")
         else:
             cells = [f"{row[c]['images_per_s']:,.0f}" for c in columns]
-            lines.append(f"| {kind}, images/s | {' | '.join(cells)} | | |")
-    met = [kind for kind, row in result["rows"].items() if above_floor(row) <= TARGET]
-    missed = [kind for kind in result["rows"] if kind not in met]
-    lines += [
-        "",
-        f"The target, at most {TARGET:g}× the forward pass above the floor, is met for: "
-        f"{', '.join(met) or 'none'}; not for: {', '.join(missed) or 'none'}.",
-    ]
+            lines.append(f"| {kind}, images/s | {' | '.join(cells)} | | | |")
+    for limit, words in (("limit", "the forward pass"), ("limit_cold", "the cold forward pass")):
+        met = [kind for kind, row in result["rows"].items() if above_floor(row, limit) <= TARGET]
+        missed = [kind for kind in result["rows"] if kind not in met]
+        lines += [
+            "",
+            f"At most {TARGET:g}× {words} above the floor: met for "
+            f"{', '.join(met) or 'none'}; not for {', '.join(missed) or 'none'}.",
+        ]
     load = result["load_test"]
     machine = result["machine"]
     cost = [
