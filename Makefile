@@ -1,5 +1,5 @@
 # Shortcuts for commands documented in README.md and docs/
-.PHONY: bench bench-quick best committee alarm-quality share-gaps kernel-ops behaviour-seeds \
+.PHONY: bench bench-quick best committee committee-continue alarm-quality share-gaps kernel-ops behaviour-seeds \
 	committee-tta-search committee-diversity-search
 
 # The `best` preset (docs/results.md): an MLP only, 784-1024-1024-1024-10 with dropout, trained
@@ -34,13 +34,18 @@ best:
 # model, scored and reported (committee/reports/); results/committee.json.
 # Like `make best` it never moves @champion by itself: committee/reports/promotion.json says
 # `would promote` or `would keep`; promote it with python -m pipeline promote --run <its run_id>.
-# After an interruption, `dvc repro committee/dvc.yaml` continues with the params `dvc exp run`
-# wrote into params.yaml: finished members are skipped, the interrupted one resumes (last.pt).
+# After an interruption, even of the machine, `make committee-continue` goes on with the params
+# `dvc exp run` wrote into params.yaml: finished members are skipped, the interrupted one resumes
+# (last.pt), and results/committee.json sums the sittings' cost (scripts/record_result.py).
 COMMITTEE_PARAMS = $(RECIPE) -S train.epochs=150
 
 committee:
 	python scripts/record_result.py committee committee/reports/metrics.json -- \
 		dvc exp run -f -n committee $(COMMITTEE_PARAMS) committee/dvc.yaml
+
+committee-continue:
+	python scripts/record_result.py --continue committee committee/reports/metrics.json -- \
+		dvc repro committee/dvc.yaml
 
 # The studies behind documented figures (studies/): each target reruns one and regenerates what
 # the docs cite. alarm-quality: reports/alarm_quality.json (docs/monitoring.md, about 6 min);

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +23,12 @@ PRESET = (
 
 
 def record(tmp_path: Path, *command: str) -> subprocess.CompletedProcess:
+    """record_result.py for the preset "best"; a leading "--continue" is passed as its option."""
+    options = [command[0]] if command[:1] == ("--continue",) else []
+    command = command[len(options) :]
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts/record_result.py"), "best", "reports/metrics.json"]
-        + ["--", *command],
+        [sys.executable, str(ROOT / "scripts/record_result.py"), *options, "best"]
+        + ["reports/metrics.json", "--", *command],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -49,13 +54,69 @@ def test_a_finished_preset_is_recorded_with_its_cost_and_machine(tmp_path: Path)
     assert "results/best.json: test accuracy 0.9946 (54 errors)" in done.stdout
 
 
-def test_a_failed_preset_records_nothing(tmp_path: Path) -> None:
+def test_a_failed_preset_records_nothing_but_its_cost_so_far(tmp_path: Path) -> None:
     done = record(tmp_path, sys.executable, "-c", "raise SystemExit(3)")
     assert done.returncode == 3 and "exited with 3; nothing recorded" in done.stderr
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results/best.json").exists()
+    unfinished = json.loads((tmp_path / "results/unfinished/best.json").read_text())
+    assert len(unfinished["sittings"]) == 1 and "--continue" in done.stderr
     done = record(tmp_path, sys.executable, "-c", "pass")  # exit 0 but no metrics
     assert done.returncode == 1 and "holds no test_accuracy" in done.stderr
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results/best.json").exists()
+
+
+def test_a_run_goes_on_after_its_machine_is_lost_and_sums_its_sittings(tmp_path: Path) -> None:
+    """The first sitting is killed with its recorder (SIGKILL, as a machine that goes away) after
+    burning CPU in a grandchild; the heartbeat has kept that cost. --continue runs the rest."""
+    first = (
+        "import os, subprocess, sys, time\n"
+        "subprocess.run([sys.executable, '-c', 'import time\\nend = time.process_time() + 0.6"
+        "\\nwhile time.process_time() < end: pass\\ntime.sleep(30)'])\n"
+    )
+    recorder = (
+        "import sys; sys.path.insert(0, 'scripts_dir'); import record_result\n"
+        "record_result.HEARTBEAT = 0.2\n"
+        "sys.exit(record_result.main(sys.argv[1:]))\n"
+    ).replace("scripts_dir", str(ROOT / "scripts"))
+    lost = subprocess.Popen(
+        [sys.executable, "-c", recorder, "best", "reports/metrics.json", "--"]
+        + [sys.executable, "-c", first],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,  # its own process group, killed whole below
+    )
+    unfinished = tmp_path / "results/unfinished/best.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the heartbeat has seen the grandchild's CPU
+        time.sleep(0.1)
+        if (
+            unfinished.exists()
+            and json.loads(unfinished.read_text())["sittings"][0]["cpu_seconds"] >= 0.5
+        ):
+            break
+    os.killpg(lost.pid, signal.SIGKILL)
+    lost.wait()
+    done = record(tmp_path, "--continue", sys.executable, "-c", PRESET)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "results/best.json").read_text())
+    first_sitting, second = result["sittings"]
+    assert first_sitting["cpu_seconds"] >= 0.5 and second["cpu_seconds"] >= 0.3
+    assert result["cpu_seconds"] == round(first_sitting["cpu_seconds"] + second["cpu_seconds"], 1)
+    assert result["command"] == first_sitting["command"] and "first" not in result["command"]
+    assert second["machine"]["cpu"] and not unfinished.exists()
+
+
+def test_continue_needs_an_unfinished_run_at_the_same_commit(tmp_path: Path) -> None:
+    done = record(tmp_path, "--continue", sys.executable, "-c", PRESET)
+    assert done.returncode == 1 and "no unfinished run of best" in done.stderr
+    (tmp_path / "results/unfinished").mkdir(parents=True)
+    (tmp_path / "results/unfinished/best.json").write_text(
+        json.dumps({"preset": "best", "git_commit": "1234abc", "sittings": []})
+    )
+    done = record(tmp_path, "--continue", sys.executable, "-c", PRESET)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("or start again without --continue")
+    assert "ran at commit 1234abc, not unknown" in done.stderr
 
 
 def test_a_command_that_cannot_start_records_nothing_and_exits_as_the_shell(
@@ -80,9 +141,6 @@ def test_ctrl_c_lets_the_command_finish_its_cleanup_and_a_signal_exits_as_the_sh
 ) -> None:
     """Ctrl-C reaches the command's whole process group: the command must get the time to stop
     cleanly (DVC saves its experiment state), and its status is passed on, 128 + the signal."""
-    import signal
-    import time
-
     command = (
         "import pathlib, signal, sys, time\n"
         "def stop(*_):\n"
@@ -107,7 +165,7 @@ def test_ctrl_c_lets_the_command_finish_its_cleanup_and_a_signal_exits_as_the_sh
     _, err = recorder.communicate(timeout=60)
     assert (tmp_path / "cleaned").exists()
     assert recorder.returncode == 130
-    assert err.splitlines()[-1].endswith("exited with 130; nothing recorded"), err
+    assert "exited with 130; nothing recorded (" in err.splitlines()[-1], err
     assert "Traceback" not in err
     killed = record(tmp_path, "sh", "-c", "kill -9 $$")
     assert killed.returncode == 137, killed.stderr
