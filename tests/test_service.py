@@ -201,6 +201,12 @@ def test_the_exported_graph_loads_pickle_free_and_answers_as_the_module(
         assert got["features"] == pytest.approx(expected["features"], abs=1e-5)
     one = answerer.request_rows(digit_rows(1).tolist())  # the batch size stays free
     assert loaded.answer(one)[0]["digit"] == answerer.answer(one)[0]["digit"]
+    # called as its ops, without ExportedProgram.module()'s guards: the same bytes
+    wrapped = torch.export.load(str(tmp_path / "graph.pt2")).module()
+    with torch.no_grad():
+        for batch in (one, rows):
+            for got, expected in zip(loaded.graph(batch), wrapped(batch), strict=True):
+                assert torch.equal(got, expected)
 
 
 # ---- through the real server -------------------------------------------------------------------
