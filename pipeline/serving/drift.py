@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import atomic
 from pipeline.errors import PipelineError
 
 TESTS = ("class_priors", "confidence", "ood_rate", "features")
@@ -58,8 +59,6 @@ class Reference:
             ood_rate=np.float64(self.ood_rate),
             bandwidth=np.float64(self.bandwidth),
         )
-        from pipeline import atomic
-
         atomic.write_bytes(path, buffer.getvalue())
 
     @classmethod
