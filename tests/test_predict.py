@@ -173,6 +173,38 @@ def test_bright_digit_on_dark_ground_is_not_inverted() -> None:
     assert frame[14, 14] > 200 and frame[0, 0] == 0
 
 
+def test_the_edge_median_is_numpys_median_of_the_edge_pixels() -> None:
+    """pictures.border_median replaces np.median for speed; the frames must not move."""
+    rng = np.random.default_rng(0)
+    for shape in [(28, 28), (27, 31), (5, 5), (1, 7), (100, 3)]:
+        for _ in range(50):
+            image = rng.integers(0, 256, shape) * rng.random()
+            edge = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+            assert pictures.border_median(image) == float(np.median(edge))
+
+
+def test_a_picture_is_read_upright_as_its_exif_orientation_says() -> None:
+    """A phone stores a portrait photo sideways with an EXIF orientation; 6 means "turn it 90
+    degrees clockwise to show it"."""
+    import io
+
+    upright = np.zeros((40, 30), dtype=np.uint8)
+    upright[5:35, 12:16] = 255  # a one: a tall bar
+    upright[5:9, 8:16] = 255  # with a flag at the top left
+
+    def png(image: Image.Image, **options: object) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", **options)
+        return buffer.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    read = pictures.decode_picture(png(sideways, exif=exif))
+    assert np.array_equal(read, upright.astype(np.float64))
+    assert np.array_equal(pictures.decode_picture(png(Image.fromarray(upright))), read)
+
+
 def test_16_bit_and_transparent_pictures_are_read_by_their_range(tmp_path: Path) -> None:
     sixteen = np.zeros((40, 40), dtype=np.uint16)
     sixteen[5:35, 15:25] = 65535

@@ -26,38 +26,46 @@ INK_THRESHOLD = 0.3
 MIN_CONTRAST = 24
 
 
-def border(image: np.ndarray) -> np.ndarray:
-    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+def border_median(image: np.ndarray) -> float:
+    """The median grey level of the picture's edge pixels: np.median's value, without its Python
+    layers, which cost more than the rest of framing a 28x28 picture (the service frames every
+    picture of a request)."""
+    edge = np.sort(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]))
+    middle = len(edge) // 2
+    return float(edge[middle] if len(edge) % 2 else (edge[middle - 1] + edge[middle]) / 2)
 
 
 def decode_picture(data: bytes) -> np.ndarray:
-    """Any Pillow-readable picture -> float grey levels 0..255 [H, W]; transparency shows white
-    paper."""
+    """Any Pillow-readable picture -> float grey levels 0..255 [H, W], upright as its EXIF
+    orientation says; transparency shows white paper."""
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as opened:
-        image = ImageOps.exif_transpose(opened)
+    with Image.open(io.BytesIO(data)) as image:  # closing it frees its pixels: read them inside
+        ImageOps.exif_transpose(image, in_place=True)  # a copy of each picture costs as much
         image.load()
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit and float greys: scale by the format's range, which convert("L") would clip.
-        grey = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I") else max(float(grey.max()), 1.0)
-        return np.clip(grey / top * 255.0, 0, 255)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, rgba)
-    return np.asarray(image.convert("L"), dtype=np.float64)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            # 16-bit and float greys: scale by the format's range, which convert("L") would clip.
+            grey = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I") else max(float(grey.max()), 1.0)
+            return np.clip(grey / top * 255.0, 0, 255)
+        transparent = image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        )
+        if transparent:
+            rgba = image.convert("RGBA")
+            paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(paper, rgba).convert("L"), dtype=np.float64)
+        return np.asarray(image.convert("L"), dtype=np.float64)
 
 
 def mnist_polarity(grey: np.ndarray) -> np.ndarray:
     """Bright digit on dark ground: a picture whose border is mostly light is inverted."""
-    return 255.0 - grey if np.median(border(grey)) > 127.5 else grey
+    return 255.0 - grey if border_median(grey) > 127.5 else grey
 
 
 def fit_digit(ink: np.ndarray) -> np.ndarray:
     """Crop to the digit, scale it into 20x20 keeping aspect, centre its mass in 28x28 (uint8)."""
-    background = float(np.median(border(ink)))
+    background = border_median(ink)
     peak = float(ink.max())
     if peak - background < MIN_CONTRAST:
         raise PipelineError(

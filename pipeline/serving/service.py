@@ -212,12 +212,13 @@ class Answerer:
         """Row by row: pictures decoded, pixel rows checked; every problem named at once."""
         problems: dict[str, list[int]] = {}
         rows = np.zeros((len(inputs), self.row_length), dtype=np.float32)
-        pixel_rows = []
+        pixel_rows, picture_rows, frames = [], [], []
         for index, row in enumerate(inputs):
             try:
                 if isinstance(row, str):
                     picture = decode_base64(row, "send the picture file's bytes base64-encoded")
-                    rows[index] = self.rows_from_images(pictures.to_mnist(picture)[None])
+                    frames.append(pictures.to_mnist(picture))
+                    picture_rows.append(index)
                     continue
                 rows[index] = pixel_row(row, self.row_length)
                 pixel_rows.append(index)
@@ -227,6 +228,8 @@ class Answerer:
             problems.setdefault(problem, []).extend(bad)
         if problems:
             raise RequestError(describe(problems, len(inputs)))
+        if frames:  # resized and scaled at once, as training resizes its images
+            rows[picture_rows] = self.rows_from_images(np.stack(frames)).numpy()
         return torch.from_numpy(rows)
 
     @torch.no_grad()
