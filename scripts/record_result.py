@@ -118,9 +118,11 @@ def run_to_the_end(command: list[str], on_heartbeat: Any) -> int:
     return 128 - status if status < 0 else status
 
 
-def earlier_sittings(name: str, commit: str) -> list[dict[str, Any]]:
-    """The sittings an unfinished run of `name` has had, if it ran at `commit`; SystemExit naming
-    the fix otherwise."""
+def unfinished_run(name: str, commit: str) -> tuple[str, list[dict[str, Any]]]:
+    """The commit an unfinished run of `name` started at and its sittings so far, if that commit
+    is `commit`'s HEAD; SystemExit naming the fix otherwise. Only HEAD must match: the interrupted
+    command leaves the tree changed (`dvc exp run` writes its params into params.yaml), and the
+    continuing command picks up from that tree."""
     path = UNFINISHED_DIR / f"{name}.json"
     try:
         unfinished = json.loads(path.read_text())
@@ -134,17 +136,19 @@ def earlier_sittings(name: str, commit: str) -> list[dict[str, Any]]:
         raise SystemExit(
             f"error: cannot read {path} ({exc}); start again without --continue"
         ) from None
-    if ran_at != commit:
+    if ran_at.removesuffix("-dirty") != commit.removesuffix("-dirty"):
         raise SystemExit(
             f"error: the unfinished run of {name} ran at commit {ran_at}, not "
             f"{commit}; check that commit out to continue it, or start again without --continue"
         )
-    return sittings
+    return ran_at, sittings
 
 
 def record(name: str, metrics_file: Path, command: list[str], continues: bool = False) -> int:
     commit = git_commit()  # before the run: DVC experiments leave HEAD where it was
-    earlier = earlier_sittings(name, commit) if continues else []
+    earlier: list[dict[str, Any]] = []
+    if continues:
+        commit, earlier = unfinished_run(name, commit)
     unfinished = UNFINISHED_DIR / f"{name}.json"
     cpu_before, started = children_cpu_seconds(), time.monotonic()
     sitting = {

@@ -106,6 +106,34 @@ def test_a_run_goes_on_after_its_machine_is_lost_and_sums_its_sittings(tmp_path:
     assert second["machine"]["cpu"] and not unfinished.exists()
 
 
+def test_a_run_continues_on_the_tree_its_first_sitting_changed(tmp_path: Path) -> None:
+    """`dvc exp run` writes its params into params.yaml before it is interrupted; the continuing
+    `dvc repro` runs on that tree, at the same HEAD, and the result names the clean commit."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("epochs: 10\n")
+    git("add", "params.yaml")
+    git("commit", "-qm", "params")
+    head = git("rev-parse", "HEAD")
+    interrupted = (
+        "import pathlib; pathlib.Path('params.yaml').write_text('epochs: 150\\n'); exit(130)"
+    )
+    assert record(tmp_path, sys.executable, "-c", interrupted).returncode == 130
+    done = record(tmp_path, "--continue", sys.executable, "-c", PRESET)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "results/best.json").read_text())
+    assert result["git_commit"] == head and len(result["sittings"]) == 2
+
+
 def test_continue_needs_an_unfinished_run_at_the_same_commit(tmp_path: Path) -> None:
     done = record(tmp_path, "--continue", sys.executable, "-c", PRESET)
     assert done.returncode == 1 and "no unfinished run of best" in done.stderr
