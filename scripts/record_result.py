@@ -157,11 +157,11 @@ def record(name: str, metrics_file: Path, command: list[str], continues: bool = 
         "machine": machine(),
     }
 
+    def sittings_so_far(wall: float, cpu: float) -> list[dict[str, Any]]:
+        return [*earlier, {**sitting, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}]
+
     def keep_unfinished(wall: float, cpu: float) -> None:
-        sittings = [
-            *earlier,
-            {**sitting, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)},
-        ]
+        sittings = sittings_so_far(wall, cpu)
         atomic.write_json(unfinished, {"preset": name, "git_commit": commit, "sittings": sittings})
 
     def heartbeat(pid: int) -> None:
@@ -199,6 +199,7 @@ def record(name: str, metrics_file: Path, command: list[str], continues: bool = 
             file=sys.stderr,
         )
         return 1
+    sittings = sittings_so_far(wall, cpu)
     result = {
         "preset": name,
         "test_accuracy": accuracy,
@@ -206,15 +207,14 @@ def record(name: str, metrics_file: Path, command: list[str], continues: bool = 
         "valid_accuracy": metrics.get("valid_accuracy"),
         "members": {k: v for k, v in metrics.items() if k.startswith("member_")},
         "git_commit": commit,
-        "command": earlier[0]["command"] if earlier else shlex.join(command),
-        "wall_seconds": round(wall + sum(s["wall_seconds"] for s in earlier), 1),
-        "cpu_seconds": round(cpu + sum(s["cpu_seconds"] for s in earlier), 1),
+        "command": sittings[0]["command"],
+        "wall_seconds": round(sum(s["wall_seconds"] for s in sittings), 1),
+        "cpu_seconds": round(sum(s["cpu_seconds"] for s in sittings), 1),
         "machine": machine(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if earlier:  # the sums above, sitting by sitting
-        this = {**sitting, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
-        result["sittings"] = [*earlier, this]
+    if len(sittings) > 1:  # the sums above, sitting by sitting
+        result["sittings"] = sittings
     path = RESULTS_DIR / f"{name}.json"
     atomic.write_json(path, result)
     unfinished.unlink(missing_ok=True)
